@@ -1,0 +1,84 @@
+"""benchbnn: a benchmark of optimizers for binarized neural networks.
+
+The stable Python API::
+
+    import benchbnn
+    spec = benchbnn.get_optimizer("bop2ndorder")
+    opt = spec.build(binary_params, real_params, gamma=1e-7)
+    model = benchbnn.get_architecture("binarynet").build(num_classes=10)
+    binary, real = benchbnn.split_parameters(model)
+    ds = benchbnn.get_dataset("digits").load(split="train")
+
+Heavier pieces (engine, compare, tuning) are imported on first use so that ``import benchbnn``
+and the command line start quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from benchbnn.config import RunConfig
+from benchbnn.errors import BenchbnnError, HyperparameterError, PluginError, RunFailed, UnknownNameError
+from benchbnn.plugins import (
+    get_architecture,
+    get_dataset,
+    get_optimizer,
+    get_registry,
+    get_suite,
+    hookimpl,
+    list_architectures,
+    list_datasets,
+    list_optimizers,
+    list_suites,
+    register_plugin,
+    unregister_plugin,
+)
+from benchbnn.specs import ArchitectureSpec, DatasetSpec, HParam, OptimizerSpec, SuiteSpec
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved lazily by __getattr__ below.
+_LAZY = {
+    "split_parameters": "benchbnn.binary",
+    "sgn0": "benchbnn.binary",
+    "train": "benchbnn.engine",
+    "compare": "benchbnn.compare",
+    "leaderboard": "benchbnn.leaderboard",
+    "tune": "benchbnn.tuning",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'benchbnn' has no attribute {name!r}")
+
+
+__all__ = [
+    "ArchitectureSpec",
+    "BenchbnnError",
+    "DatasetSpec",
+    "HParam",
+    "HyperparameterError",
+    "OptimizerSpec",
+    "PluginError",
+    "RunConfig",
+    "RunFailed",
+    "SuiteSpec",
+    "UnknownNameError",
+    "__version__",
+    "get_architecture",
+    "get_dataset",
+    "get_optimizer",
+    "get_registry",
+    "get_suite",
+    "hookimpl",
+    "list_architectures",
+    "list_datasets",
+    "list_optimizers",
+    "list_suites",
+    "register_plugin",
+    "unregister_plugin",
+    *_LAZY,
+]

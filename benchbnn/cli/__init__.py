@@ -1,0 +1,85 @@
+"""The ``benchbnn`` command line.
+
+Each subcommand lives in its own module of this package and exposes ``NAME``, ``HELP``,
+``ORDER`` (its place in ``--help``), ``add_arguments(parser)`` and ``main(args) -> int``; the
+dispatcher finds them by listing the package, so adding a command touches no shared file.
+
+Exit status: 0 success, 2 bad input (one line on stderr, nothing started), 1 a failure while
+running, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from benchbnn.errors import BenchbnnError, RunFailed
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in benchbnn's format (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"benchbnn: error: {message} (see '{self.prog} --help')\n")
+
+
+def _commands() -> list[ModuleType]:
+    modules = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "add_arguments") and hasattr(module, "main"):
+            modules.append(module)
+    return sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from benchbnn import __version__
+
+    parser = _Parser(
+        prog="benchbnn",
+        description="Benchmark optimizers for binarized neural networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"benchbnn {__version__}")
+    parser.add_argument(
+        "-p", dest="plugin_modules", action="append", default=[], metavar="MODULE",
+        help="load MODULE as a plugin too (repeatable); see also BENCHBNN_PLUGINS",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in _commands():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_handler=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_handler", None):
+        parser.print_help()
+        return 2
+    try:
+        if args.plugin_modules:
+            from benchbnn.plugins import add_plugin_modules
+
+            add_plugin_modules(args.plugin_modules)
+        return int(args._handler(args) or 0)
+    except BenchbnnError as exc:
+        print(f"benchbnn: error: {exc}", file=sys.stderr)
+        return 2
+    except RunFailed as exc:
+        print(f"benchbnn: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchbnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
