@@ -29,6 +29,14 @@ class HyperparameterError(BenchbnnError, ValueError):
     """An unknown, mistyped or out-of-range hyperparameter."""
 
 
+class UnsupportedInputError(BenchbnnError, ValueError):
+    """An image size or channel count that an architecture is not defined for."""
+
+
+class DataError(BenchbnnError):
+    """Data that is missing, in the wrong layout, truncated or corrupt (the message names the path)."""
+
+
 class RunFailed(Exception):
     """A run that started but could not finish (divergence, a crash in a plugin, ...)."""
 

@@ -1,0 +1,252 @@
+"""BinaryNet for CIFAR-10, laid out as in the Bop and Bop2ndOrder code.
+
+    conv128 3x3 valid -> BN -> conv128 -> maxpool2 -> BN -> conv256 -> BN -> conv256 -> maxpool2
+    -> BN -> conv512 -> BN -> conv512 -> maxpool2 -> BN -> flatten -> dense1024 -> BN
+    -> dense1024 -> BN -> dense(num_classes) -> BN
+
+All nine weight layers are binary and have no bias; every layer but the first binarizes its
+input (sign of the preceding normalization, straight-through gradient clipped at 1); batch norm
+learns an offset but no scale, as in the original (Keras ``scale=False``). There is no
+per-channel weight scaling. At width 1.0 on 32x32x3 inputs the network has 10,352,000 binary
+weights (Courbariaux et al.'s original pads the first convolution too: 14,022,016).
+
+Options: ``width`` multiplies every channel and unit count (1.0 is the paper's; 0.25 trains on a
+CPU); ``norm="layer"`` replaces batch norm by layer normalization for the paper's Fig. 2, as the
+authors' code does it (Keras ``LayerNormalization()``: each position's channel vector is
+normalized, with a learned scale and offset per channel). Any image with sides of at least 10
+pixels works (the first dense layer is sized from the input); MNIST's 28x28 gives the same
+3x3x512 feature map as CIFAR's 32x32.
+
+timm: ``timm.create_model("binarynet", num_classes=10, in_chans=3)``; the ``binarynet.mnist``
+config builds the 1x28x28 variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+import benchbnn
+from benchbnn.binary import BinaryConv2d, BinaryLinear, set_latent_mode
+from benchbnn_plugins.architectures import (
+    UnsupportedInputError,
+    as_choice,
+    as_float,
+    check_channels,
+    check_num_classes,
+    image_hw,
+    scaled,
+    sync_pretrained_cfg,
+)
+
+ARCH = "binarynet"
+NORMS = ("batch", "layer")
+MIN_SIDE = 10  # valid 3x3 conv, then three 2x2 max-pools must leave at least one pixel
+
+
+# --- blocks ----------------------------------------------------------------------------------
+
+
+class _CenteredBatchNorm:
+    """Batch norm with a learned offset and no learned scale (Keras ``scale=False``)."""
+
+    def __init__(self, num_features: int, **kwargs: Any):
+        super().__init__(num_features, affine=False, **kwargs)  # type: ignore[call-arg]
+        self.bias = nn.Parameter(torch.zeros(num_features))  # F.batch_norm adds it
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, scale=False, center=True"
+
+
+class CenteredBatchNorm1d(_CenteredBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class CenteredBatchNorm2d(_CenteredBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """Layer norm over the channels at each position (Keras ``LayerNormalization()`` on NHWC)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return super().forward(x)
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _norm(kind: str, features: int, spatial: bool) -> nn.Module:
+    if kind == "layer":
+        return ChannelLayerNorm(features)
+    return CenteredBatchNorm2d(features) if spatial else CenteredBatchNorm1d(features)
+
+
+class ConvBlock(nn.Module):
+    """Binary 3x3 convolution, optional 2x2 max-pool, then normalization."""
+
+    def __init__(self, in_chs: int, out_chs: int, *, first: bool, pool: bool, norm: str):
+        super().__init__()
+        self.conv = BinaryConv2d(
+            in_chs, out_chs, 3, padding=0 if first else 1,
+            input_quantizer=None if first else "ste_sign",
+        )
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.norm = _norm(norm, out_chs, spatial=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.pool(self.conv(x)))
+
+
+class DenseBlock(nn.Module):
+    """Binary dense layer on binarized inputs, then normalization."""
+
+    def __init__(self, in_features: int, out_features: int, *, norm: str):
+        super().__init__()
+        self.fc = BinaryLinear(in_features, out_features, input_quantizer="ste_sign")
+        self.norm = _norm(norm, out_features, spatial=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x))
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class BinaryNet(nn.Module):
+    """BinaryNet with a width multiplier and a choice of batch or layer normalization."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        img_size: int | tuple[int, int] = 32,
+        width: float = 1.0,
+        norm: str = "batch",
+    ):
+        super().__init__()
+        self.num_classes = check_num_classes(ARCH, num_classes)
+        in_chans = check_channels(ARCH, in_chans)
+        height, wide = image_hw(ARCH, img_size)
+        if min(height, wide) < MIN_SIDE:
+            raise UnsupportedInputError(
+                f"architecture {ARCH!r} does not support {height}x{wide} inputs: its valid 3x3 "
+                f"convolution and three 2x2 max-pools need sides of at least {MIN_SIDE} pixels; "
+                f"supported: images with both sides >= {MIN_SIDE} (32x32 as in the paper), any "
+                f"channel count. Use 'bnn-mlp' for smaller inputs."
+            )
+        self.width = as_float(ARCH, "width", width)
+        self.norm = as_choice(ARCH, "norm", norm, NORMS)
+        self.input_size = (in_chans, height, wide)
+
+        c1, c2, c3 = (scaled(c, self.width) for c in (128, 256, 512))
+        self.stages = nn.Sequential(
+            ConvBlock(in_chans, c1, first=True, pool=False, norm=self.norm),
+            ConvBlock(c1, c1, first=False, pool=True, norm=self.norm),
+            ConvBlock(c1, c2, first=False, pool=False, norm=self.norm),
+            ConvBlock(c2, c2, first=False, pool=True, norm=self.norm),
+            ConvBlock(c2, c3, first=False, pool=False, norm=self.norm),
+            ConvBlock(c3, c3, first=False, pool=True, norm=self.norm),
+        )
+        side_h, side_w = ((s - 2) // 8 for s in (height, wide))
+        units = scaled(1024, self.width)
+        self.flatten = nn.Flatten(1)
+        self.hidden = nn.Sequential(
+            DenseBlock(c3 * side_h * side_w, units, norm=self.norm),
+            DenseBlock(units, units, norm=self.norm),
+        )
+        self.num_features = units
+        self.head = self._make_head(self.num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        return DenseBlock(self.num_features, num_classes, norm=self.norm)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier (binary dense + normalization) in the model's current mode."""
+        old = self.head.fc if isinstance(self.head, DenseBlock) else self.hidden[-1].fc
+        self.num_classes = check_num_classes(ARCH, num_classes)
+        self.head = self._make_head(num_classes).to(old.weight.device, old.weight.dtype)
+        set_latent_mode(self.head, old.latent, old.clip)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(self.flatten(self.stages(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_binarynet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryNet:
+    return sync_pretrained_cfg(build_model_with_cfg(BinaryNet, variant, pretrained, **kwargs))
+
+
+# --- default configs (before the entrypoints: timm reads them when registering) ---------------
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "fixed_input_size": True,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),  # inputs scaled to [-1, 1], as in the Bop code
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "stages.0.conv",
+        "classifier": "head.fc",
+        "paper_ids": "arXiv:1602.02830",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "binarynet.cifar10": _cfg(),
+    "binarynet.mnist": _cfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,)),
+})
+
+
+# --- timm entrypoints ------------------------------------------------------------------------
+
+
+@register_model
+def binarynet(pretrained: bool = False, **kwargs: Any) -> BinaryNet:
+    """BinaryNet (Courbariaux et al. 2016) in the Bop papers' layout; ``width`` scales it."""
+    return _create_binarynet("binarynet", pretrained=pretrained, **kwargs)
+
+
+# --- benchbnn plugin -------------------------------------------------------------------------
+
+
+def build(num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
+          norm: str = "batch") -> BinaryNet:
+    """The same network as ``timm.create_model("binarynet", ...)`` with these arguments."""
+    return _create_binarynet(
+        "binarynet", num_classes=num_classes, in_chans=in_channels, img_size=image_size,
+        width=width, norm=norm,
+    )
+
+
+@benchbnn.hookimpl
+def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
+    return [
+        benchbnn.ArchitectureSpec(
+            name=ARCH,
+            factory=build,
+            options={"width": 1.0, "norm": "batch"},
+            description=(
+                "BinaryNet as in the Bop/Bop2ndOrder code: 6 binary convs + 3 binary dense, "
+                "BN without scale; width multiplies channels, norm=layer for the paper's Fig. 2"
+            ),
+            reference="Courbariaux et al. 2016, arXiv:1602.02830; Helwegen et al. 2019",
+        )
+    ]
