@@ -19,7 +19,15 @@ import importlib
 from typing import Any
 
 from benchbnn.config import RunConfig
-from benchbnn.errors import BenchbnnError, HyperparameterError, PluginError, RunFailed, UnknownNameError
+from benchbnn.errors import (
+    BenchbnnError,
+    DataError,
+    HyperparameterError,
+    PluginError,
+    RunFailed,
+    UnknownNameError,
+    UnsupportedInputError,
+)
 from benchbnn.plugins import (
     get_architecture,
     get_dataset,
@@ -42,6 +50,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "split_parameters": "benchbnn.binary",
     "sgn0": "benchbnn.binary",
+    "set_latent_mode": "benchbnn.binary",
+    "parameter_breakdown": "benchbnn.binary",
     "train": "benchbnn.engine",
     "compare": "benchbnn.compare",
     "leaderboard": "benchbnn.leaderboard",
@@ -58,6 +68,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ArchitectureSpec",
     "BenchbnnError",
+    "DataError",
     "DatasetSpec",
     "HParam",
     "HyperparameterError",
@@ -67,6 +78,7 @@ __all__ = [
     "RunFailed",
     "SuiteSpec",
     "UnknownNameError",
+    "UnsupportedInputError",
     "__version__",
     "get_architecture",
     "get_dataset",

@@ -38,6 +38,23 @@ EPOCH_METRICS = (
 STEP_METRICS = ("step_flip_log_ratio",)
 RUN_METRICS = ("binary_weights", "real_parameters", "state_bytes_per_binary_weight", "peak_memory_mb")
 
+# Written by the engine's tracking plugin (benchbnn/tracking.py) for every run.
+TAG_GIT_COMMIT = "benchbnn.git_commit"  # commit of the benchbnn source, "-dirty" if modified
+TAG_TORCH_VERSION = "benchbnn.torch_version"
+TAG_DEVICE = "benchbnn.device"
+TAG_WORLD_SIZE = "benchbnn.world_size"
+TAG_RESUMED = "benchbnn.resumed_from_epoch"  # set when --resume continued the run
+TAG_PLUGIN_PREFIX = "benchbnn.plugin."  # + optimizer / architecture / dataset: "dist==version"
+# MLflow params: the RunConfig fields by name (dataset, arch, optimizer, epochs, batch_size,
+# seed, subset, val_fraction, l2), plus one param per entry of these mappings:
+PARAM_HPARAM_PREFIX = "hparam."  # every optimizer hyperparameter, defaults filled in
+PARAM_SCHEDULE_PREFIX = "schedule."  # schedule data as JSON
+PARAM_ARCH_OPTION_PREFIX = "arch_option."  # architecture options, defaults filled in
+PARAM_DATASET_OPTION_PREFIX = "dataset_option."
+ARTIFACT_CONFIG = "config.json"
+ARTIFACT_METRICS = "metrics.json"
+ARTIFACT_CURVES = "curves.png"
+
 
 def _frozen(value: Any) -> Any:
     """A canonical, JSON-ready copy (sorted mappings, lists for tuples)."""

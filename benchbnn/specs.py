@@ -290,17 +290,67 @@ class ArchitectureSpec:
                 )
 
 
+#: Augmentation operations the in-memory pipeline applies, vectorized per batch.
+AUGMENTATION_OPS = {
+    "crop": "crop:P pads every side by P pixels (value 0 after normalization) and takes a random "
+            "crop of the original size",
+    "flip": "flip mirrors each image horizontally with probability 1/2",
+}
+
+
+def parse_augmentation(text: str) -> tuple[tuple[str, int], ...]:
+    """``"crop:4,flip"`` -> ``(("crop", 4), ("flip", 0))``; ``""`` or ``"none"`` -> ``()``.
+
+    Raises ValueError naming the bad part.
+    """
+    ops: list[tuple[str, int]] = []
+    text = (text or "").strip()
+    if text.lower() in ("", "none"):
+        return ()
+    for part in text.split(","):
+        name, _, arg = part.strip().partition(":")
+        if name not in AUGMENTATION_OPS:
+            raise ValueError(f"unknown augmentation {name!r} in {text!r}; known: "
+                             f"{'; '.join(AUGMENTATION_OPS.values())}")
+        if name == "crop":
+            if not arg.isdigit():
+                raise ValueError(f"augmentation {part.strip()!r} needs a padding: crop:P, P >= 0")
+            ops.append((name, int(arg)))
+        elif arg:
+            raise ValueError(f"augmentation {name!r} takes no argument, got {part.strip()!r}")
+        else:
+            ops.append((name, 0))
+        if [o for o, _ in ops].count(name) > 1:
+            raise ValueError(f"augmentation {name!r} appears twice in {text!r}")
+    return tuple(ops)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset plugin: what it is (classes, image shape, normalization) and how to load it.
 
-    ``loader(root, split, download=False, **options)`` returns a torch ``Dataset`` of
-    ``(CxHxW float tensor, int label)`` pairs. ``needs_data_dir`` is False for datasets that are
-    embedded or generated (they ignore ``root``).
+    A plugin provides its data in one of two ways:
+
+    * ``tensors(root, split, download=False, **options)`` returns a
+      :class:`benchbnn.datasets_io.ImageTensors` (every image of the split as uint8 NCHW plus
+      int64 labels). The host feeds these through its in-memory pipeline: whole batches,
+      ``augmentation`` applied vectorized on the training device, normalized with
+      ``(x / pixel_max - mean) / std`` per channel. For small data sets.
+    * ``loader(root, split, download=False, augment=False, **options)`` returns a torch
+      ``Dataset`` of ``(CxHxW float tensor, int label)`` pairs that already applies its own
+      normalization, and its training augmentation when ``augment`` is true. The host reads it
+      through a multi-worker ``DataLoader``. For data sets too large to hold in memory.
+
+    ``load(root=, split=)`` returns a torch ``Dataset`` either way. ``num_classes`` and
+    ``image_shape`` describe the data with the default ``options`` (a generated data set may
+    change them through its options). ``augmentation`` is the default training augmentation: for
+    ``tensors`` data sets operations from :data:`AUGMENTATION_OPS` (``"crop:4,flip"``); for
+    ``loader`` data sets a description of what the loader does. ``needs_data_dir`` is False for
+    datasets that are embedded or generated (they ignore ``root``).
     """
 
     name: str
-    loader: Callable[..., Any]
+    loader: Callable[..., Any] | None
     num_classes: int
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...] = ()
@@ -311,11 +361,61 @@ class DatasetSpec:
     augmentation: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    tensors: Callable[..., Any] | None = None
+    pixel_max: float = 255.0
+    reference: str = ""
 
-    def load(
-        self, root: str | Path | None = None, split: str = "train", download: bool = False,
-        **options: Any,
-    ):
+    #: Options every data set accepts; the pipeline consumes them, the plugin never sees them.
+    PIPELINE_OPTIONS = ("augmentation",)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the data set hands the host uint8 tensors (the fast in-memory pipeline)."""
+        return self.tensors is not None
+
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """Per-channel ``(offset, divisor)``: the network input is ``(uint8 - offset) / divisor``.
+
+        That is ``(x / pixel_max - mean) / std``, computed so that the ends of the range come
+        out exact (0 and 255 give exactly -1 and 1 for mean = std = 0.5).
+        """
+        channels = int(self.image_shape[0])
+        mean = list(self.mean) or [0.0]
+        std = list(self.std) or [1.0]
+        mean = mean * channels if len(mean) == 1 else mean
+        std = std * channels if len(std) == 1 else std
+        return [m * self.pixel_max for m in mean], [s * self.pixel_max for s in std]
+
+    def resolve_options(self, options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+        """``(loader options with defaults filled in, augmentation text)``; unknown names raise."""
+        from benchbnn.errors import BenchbnnError
+
+        owner = f"dataset {self.name!r}"
+        given = dict(options or {})
+        augmentation = given.pop("augmentation", self.augmentation)
+        if not isinstance(augmentation, str):
+            raise BenchbnnError(f"{owner}: option 'augmentation' must be a string such as "
+                                f"'crop:4,flip' or 'none', got {augmentation!r}")
+        if self.in_memory:
+            try:
+                parse_augmentation(augmentation)
+            except ValueError as exc:
+                raise BenchbnnError(f"{owner}: {exc}") from None
+        elif augmentation != self.augmentation and augmentation.strip().lower() not in ("", "none"):
+            raise BenchbnnError(f"{owner}: its loader fixes the augmentation "
+                                f"({self.augmentation or 'none'}); only 'none' can turn it off")
+        resolved = {k: v for k, v in self.options.items()}
+        for key, value in given.items():
+            if key not in self.options:
+                valid = sorted([*self.options, *self.PIPELINE_OPTIONS])
+                hint = close_matches(key, valid)
+                did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+                raise HyperparameterError(f"{owner} has no option {key!r}.{did_you_mean} "
+                                          f"Options: {', '.join(valid)}.")
+            resolved[key] = HParam(key, self.options[key]).coerce(value, owner)
+        return resolved, augmentation
+
+    def _check_request(self, root: str | Path | None, split: str) -> None:
         from benchbnn.errors import BenchbnnError
 
         if split not in self.splits:
@@ -327,16 +427,79 @@ class DatasetSpec:
                 f"dataset {self.name!r} needs a data directory: pass --data-dir DIR "
                 f"(or root=...) pointing at a copy of it, or --download when online"
             )
-        return self.loader(root=root, split=split, download=download, **{**self.options, **options})
+
+    def read_tensors(
+        self, root: str | Path | None = None, split: str = "train", download: bool = False,
+        **options: Any,
+    ):
+        """The split as :class:`~benchbnn.datasets_io.ImageTensors` (``tensors`` data sets only)."""
+        from benchbnn.errors import BenchbnnError
+
+        if not self.in_memory:
+            raise BenchbnnError(f"dataset {self.name!r} is read through its loader, not as tensors")
+        self._check_request(root, split)
+        resolved, _ = self.resolve_options(options)
+        data = self.tensors(root=root, split=split, download=download, **resolved)
+        data.check(f"dataset {self.name!r} ({split})")
+        return data
+
+    def load(
+        self, root: str | Path | None = None, split: str = "train", download: bool = False,
+        augment: bool | None = None, **options: Any,
+    ):
+        """A torch ``Dataset`` of ``(CxHxW float tensor, int label)`` for ``split``.
+
+        ``augment`` (default: true for the training split) applies the training augmentation
+        to every item read; the host's batch pipeline does not use it for ``tensors`` data sets.
+        """
+        self._check_request(root, split)
+        resolved, augmentation = self.resolve_options(options)
+        if augment is None:
+            augment = split == "train"
+        if augmentation.strip().lower() in ("", "none"):
+            augment = False
+        if self.in_memory:
+            from benchbnn.data import TensorImageDataset
+
+            data = self.read_tensors(root=root, split=split, download=download, **resolved)
+            return TensorImageDataset(data, self, augmentation if augment else "")
+        return self.loader(root=root, split=split, download=download, augment=augment, **resolved)
 
     def validate(self) -> None:
         check_name(self.name, "dataset")
-        if not callable(self.loader):
-            raise PluginError(f"dataset {self.name!r}: loader is not callable")
+        owner = f"dataset {self.name!r}"
+        if self.loader is None and self.tensors is None:
+            raise PluginError(f"{owner}: give a loader or a tensors function")
+        bad = set(self.options) & set(self.PIPELINE_OPTIONS)
+        if bad:
+            raise PluginError(f"{owner}: option names {sorted(bad)} are reserved for the pipeline")
+        for role in ("loader", "tensors"):
+            factory = getattr(self, role)
+            if factory is None:
+                continue
+            if not callable(factory):
+                raise PluginError(f"{owner}: {role} is not callable")
+            accepted = _accepted_keywords(factory)
+            needed = {"root", "split", "download", *self.options}
+            if role == "loader" and not self.in_memory:
+                needed.add("augment")
+            if accepted is not None and needed - accepted:
+                raise PluginError(f"{owner}: {role} does not accept {sorted(needed - accepted)}")
         if not (isinstance(self.num_classes, int) and self.num_classes >= 2):
-            raise PluginError(f"dataset {self.name!r}: num_classes must be an int >= 2")
-        if len(tuple(self.image_shape)) != 3:
-            raise PluginError(f"dataset {self.name!r}: image_shape must be (C, H, W)")
+            raise PluginError(f"{owner}: num_classes must be an int >= 2")
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+            raise PluginError(f"{owner}: image_shape must be (C, H, W) positive ints")
+        for label, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (0, 1, shape[0]):
+                raise PluginError(f"{owner}: {label} needs 1 or {shape[0]} values, got {len(values)}")
+        if any(not s > 0 for s in self.std) or not self.pixel_max > 0:
+            raise PluginError(f"{owner}: std and pixel_max must be positive")
+        if self.in_memory:
+            try:
+                parse_augmentation(self.augmentation)
+            except ValueError as exc:
+                raise PluginError(f"{owner}: {exc}") from None
 
 
 @dataclass(frozen=True)
