@@ -1,0 +1,128 @@
+"""Bop2ndOrder (Suarez-Ramirez et al. 2021) as a benchbnn plugin: Bop normalized like Adam."""
+
+from __future__ import annotations
+
+import torch
+
+import benchbnn
+from benchbnn.optim import (
+    BinaryOptimizer, adam_hparams, ema_, ema_foreach_, flip_, flip_above_foreach_,
+)
+
+#: Added to the root of the second moment, as in the authors' code.
+EPSILON = 1e-10
+
+HPARAMS = (
+    benchbnn.HParam(
+        "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
+        help="a weight flips once its normalized gradient signal exceeds this",
+    ),
+    benchbnn.HParam(
+        "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
+        help="adaptivity rate of the gradient average (first moment)",
+    ),
+    benchbnn.HParam(
+        "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
+        help="rate of the squared-gradient average (second moment)",
+    ),
+    benchbnn.HParam(
+        "unbiased", False,
+        help="divide the moments by gamma and sigma before comparing (the authors' 'unbiased')",
+    ),
+    *adam_hparams(),
+)
+
+
+def signal(m: torch.Tensor, v: torch.Tensor, gamma, sigma, unbiased: bool) -> torch.Tensor:
+    """The gradient average normalized by the root of the squared-gradient average."""
+    if unbiased:
+        return (m / gamma) / (torch.sqrt(v / sigma) + EPSILON)
+    return m / (torch.sqrt(v) + EPSILON)
+
+
+class Bop2ndOrder(BinaryOptimizer):
+    """Second-order Bop: flip on the gradient average normalized by its second moment.
+
+    Like Bop, every binary weight ``w`` has a gradient average ``m``; Bop2ndOrder also keeps the
+    average ``v`` of squared gradients and compares the Adam-like ratio of the two, so the
+    threshold no longer depends on the gradients' scale:
+
+        m <- (1 - gamma) m + gamma g
+        v <- (1 - sigma) v + sigma g^2
+        s  = m / (sqrt(v) + 1e-10)                              (biased, the default)
+        s  = (m / gamma) / (sqrt(v / sigma) + 1e-10)            (unbiased=True)
+        w <- -w   where  w * s > threshold   (strictly; a tie keeps the weight)
+
+    "Unbiased" is the authors' term; it is not Adam's ``1 - beta^t`` correction. It uses the
+    current (possibly scheduled) gamma and sigma, and with epsilon negligible it equals the
+    biased rule with threshold ``threshold * gamma / sqrt(sigma)``. On the first step it gives
+    ``s = sign(g)``, so every weight whose gradient agrees with its sign flips (threshold < 1).
+
+    Args:
+        threshold: how strong the normalized signal must be before a weight flips. Raising it
+            over training acts as a regularizer (fewer flips, less overfitting); the paper's
+            CIFAR-10 run moves it from 1e-7 to 1e-2.
+        gamma: adaptivity rate of ``m``, which behaves like a learning rate: lower values
+            average longer and learn more cautiously. The paper decays it during training.
+        sigma: rate of ``v``. Its effect on accuracy is small; it mostly sets how many weights
+            flip, so lowering it late in training stabilizes the network.
+        unbiased: compare ``(m / gamma) / sqrt(v / sigma)`` instead (steadier training; the
+            biased rule responds more to the threshold and suits fine-tuning).
+        lr, beta1, beta2, eps: Adam for the real-valued parameters.
+        implementation: "reference", "foreach", "compiled" or None for the fastest available.
+
+    State: two floats per binary weight. Defaults are the authors' class defaults.
+
+    Reference: C. D. Suarez-Ramirez, M. Gonzalez-Mendoza, L. Chang, G. Ochoa-Ruiz,
+    M. A. Duran-Vega. "A Bop and Beyond: A Second Order Optimizer for Binarized Neural
+    Networks", CVPR Workshops (LXCV) 2021. https://arxiv.org/abs/2104.05124
+    """
+
+    hparams = HPARAMS
+    state_buffers = ("m", "v")
+    rule_keys = ("gamma", "sigma", "threshold", "unbiased")
+
+    def __init__(
+        self, binary_params, real_params=(), *, threshold: float = 1e-6, gamma: float = 1e-6,
+        sigma: float = 1e-2, unbiased: bool = False, lr: float = 0.01, beta1: float = 0.9,
+        beta2: float = 0.999, eps: float = 1e-7, implementation: str | None = None,
+    ) -> None:
+        super().__init__(
+            binary_params, real_params,
+            binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "unbiased": unbiased},
+            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
+            implementation=implementation,
+        )
+
+    @staticmethod
+    def update(w, g, m, v, *, gamma, sigma, threshold, unbiased: bool):
+        ema_(m, g, gamma)
+        ema_(v, g * g, sigma)
+        return flip_(w, w * signal(m, v, gamma, sigma, unbiased) > threshold)
+
+    @staticmethod
+    def update_foreach(ws, gs, ms, vs, *, gamma: float, sigma: float, threshold: float,
+                       unbiased: bool):
+        ema_foreach_(ms, gs, gamma)
+        ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
+        if unbiased:
+            numerators = torch._foreach_div(ms, gamma)
+            roots = torch._foreach_sqrt(torch._foreach_div(vs, sigma))
+        else:
+            numerators, roots = ms, torch._foreach_sqrt(vs)
+        torch._foreach_add_(roots, EPSILON)
+        signals = torch._foreach_div(numerators, roots)
+        return flip_above_foreach_(ws, torch._foreach_mul(ws, signals), threshold)
+
+
+@benchbnn.hookimpl
+def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
+    return [
+        benchbnn.OptimizerSpec(
+            name="bop2ndorder",
+            factory=Bop2ndOrder,
+            hparams=HPARAMS,
+            description="Bop2ndOrder: Bop on the gradient average normalized by its second moment",
+            reference="Suarez-Ramirez et al., A Bop and Beyond, CVPR-W 2021, arXiv:2104.05124",
+        )
+    ]

@@ -1,0 +1,165 @@
+"""PBop, probabilistic Bop (Suarez-Ramirez 2020, thesis), as a benchbnn plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import benchbnn
+from benchbnn.optim import (
+    BinaryOptimizer, adam_hparams, counter_uniform, ema_, ema_foreach_, flip_, sum_counts,
+)
+
+#: Added to the root of the second moment, as in Bop2ndOrder.
+EPSILON = 1e-10
+
+HPARAMS = (
+    benchbnn.HParam(
+        "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
+        help="signals at or below this never flip a weight",
+    ),
+    benchbnn.HParam(
+        "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
+        help="adaptivity rate of the gradient average (first moment)",
+    ),
+    benchbnn.HParam(
+        "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
+        help="rate of the squared-gradient average (second moment)",
+    ),
+    benchbnn.HParam(
+        "scaler", 1e3, low=0.0, high=1e30, search=(1.0, 1e6), log=True,
+        help="flip probability per unit of signal above the threshold",
+    ),
+    benchbnn.HParam(
+        "seed", -1, low=-1, high=2**63 - 1,
+        help="seed of the flip generator; -1 draws it from torch's global RNG when built",
+    ),
+    *adam_hparams(),
+)
+
+
+class PBop(BinaryOptimizer):
+    """Probabilistic Bop: every binary weight is a loaded coin.
+
+    PBop keeps Bop2ndOrder's two moving averages and its biased signal, but where Bop2ndOrder
+    flips every weight above the threshold, PBop flips each weight independently with a
+    probability that grows with how far its signal exceeds the threshold:
+
+        m <- (1 - gamma) m + gamma g
+        v <- (1 - sigma) v + sigma g^2
+        s  = w * m / (sqrt(v) + 1e-10)
+        p  = clip(scaler * (s - threshold), 0, 1)
+        w <- -w   with probability p
+
+    As ``scaler`` grows, PBop becomes Bop2ndOrder (biased) exactly; a signal at or below the
+    threshold never flips.
+
+    The coins are reproducible: the optimizer owns a ``torch.Generator`` seeded when it is
+    built (from ``seed``, or else from torch's global RNG, so a run's seed determines it and
+    every data-parallel rank draws the same). Each step draws one key per tensor from it and
+    hashes the key with each weight's position (:func:`benchbnn.optim.counter_uniform`), so the
+    fused update makes its random numbers in the same pass; the generator's state is saved in
+    ``state_dict()``.
+
+    Args:
+        threshold: signal level below which a weight never flips.
+        gamma: adaptivity rate of ``m`` (as in Bop2ndOrder; behaves like a learning rate).
+        sigma: rate of ``v`` (as in Bop2ndOrder; mostly sets how many weights flip).
+        scaler: how steeply the flip probability rises above the threshold; a weight flips
+            for sure once its signal exceeds the threshold by ``1 / scaler``. The default 1e3
+            puts that margin at 1e-3, small next to the scale of the signal (about 1 for a
+            gradient that keeps its sign) but large next to where signals start: with the
+            default rates a steady gradient gives ``s`` near ``sqrt(t) * gamma / sqrt(sigma)``
+            after ``t`` steps, so its weight flips with probability about 1% per step at first
+            and about 10% after a hundred steps, while noise barely above the threshold rarely
+            flips anything. Much larger values make PBop deterministic (Bop2ndOrder); much
+            smaller ones make flips rare and noisy. The thesis leaves the scaler's effect
+            open: tune it.
+        seed: seed of the flip generator (-1: draw one from torch's global RNG at build time).
+        lr, beta1, beta2, eps: Adam for the real-valued parameters.
+        implementation: "reference", "foreach", "compiled" or None for the fastest available.
+
+    Reference: C. D. Suarez-Ramirez. "A work on optimizers for binarized neural networks: a
+    second order approach", master's thesis, Tecnologico de Monterrey, 2020.
+    https://hdl.handle.net/11285/643391 (only the abstract is public; this is benchbnn's
+    specification of the loaded-coin idea).
+    """
+
+    hparams = HPARAMS
+    state_buffers = ("m", "v")
+    rule_keys = ("gamma", "sigma", "threshold", "scaler")
+
+    def __init__(
+        self, binary_params, real_params=(), *, threshold: float = 1e-6, gamma: float = 1e-6,
+        sigma: float = 1e-2, scaler: float = 1e3, seed: int = -1, lr: float = 0.01,
+        beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7,
+        implementation: str | None = None,
+    ) -> None:
+        super().__init__(
+            binary_params, real_params,
+            binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "scaler": scaler},
+            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
+            options={"seed": seed},
+            implementation=implementation,
+        )
+        seed = self.options["seed"]
+        if seed < 0:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        self.seed = seed
+        self.generator = torch.Generator(device=self._device)
+        self.generator.manual_seed(seed)
+
+    def tensor_kwargs(self, group) -> list[dict[str, Any]]:
+        # One key per tensor, drawn whether or not the tensor has a gradient this step, so
+        # that the stream of keys depends only on the number of steps taken.
+        return [
+            {"key": torch.randint(0, 2**31, (), generator=self.generator,
+                                  device=self.generator.device, dtype=torch.int64)}
+            for _ in group["params"]
+        ]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_extra_state(self, state) -> None:
+        if "generator" in state:
+            self.seed = int(state["seed"])
+            self.generator.set_state(state["generator"].cpu())
+
+    @staticmethod
+    def update(w, g, m, v, *, key, gamma, sigma, threshold, scaler):
+        ema_(m, g, gamma)
+        ema_(v, g * g, sigma)
+        s = w * (m / (torch.sqrt(v) + EPSILON))
+        probability = torch.clamp(scaler * (s - threshold), 0.0, 1.0)
+        return flip_(w, counter_uniform(w, key) < probability)
+
+    @staticmethod
+    def update_foreach(ws, gs, ms, vs, *, key, gamma: float, sigma: float, threshold: float,
+                       scaler: float):
+        ema_foreach_(ms, gs, gamma)
+        ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
+        roots = torch._foreach_sqrt(vs)
+        torch._foreach_add_(roots, EPSILON)
+        signals = torch._foreach_mul(ws, torch._foreach_div(ms, roots))
+        torch._foreach_sub_(signals, threshold)
+        torch._foreach_mul_(signals, scaler)
+        counts = [
+            flip_(w, counter_uniform(w, k) < torch.clamp(x, 0.0, 1.0))
+            for w, x, k in zip(ws, signals, key)
+        ]
+        return sum_counts(counts, ws[0].device)
+
+
+@benchbnn.hookimpl
+def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
+    return [
+        benchbnn.OptimizerSpec(
+            name="pbop",
+            factory=PBop,
+            hparams=HPARAMS,
+            description="PBop: Bop2ndOrder whose flips are coin tosses weighted by the signal",
+            reference="Suarez-Ramirez, master's thesis, Tec de Monterrey 2020, hdl:11285/643391",
+        )
+    ]
