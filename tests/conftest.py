@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import benchbnn.plugins
+
+# The tests train tiny models, for which one intra-op thread is fastest, and several tests run
+# worker subprocesses (torchrun, tuning workers) beside the test process: without this, the
+# threads of all of them oversubscribe two cores many times over. Subprocesses inherit the
+# environment variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
