@@ -53,9 +53,7 @@ _LAZY = {
     "set_latent_mode": "benchbnn.binary",
     "parameter_breakdown": "benchbnn.binary",
     "train": "benchbnn.engine",
-    "compare": "benchbnn.compare",
-    "leaderboard": "benchbnn.leaderboard",
-    "tune": "benchbnn.tuning",
+    "best_trial_hparams": "benchbnn.tuning",
 }
 
 

@@ -1,0 +1,129 @@
+"""Statistics for leaderboards: seed summaries, paired differences, time to a target accuracy.
+
+The papers compare optimizers by single runs whose gaps (0.1 to 1 point) are inside the
+seed-to-seed noise. A leaderboard therefore reports every cell as mean +- std over seeds and, for
+each entry, the difference to the baseline paired by seed: both runs of a pair share the
+initialization and data order, so most of the noise cancels. The interval is a Student t
+interval on the per-seed differences; it is marked when it excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+#: Confidence level of every interval a leaderboard shows.
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation (ddof 1; 0.0 when n == 1) of n values."""
+
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of per-seed differences (entry - baseline) with a t interval.
+
+    ``low``/``high`` are None when only one pair exists (no spread to estimate).
+    """
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    seeds: tuple[int, ...]
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies entirely above or entirely below zero."""
+        if self.low is None or self.high is None:
+            return False
+        return self.low > 0 or self.high < 0
+
+
+def summarize(values: Iterable[float]) -> Summary | None:
+    """Mean +- sample std of the finite values; None when there are none."""
+    data = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not data:
+        return None
+    n = len(data)
+    mean = math.fsum(data) / n
+    if n == 1:
+        return Summary(mean, 0.0, 1)
+    variance = math.fsum((x - mean) ** 2 for x in data) / (n - 1)
+    return Summary(mean, math.sqrt(variance), n)
+
+
+def t_critical(df: int, confidence: float = CONFIDENCE) -> float:
+    """Two-sided Student t quantile: the half-width multiplier of a ``confidence`` interval."""
+    if df < 1:
+        raise ValueError(f"a t interval needs at least 1 degree of freedom, got {df}")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+def paired_difference(
+    values: Mapping[int, float],
+    baseline: Mapping[int, float],
+    confidence: float = CONFIDENCE,
+) -> PairedDifference | None:
+    """Difference ``values - baseline`` paired by seed, with a t interval on the mean.
+
+    Only seeds present (and finite) on both sides form pairs; None when no pair exists.
+    """
+    seeds = tuple(
+        sorted(
+            s for s in values
+            if s in baseline and _finite(values[s]) and _finite(baseline[s])
+        )
+    )
+    if not seeds:
+        return None
+    diffs = [float(values[s]) - float(baseline[s]) for s in seeds]
+    summary = summarize(diffs)
+    assert summary is not None
+    if summary.n == 1:
+        return PairedDifference(summary.mean, None, None, 1, seeds)
+    half = t_critical(summary.n - 1, confidence) * summary.std / math.sqrt(summary.n)
+    return PairedDifference(summary.mean, summary.mean - half, summary.mean + half, summary.n, seeds)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+@dataclass(frozen=True)
+class TargetReached:
+    """When one run first reached the target: epoch (counted from 1) and training seconds."""
+
+    epoch: int
+    seconds: float
+
+
+def time_to_target(
+    history: Sequence[Mapping[str, float]],
+    metric: str,
+    target: float,
+    time_metric: str = "epoch_time_s",
+) -> TargetReached | None:
+    """The first epoch whose ``metric`` is >= ``target``, with the summed epoch times so far.
+
+    ``history`` is the list of per-epoch metric dicts (key ``epoch`` counts from 1); None when the
+    run never reached the target.
+    """
+    seconds = 0.0
+    for row in sorted(history, key=lambda r: r.get("epoch", 0)):
+        elapsed = row.get(time_metric)
+        if elapsed is not None and math.isfinite(elapsed):
+            seconds += float(elapsed)
+        value = row.get(metric)
+        if value is not None and math.isfinite(value) and value >= target:
+            return TargetReached(int(row["epoch"]), seconds)
+    return None

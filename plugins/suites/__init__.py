@@ -1,0 +1,35 @@
+"""The built-in benchmark suites, offered like any plugin's: one TOML file per suite.
+
+A third-party package ships its own suites the same way: put the TOML files in the package (as
+package data) and return one :class:`benchbnn.SuiteSpec` per file from ``benchbnn_suites``.
+``benchbnn compare NAME`` then runs the suite called NAME.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import benchbnn
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _description(path: Path) -> str:
+    """The first sentence of the suite's own description (the plugin listing shows it)."""
+    with path.open("rb") as handle:
+        text = " ".join(str(tomllib.load(handle).get("description", "")).split())
+    return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+
+
+@benchbnn.hookimpl
+def benchbnn_suites() -> list[benchbnn.SuiteSpec]:
+    return [
+        benchbnn.SuiteSpec(name=path.stem, path=path, description=_description(path))
+        for path in sorted(_HERE.glob("*.toml"))
+    ]
