@@ -27,7 +27,9 @@ def fmt(value: float | None, digits: int = 2) -> str:
     """Fixed-precision text (``-`` for missing), with -0.00 written as 0.00."""
     if value is None or not math.isfinite(value):
         return "-"
-    text = f"{value:.{digits}f}"
+    # Round as the JSON file does first, so that a figure printed from a live value and the
+    # same figure printed from the JSON (the index) never differ in the last digit.
+    text = f"{round(value, 6):.{digits}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
