@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from benchbnn.errors import BenchbnnError, DataError
+from benchbnn.processes import pid_alive
 
 #: Bump when the layout of a cache entry changes; every entry is then rebuilt.
 CACHE_FORMAT_VERSION = 1
@@ -207,23 +208,13 @@ def _remove_stale(parent: Path, prefix: str, keep: str) -> None:
             parts = name[len(_TMP_PREFIX):].rsplit("-", 2)
             dead = False
             if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
-                dead = not _pid_alive(int(parts[1]))
+                dead = not pid_alive(int(parts[1]))
             try:
                 old = time.time() - path.stat().st_mtime > _STALE_TMP_SECONDS
             except OSError:
                 continue
             if dead or old:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cached_tensors(

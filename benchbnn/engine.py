@@ -37,7 +37,7 @@ from torch import nn
 
 from benchbnn import checkpoint, distributed, hookspecs
 from benchbnn.config import DEFAULT_EXPERIMENT, RUN_METRICS, RunConfig
-from benchbnn.errors import BenchbnnError, HyperparameterError, RunFailed, close_matches
+from benchbnn.errors import BenchbnnError, RunFailed
 from benchbnn.plugins import PROJECT, get_architecture, get_dataset, get_optimizer, get_registry
 
 #: read the device-side loss and flip ratio every this many steps (tracking, divergence check)
@@ -148,18 +148,6 @@ def _check_budget(config: RunConfig) -> None:
         raise bad(f"l2 must be a finite number >= 0, got {config.l2!r}")
 
 
-def _check_arch_options(arch_spec: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(arch_spec.options))
-    if unknown:
-        hint = close_matches(unknown[0], arch_spec.options)
-        did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
-        raise HyperparameterError(
-            f"architecture {arch_spec.name!r} has no option {unknown[0]!r}.{did_you_mean} "
-            f"Options: {', '.join(sorted(arch_spec.options)) or 'none'}."
-        )
-    return {**arch_spec.options, **options}
-
-
 def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
     """``config`` with hyperparameters converted to their types and schedules written as data.
 
@@ -176,7 +164,7 @@ def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
     resolved = spec.resolve(**dict(config.hparams))
     schedules = validate_schedules(spec, dict(config.schedules))
     get_dataset(config.dataset)
-    _check_arch_options(get_architecture(config.arch), config.arch_options)
+    get_architecture(config.arch).resolve_options(config.arch_options)
     return dataclasses.replace(
         config,
         hparams={k: resolved[k] for k in config.hparams},
@@ -199,7 +187,7 @@ def _new_run(
         config_hash=config.config_hash(),
         hparams=spec.resolve(**dict(config.hparams)),
         schedules=validate_schedules(spec, dict(config.schedules)),
-        arch_options=_check_arch_options(get_architecture(config.arch), config.arch_options),
+        arch_options=get_architecture(config.arch).resolve_options(config.arch_options),
         device=device,
         world=world,
     )

@@ -49,10 +49,14 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]
     return found[:n]
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` Did you mean 'a', 'b'?`` for the close matches of ``name``, or ``""`` when none."""
+    hint = close_matches(name, candidates)
+    return f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+
+
 def unknown_name_message(kind: str, name: str, candidates: Iterable[str]) -> str:
     """One line: the unknown name, what it might have meant, and what exists."""
     candidates = sorted(candidates)
-    hint = close_matches(name, candidates)
-    did_you_mean = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
     available = ", ".join(candidates) if candidates else "none installed"
-    return f"unknown {kind} {name!r}.{did_you_mean} Available: {available}."
+    return f"unknown {kind} {name!r}.{did_you_mean(name, candidates)} Available: {available}."

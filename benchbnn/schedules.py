@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from benchbnn.errors import BenchbnnError, HyperparameterError, close_matches
+from benchbnn.errors import BenchbnnError, HyperparameterError, did_you_mean
 
 FORMS = {
     "constant": "constant:V",
@@ -232,10 +232,9 @@ KINDS: dict[str, type[Schedule]] = {
 
 def _build(kind: Any, arguments: dict[str, Any], source: Any) -> Schedule:
     if not isinstance(kind, str) or kind.lower() not in KINDS:
-        hint = close_matches(str(kind), KINDS)
-        did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
         raise ScheduleError(
-            f"unknown schedule {kind!r} in {source!r}.{did_you_mean} Accepted: {SYNTAX}"
+            f"unknown schedule {kind!r} in {source!r}.{did_you_mean(str(kind), KINDS)} "
+            f"Accepted: {SYNTAX}"
         )
     cls = KINDS[kind.lower()]
     try:
@@ -311,11 +310,9 @@ def validate_schedules(spec: Any, schedules: Mapping[str, Any]) -> dict[str, Sch
     parsed: dict[str, Schedule] = {}
     for name, raw in schedules.items():
         if name not in table:
-            hint = close_matches(name, table)
-            did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
             raise HyperparameterError(
                 f"cannot schedule {name!r}: optimizer {spec.name!r} has no such hyperparameter."
-                f"{did_you_mean} Schedulable: {', '.join(schedulable) or 'none'}."
+                f"{did_you_mean(name, table)} Schedulable: {', '.join(schedulable) or 'none'}."
             )
         if not table[name].schedulable:
             raise HyperparameterError(

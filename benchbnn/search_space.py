@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from benchbnn.errors import HyperparameterError, close_matches
+from benchbnn.errors import HyperparameterError, did_you_mean
 from benchbnn.specs import HParam, OptimizerSpec
 
 
@@ -120,11 +120,10 @@ def search_space(
     table = {h.name: h for h in spec.hparams}
     for name, value in (narrowed or {}).items():
         if name not in table:
-            hint = close_matches(name, table)
-            did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
             raise HyperparameterError(
                 f"{where} names {name!r}, which is not a hyperparameter of optimizer "
-                f"{spec.name!r}.{did_you_mean} Valid names: {', '.join(sorted(table))}."
+                f"{spec.name!r}.{did_you_mean(name, table)} "
+                f"Valid names: {', '.join(sorted(table))}."
             )
         if value is False and table[name].kind is not bool:
             params.pop(name, None)

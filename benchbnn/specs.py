@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from benchbnn.errors import HyperparameterError, PluginError, close_matches
+from benchbnn.errors import HyperparameterError, PluginError, did_you_mean
 
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -139,10 +139,8 @@ def resolve_hparams(
     resolved = {name: h.default for name, h in table.items()}
     for key, value in overrides.items():
         if key not in table:
-            hint = close_matches(key, table)
-            did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
             raise HyperparameterError(
-                f"{owner} has no hyperparameter {key!r}.{did_you_mean} "
+                f"{owner} has no hyperparameter {key!r}.{did_you_mean(key, table)} "
                 f"Valid names: {', '.join(sorted(table)) or 'none'}."
             )
         resolved[key] = table[key].coerce(value, owner)
@@ -252,14 +250,7 @@ class ArchitectureSpec:
     ):
         from benchbnn.errors import BenchbnnError
 
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            hint = close_matches(unknown[0], self.options)
-            did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
-            raise HyperparameterError(
-                f"architecture {self.name!r} has no option {unknown[0]!r}.{did_you_mean} "
-                f"Options: {', '.join(sorted(self.options)) or 'none'}."
-            )
+        resolved = self.resolve_options(options)
         if self.input_sizes and image_size not in self.input_sizes:
             raise BenchbnnError(
                 f"architecture {self.name!r} does not support {image_size}x{image_size} inputs; "
@@ -274,8 +265,19 @@ class ArchitectureSpec:
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=image_size,
-            **{**self.options, **options},
+            **resolved,
         )
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The default options updated with ``options``; an unknown name is a clear error."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise HyperparameterError(
+                f"architecture {self.name!r} has no option {unknown[0]!r}."
+                f"{did_you_mean(unknown[0], self.options)} "
+                f"Options: {', '.join(sorted(self.options)) or 'none'}."
+            )
+        return {**self.options, **options}
 
     def validate(self) -> None:
         check_name(self.name, "architecture")
@@ -408,10 +410,10 @@ class DatasetSpec:
         for key, value in given.items():
             if key not in self.options:
                 valid = sorted([*self.options, *self.PIPELINE_OPTIONS])
-                hint = close_matches(key, valid)
-                did_you_mean = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
-                raise HyperparameterError(f"{owner} has no option {key!r}.{did_you_mean} "
-                                          f"Options: {', '.join(valid)}.")
+                raise HyperparameterError(
+                    f"{owner} has no option {key!r}.{did_you_mean(key, valid)} "
+                    f"Options: {', '.join(valid)}."
+                )
             resolved[key] = HParam(key, self.options[key]).coerce(value, owner)
         return resolved, augmentation
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchbnn.config import RunConfig
-from benchbnn.errors import BenchbnnError, close_matches
+from benchbnn.errors import BenchbnnError, did_you_mean
 
 try:  # Python 3.11+
     import tomllib
@@ -376,8 +376,7 @@ def _syntax_message(source: str, exc: Exception) -> str:
 
 
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    hint = close_matches(name, candidates)
-    return f". Did you mean {', '.join(map(repr, hint))}?" if hint else "."
+    return "." + did_you_mean(name, candidates)
 
 
 def _format_key(path: Path_) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
+
 NAME = "ablate"
 HELP = "sweep each hyperparameter by powers of ten around a base point (the paper's ablation)"
 ORDER = 55
@@ -31,8 +33,7 @@ sigma 1e-3; BinaryNet, CIFAR-10, 100 epochs):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("suite", nargs="?", default="quick",
-                        help="built-in suite name or suite file (default: quick)")
+    add_suite_argument(parser)
     parser.add_argument("--optimizers", metavar="O[,O...]",
                         help="entries to sweep, by label or optimizer (default: every entry)")
     parser.add_argument("--hparams", metavar="H[,H...]",
@@ -44,13 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds per point (default: the suite's)")
     parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
     parser.add_argument("--arch", metavar="A", help="architecture (default: the suite's first)")
-    parser.add_argument("--data-dir", metavar="DIR", help="where the dataset lives")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI "
-                             "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_device_arguments(parser)
+    add_tracking_uri_argument(parser)
     parser.add_argument("--out", metavar="DIR",
                         help="output directory (default: leaderboards/SUITE/ablation)")
-    parser.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="train diverged points again instead of reporting them as diverged")
     parser.add_argument("--quiet", action="store_true", help="no training progress")

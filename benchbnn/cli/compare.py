@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
 from benchbnn.errors import BenchbnnError
 
 NAME = "compare"
@@ -42,10 +43,7 @@ def override_value(text: str) -> tuple[str, Any]:
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that choose the runs (shared with ``benchbnn leaderboard``)."""
-    parser.add_argument(
-        "suite", nargs="?", default="quick",
-        help="a built-in suite name (see 'benchbnn plugins') or a suite TOML file (default: quick)",
-    )
+    add_suite_argument(parser)
     parser.add_argument("--seeds", type=seeds_value, metavar="N|LIST",
                         help="number of seeds (the suite's first N) or a list like 0,1,2")
     parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
@@ -61,8 +59,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
         help="change another protocol key (batch_size, val_fraction, l2, target_accuracy, "
         "arch_options, dataset_options; VALUE as JSON), e.g. --override 'arch_options={\"width\": 0.25}'",
     )
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    add_tracking_uri_argument(parser)
     parser.add_argument("--experiment", default=None, metavar="NAME",
                         help="MLflow experiment (default: benchbnn)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: leaderboards/<suite>/)")
@@ -98,9 +95,7 @@ def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protocol_arguments(parser)
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="dataset folder, for datasets that are not embedded or generated")
-    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu or cuda:0")
+    add_device_arguments(parser)
     parser.add_argument("--checkpoint-dir", metavar="DIR",
                         help="where run checkpoints live (default: ./.benchbnn/checkpoints)")
     parser.add_argument("--data-note", metavar="TEXT",

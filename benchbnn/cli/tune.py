@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
+
 NAME = "tune"
 HELP = "tune an optimizer's hyperparameters on a suite's protocol (Optuna, validation split)"
 ORDER = 50
@@ -46,8 +48,7 @@ Watch a study live:  optuna-dashboard tuning/optuna.journal   (or the --storage 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("suite", nargs="?", default="quick",
-                        help="built-in suite name or suite file (default: quick)")
+    add_suite_argument(parser)
     parser.add_argument("--optimizer", required=True, metavar="O", help="the optimizer to tune")
     parser.add_argument("--trials", type=int, metavar="N",
                         help=f"total trials the study should have (default {DEFAULT_TRIALS}; "
@@ -72,13 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the suite entry whose base point to start from (needed when "
                              "several entries use the optimizer)")
     parser.add_argument("--arch", metavar="A", help="architecture (default: the suite's first)")
-    parser.add_argument("--data-dir", metavar="DIR", help="where the dataset lives")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI "
-                             "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_device_arguments(parser)
+    add_tracking_uri_argument(parser)
     parser.add_argument("--out", metavar="TUNE_DIR",
                         help="directory for the default storage and best.json (default: tuning)")
-    parser.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available)")
     parser.add_argument("--sampler-seed", type=int, default=0, metavar="S",
                         help="seed of the sampler; each trial draws from (S, trial number), so "
                              "workers never repeat each other (default 0)")

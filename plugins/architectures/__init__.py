@@ -7,20 +7,32 @@ after ``benchbnn.list_architectures()`` (or importing the module) ``timm.create_
 ``binarynet``, ``bnn_mlp``, ``xnornet`` and ``birealnet18``.
 
 The helpers below turn option values that arrive as text (``--set width=0.5``) into the types
-the models take, and check the input shape, with errors that say what is supported.
+the models take, and check the input shape, with errors that say what is supported; the parts
+every family shares (timm's default-config fields, the builder, the classifier interface) are
+here too, so each family file holds only what makes its network different.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
+from timm.models import build_model_with_cfg
+from torch import nn
+
+from benchbnn.binary import BinaryLayer, set_latent_mode
 from benchbnn.errors import HyperparameterError, UnsupportedInputError
 
+#: CIFAR-10 training-set channel statistics, for the default configs of the 32x32 variants
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
 __all__ = [
-    "UnsupportedInputError", "as_choice", "as_float", "as_sizes", "check_channels",
-    "check_num_classes", "image_hw", "prefer_small_cfg", "scaled", "sync_pretrained_cfg",
+    "CIFAR_MEAN", "CIFAR_STD", "ClassifierHead", "UnsupportedInputError", "as_choice", "as_float", "as_sizes",
+    "build_with_cfg", "cfg_factory", "check_channels", "check_num_classes", "image_hw",
+    "prefer_small_cfg", "scaled", "sync_pretrained_cfg",
 ]
 
 
@@ -124,3 +136,55 @@ def prefer_small_cfg(kwargs: dict[str, Any], tag: str, below: int) -> dict[str, 
         if all(isinstance(v, int) for v in sides) and min(sides) < below:
             kwargs = {**kwargs, "pretrained_cfg": tag}
     return kwargs
+
+
+def build_with_cfg(model_cls: type[nn.Module], variant: str, pretrained: bool = False,
+                   **kwargs: Any) -> Any:
+    """timm's ``build_model_with_cfg`` for a family's model, with its config synced to it."""
+    return sync_pretrained_cfg(build_model_with_cfg(model_cls, variant, pretrained, **kwargs))
+
+
+def cfg_factory(**family: Any) -> Callable[..., dict[str, Any]]:
+    """A family's ``_cfg(**overrides)``: timm default-config fields common to every built-in
+    network (no weights, fixed input size, no crop, bilinear), then ``family``'s, then the
+    overrides of one tag (e.g. a CIFAR variant's input size and statistics)."""
+    common = {"url": "", "fixed_input_size": True, "crop_pct": 1.0, "interpolation": "bilinear"}
+
+    def _cfg(**overrides: Any) -> dict[str, Any]:
+        return {**common, **family, **overrides}
+
+    return _cfg
+
+
+class ClassifierHead:
+    """timm's classifier interface for a model that keeps its classifier in one attribute.
+
+    The model sets ``arch`` (its benchbnn name, for error messages), ``head_attr`` (the
+    attribute holding the classifier, so parameter names stay the family's own: ``head`` or
+    ``fc``), and defines ``_make_head(num_classes)`` (``nn.Identity`` for 0 classes),
+    ``_head_like()`` (a layer whose device, dtype and, if binary, latent mode a new classifier
+    takes) and ``forward_features``. It overrides ``forward_head`` when the features need
+    pooling before the classifier.
+    """
+
+    arch: str
+    head_attr: str = "head"
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.head_attr)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` (0: none) on the model's device and mode."""
+        like = self._head_like()  # type: ignore[attr-defined]
+        self.num_classes = check_num_classes(self.arch, num_classes)
+        head = self._make_head(num_classes)  # type: ignore[attr-defined]
+        head = head.to(like.weight.device, like.weight.dtype)
+        if isinstance(like, BinaryLayer):
+            set_latent_mode(head, like.latent, like.clip)
+        setattr(self, self.head_attr, head)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.get_classifier()(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]

@@ -26,20 +26,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
-from benchbnn.binary import BinaryConv2d, BinaryLinear, set_latent_mode
+from benchbnn.binary import BinaryConv2d, BinaryLinear
 from benchbnn_plugins.architectures import (
+    ClassifierHead,
     UnsupportedInputError,
     as_choice,
     as_float,
+    build_with_cfg,
+    cfg_factory,
     check_channels,
     check_num_classes,
     image_hw,
     scaled,
-    sync_pretrained_cfg,
 )
 
 ARCH = "binarynet"
@@ -115,8 +117,10 @@ class DenseBlock(nn.Module):
 # --- model -----------------------------------------------------------------------------------
 
 
-class BinaryNet(nn.Module):
+class BinaryNet(ClassifierHead, nn.Module):
     """BinaryNet with a width multiplier and a choice of batch or layer normalization."""
+
+    arch = ARCH
 
     def __init__(
         self,
@@ -165,48 +169,30 @@ class BinaryNet(nn.Module):
             return nn.Identity()
         return DenseBlock(self.num_features, num_classes, norm=self.norm)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier (binary dense + normalization) in the model's current mode."""
-        old = self.head.fc if isinstance(self.head, DenseBlock) else self.hidden[-1].fc
-        self.num_classes = check_num_classes(ARCH, num_classes)
-        self.head = self._make_head(num_classes).to(old.weight.device, old.weight.dtype)
-        set_latent_mode(self.head, old.latent, old.clip)
+    def _head_like(self) -> nn.Module:
+        # a new binary head takes the mode of the one it replaces, or of the last hidden layer
+        return self.head.fc if isinstance(self.head, DenseBlock) else self.hidden[-1].fc
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(self.flatten(self.stages(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _create_binarynet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryNet:
-    return sync_pretrained_cfg(build_model_with_cfg(BinaryNet, variant, pretrained, **kwargs))
+    return build_with_cfg(BinaryNet, variant, pretrained, **kwargs)
 
 
 # --- default configs (before the entrypoints: timm reads them when registering) ---------------
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "fixed_input_size": True,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.5, 0.5, 0.5),  # inputs scaled to [-1, 1], as in the Bop code
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "stages.0.conv",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:1602.02830",
-        **kwargs,
-    }
+_cfg = cfg_factory(
+    num_classes=10,
+    input_size=(3, 32, 32),
+    mean=(0.5, 0.5, 0.5),  # inputs scaled to [-1, 1], as in the Bop code
+    std=(0.5, 0.5, 0.5),
+    first_conv="stages.0.conv",
+    classifier="head.fc",
+    paper_ids="arXiv:1602.02830",
+)
 
 
 default_cfgs = generate_default_cfgs({

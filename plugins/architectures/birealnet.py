@@ -26,29 +26,31 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
 from benchbnn.binary import BinaryConv2d
 from benchbnn_plugins.architectures import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    ClassifierHead,
     UnsupportedInputError,
     as_choice,
     as_float,
+    build_with_cfg,
+    cfg_factory,
     check_channels,
     check_num_classes,
     image_hw,
     prefer_small_cfg,
     scaled,
-    sync_pretrained_cfg,
 )
 
 ARCH = "birealnet18"
 STEMS = ("auto", "imagenet", "cifar")
 CIFAR_STEM_BELOW = 112  # stem="auto" picks the CIFAR stem for inputs smaller than this
 MIN_SIDE = {"imagenet": 32, "cifar": 8}  # 5 (ImageNet) or 3 (CIFAR) halvings leave >= 1 pixel
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 # --- blocks ----------------------------------------------------------------------------------
@@ -98,8 +100,11 @@ class BiRealBlock(nn.Module):
 # --- model -----------------------------------------------------------------------------------
 
 
-class BiRealNet(nn.Module):
+class BiRealNet(ClassifierHead, nn.Module):
     """Bi-Real Net with ``depths`` blocks per stage (4, 4, 4, 4 is Bi-Real Net 18)."""
+
+    arch = ARCH
+    head_attr = "fc"
 
     def __init__(
         self,
@@ -142,53 +147,39 @@ class BiRealNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.num_features = in_chs
-        self.fc = self._make_fc(self.num_classes)
+        self.fc = self._make_head(self.num_classes)
 
-    def _make_fc(self, num_classes: int) -> nn.Module:
+    def _make_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        reference = self.stem.conv.weight
-        self.num_classes = check_num_classes(ARCH, num_classes)
-        self.fc = self._make_fc(num_classes).to(reference.device, reference.dtype)
+    def _head_like(self) -> nn.Module:
+        return self.stem.conv  # the full-precision classifier only follows device and dtype
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.flatten(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return super().forward_head(self.flatten(self.global_pool(x)), pre_logits)
 
 
 def _create_birealnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BiRealNet:
     kwargs = prefer_small_cfg(kwargs, "cifar10", below=CIFAR_STEM_BELOW)
-    return sync_pretrained_cfg(build_model_with_cfg(BiRealNet, variant, pretrained, **kwargs))
+    return build_with_cfg(BiRealNet, variant, pretrained, **kwargs)
 
 
 # --- default configs (before the entrypoints: timm reads them when registering) ---------------
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "fixed_input_size": True,  # the stem depends on the input size
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "fc",
-        "paper_ids": "arXiv:1808.00278",
-        **kwargs,
-    }
+_cfg = cfg_factory(  # fixed_input_size (common to all): the stem depends on the input size
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    crop_pct=0.875,
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    first_conv="stem.conv",
+    classifier="fc",
+    paper_ids="arXiv:1808.00278",
+)
 
 
 default_cfgs = generate_default_cfgs({

@@ -21,17 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
-from benchbnn.binary import BinaryLinear, set_latent_mode
+from benchbnn.binary import BinaryLinear
 from benchbnn_plugins.architectures import (
+    ClassifierHead,
     as_sizes,
+    build_with_cfg,
+    cfg_factory,
     check_channels,
     check_num_classes,
     image_hw,
-    sync_pretrained_cfg,
 )
 
 ARCH = "bnn-mlp"
@@ -58,8 +60,10 @@ class DenseBlock(nn.Module):
 # --- model -----------------------------------------------------------------------------------
 
 
-class BnnMlp(nn.Module):
+class BnnMlp(ClassifierHead, nn.Module):
     """Binary MLP on flattened inputs with configurable hidden sizes."""
+
+    arch = ARCH
 
     def __init__(
         self,
@@ -89,48 +93,29 @@ class BnnMlp(nn.Module):
             return nn.Identity()
         return DenseBlock(self.num_features, num_classes, binarize_input=True)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier (binary dense + batch norm) in the model's current mode."""
-        old = self.blocks[-1].fc
-        self.num_classes = check_num_classes(ARCH, num_classes)
-        self.head = self._make_head(num_classes).to(old.weight.device, old.weight.dtype)
-        set_latent_mode(self.head, old.latent, old.clip)
+    def _head_like(self) -> nn.Module:
+        return self.blocks[-1].fc  # a new binary head takes the last hidden layer's mode
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.flatten(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _create_bnn_mlp(variant: str, pretrained: bool = False, **kwargs: Any) -> BnnMlp:
-    return sync_pretrained_cfg(build_model_with_cfg(BnnMlp, variant, pretrained, **kwargs))
+    return build_with_cfg(BnnMlp, variant, pretrained, **kwargs)
 
 
 # --- default configs (before the entrypoints: timm reads them when registering) ---------------
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (1, 28, 28),
-        "fixed_input_size": True,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.1307,),
-        "std": (0.3081,),
-        "first_conv": "blocks.0.fc",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:1602.02830",
-        **kwargs,
-    }
+_cfg = cfg_factory(
+    num_classes=10,
+    input_size=(1, 28, 28),
+    mean=(0.1307,),
+    std=(0.3081,),
+    first_conv="blocks.0.fc",
+    classifier="head.fc",
+    paper_ids="arXiv:1602.02830",
+)
 
 
 default_cfgs = generate_default_cfgs({"bnn_mlp.mnist": _cfg()})

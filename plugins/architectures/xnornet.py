@@ -33,26 +33,28 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
 from benchbnn.binary import BinaryConv2d
 from benchbnn_plugins.architectures import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    ClassifierHead,
     UnsupportedInputError,
     as_float,
+    build_with_cfg,
+    cfg_factory,
     check_channels,
     check_num_classes,
     image_hw,
     prefer_small_cfg,
     scaled,
-    sync_pretrained_cfg,
 )
 
 ARCH = "xnornet"
 INPUT_SIZES = (32, 224)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 # --- blocks ----------------------------------------------------------------------------------
@@ -94,8 +96,11 @@ class XnorBlock(nn.Module):
 # --- model -----------------------------------------------------------------------------------
 
 
-class XnorNet(nn.Module):
+class XnorNet(ClassifierHead, nn.Module):
     """XNOR-Net for 224x224 (ImageNet stem) or 32x32 (CIFAR stem) inputs."""
+
+    arch = ARCH
+    head_attr = "fc"
 
     def __init__(
         self,
@@ -131,55 +136,41 @@ class XnorNet(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.flatten = nn.Flatten(1)
         self.num_features = c4096
-        self.fc = self._make_fc(self.num_classes)
+        self.fc = self._make_head(self.num_classes)
 
-    def _make_fc(self, num_classes: int) -> nn.Module:
+    def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
         return nn.Linear(self.num_features, num_classes, bias=False)
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        reference = self.norm.weight
-        self.num_classes = check_num_classes(ARCH, num_classes)
-        self.fc = self._make_fc(num_classes).to(reference.device, reference.dtype)
+    def _head_like(self) -> nn.Module:
+        return self.norm  # the full-precision classifier only follows device and dtype
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.blocks(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.flatten(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return super().forward_head(self.flatten(x), pre_logits)
 
 
 def _create_xnornet(variant: str, pretrained: bool = False, **kwargs: Any) -> XnorNet:
     kwargs = prefer_small_cfg(kwargs, "cifar10", below=224)
-    return sync_pretrained_cfg(build_model_with_cfg(XnorNet, variant, pretrained, **kwargs))
+    return build_with_cfg(XnorNet, variant, pretrained, **kwargs)
 
 
 # --- default configs (before the entrypoints: timm reads them when registering) ---------------
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "fixed_input_size": True,
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "fc",
-        "paper_ids": "arXiv:1603.05279",
-        **kwargs,
-    }
+_cfg = cfg_factory(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    crop_pct=0.875,
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    first_conv="stem.conv",
+    classifier="fc",
+    paper_ids="arXiv:1603.05279",
+)
 
 
 default_cfgs = generate_default_cfgs({

@@ -12,19 +12,23 @@ from benchbnn.optim import (
 #: Added to the root of the second moment, as in the authors' code.
 EPSILON = 1e-10
 
+#: The two moving-average rates; PBop keeps the same moments and reuses these declarations.
+GAMMA = benchbnn.HParam(
+    "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
+    help="adaptivity rate of the gradient average (first moment)",
+)
+SIGMA = benchbnn.HParam(
+    "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
+    help="rate of the squared-gradient average (second moment)",
+)
+
 HPARAMS = (
     benchbnn.HParam(
         "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
         help="a weight flips once its normalized gradient signal exceeds this",
     ),
-    benchbnn.HParam(
-        "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
-        help="adaptivity rate of the gradient average (first moment)",
-    ),
-    benchbnn.HParam(
-        "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
-        help="rate of the squared-gradient average (second moment)",
-    ),
+    GAMMA,
+    SIGMA,
     benchbnn.HParam(
         "unbiased", False,
         help="divide the moments by gamma and sigma before comparing (the authors' 'unbiased')",

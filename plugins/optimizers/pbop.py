@@ -10,23 +10,16 @@ import benchbnn
 from benchbnn.optim import (
     BinaryOptimizer, adam_hparams, counter_uniform, ema_, ema_foreach_, flip_, sum_counts,
 )
-
-#: Added to the root of the second moment, as in Bop2ndOrder.
-EPSILON = 1e-10
+# PBop keeps Bop2ndOrder's moments, so it shares their rates and epsilon.
+from benchbnn_plugins.optimizers.bop2ndorder import EPSILON, GAMMA, SIGMA
 
 HPARAMS = (
     benchbnn.HParam(
         "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
         help="signals at or below this never flip a weight",
     ),
-    benchbnn.HParam(
-        "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
-        help="adaptivity rate of the gradient average (first moment)",
-    ),
-    benchbnn.HParam(
-        "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
-        help="rate of the squared-gradient average (second moment)",
-    ),
+    GAMMA,
+    SIGMA,
     benchbnn.HParam(
         "scaler", 1e3, low=0.0, high=1e30, search=(1.0, 1e6), log=True,
         help="flip probability per unit of signal above the threshold",
