@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 
 from benchbnn.errors import BenchbnnError
+from benchbnn.processes import pid_alive
 from benchbnn.search_space import SearchSpace
 
 TrialState = optuna.trial.TrialState
@@ -204,15 +205,40 @@ def _open_storage(storage: str, heartbeat: int | None, create: bool):
     )
     hb = ({"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, **callbacks}
           if heartbeat else {})
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-    except ImportError as exc:
-        raise BenchbnnError(
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if attempt + 1 < SCHEMA_RACE_ATTEMPTS and _schema_race(exc):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise _storage_error(storage, exc) from None
+    raise AssertionError("the loop above returns or raises")
+
+
+#: How often to try opening a database storage whose tables another worker is creating.
+SCHEMA_RACE_ATTEMPTS = 5
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Two workers that open a fresh database at once both create Optuna's tables; the slower
+    one fails on a duplicate type or table (optuna/optuna#1092). Opening again then succeeds."""
+    import sqlalchemy.exc
+
+    text = str(exc).lower()
+    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and (
+        "duplicate key" in text or "already exists" in text
+    )
+
+
+def _storage_error(storage: str, exc: BaseException) -> BenchbnnError:
+    """The one-line error for a storage that could not be opened."""
+    if isinstance(exc, ImportError):
+        return BenchbnnError(
             f"no database driver for the Optuna storage {redact(storage)} ({exc}); for PostgreSQL "
             f"install psycopg2-binary (pip install 'benchbnn[postgres]')"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's connection and URL errors
-        raise _unreachable(storage, exc) from None
+        )
+    return _unreachable(storage, exc)  # SQLAlchemy's connection and URL errors
 
 
 def _redis_journal(url: str):
@@ -340,13 +366,7 @@ def _worker_alive(token: str) -> bool:
     pid = int(pid_text)
     if Path("/proc").is_dir():
         return Path(f"/proc/{pid}").exists() and _process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def requeue(study: Any, trial: Any) -> None:

@@ -144,3 +144,18 @@ def test_a_killed_worker_loses_nothing(tmp_path, storage_url):
               and t.number != victim_trial]
     assert all(t.user_attrs.get(tuning.ATTR_SURPLUS) for t in others)
     assert "4/4 trials counted" in _log(survivor_out)
+
+
+@pytest.mark.postgres
+def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(postgres_server):
+    """Optuna's tables are created by whichever worker comes first; the others must not fail
+    on the duplicate types that concurrent creation leaves (optuna/optuna#1092)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchbnn.studies import open_storage
+
+    url = postgres_server.new_database("race")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        storages = list(pool.map(lambda _: open_storage(url, heartbeat=None), range(4)))
+    assert len(storages) == 4
+    assert all(s.get_all_studies() == [] for s in storages)
