@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from benchbnn.errors import BenchbnnError
+from benchbnn.paths import writable_dir
 
 FORMAT_VERSION = 1
 FILENAME = "last.pt"
@@ -35,16 +36,7 @@ def default_dir(config_hash: str, root: str | Path | None = None) -> Path:
 
 def check_writable(directory: Path) -> None:
     """Raise a clear error now if checkpoints could not be written into ``directory`` later."""
-    probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise BenchbnnError(
-            f"cannot write checkpoints to {directory} ({probe} is not a writable directory); "
-            f"pass --checkpoint-dir with a writable directory"
-        )
+    writable_dir(directory, "checkpoints", "--checkpoint-dir")
 
 
 def rng_state() -> dict[str, Any]:

@@ -276,6 +276,10 @@ def compare(
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_location(uri)
+    from benchbnn.leaderboard import default_out
+    from benchbnn.paths import writable_dir
+
+    writable_dir(Path(out) if out is not None else default_out(expanded), "the leaderboard", "--out")
     planned = plan_runs(plan, uri, experiment, retry_failed, checkpoint_dir)
     say(_summary_line(expanded, planned))
     if not quiet:

@@ -632,8 +632,8 @@ def train(
     own = [tracker, ProgressDisplay(quiet=quiet)] if tracker is not None else []
     pm = _plugin_manager(own, plugins)
     if tracker is not None:
+        tracker.prepare()  # opens the store and experiment only: no run is created yet
         checkpoint.check_writable(run.checkpoint_dir)
-        tracker.prepare()
         run.tracking_uri = tracker.uri
     run.world = distributed.init(world, run.device)
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchbnn.config import TAG_CONFIG_HASH, TAG_FAILURE
+from benchbnn.paths import writable_dir
 from benchbnn.stats import PairedDifference, Summary, paired_difference, summarize, time_to_target
 from benchbnn.suites import Suite, SuiteEntry
 
@@ -234,8 +235,7 @@ def write(lb: Leaderboard, out: str | Path, plots: bool = True) -> list[Path]:
     from benchbnn.plots import plot_curves, plot_flips
     from benchbnn.tables import render_csv, render_json, render_latex, render_markdown
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out, "the leaderboard", "--out")
     written = []
     for name, render in zip(OUTPUT_FILES, (render_markdown, render_csv, render_latex, render_json)):
         path = out / name

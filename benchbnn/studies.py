@@ -195,6 +195,7 @@ def _open_storage(storage: str, heartbeat: int | None, create: bool):
     url = storage
     if url.startswith("postgres://"):  # Heroku-style; SQLAlchemy only knows postgresql://
         url = "postgresql://" + url[len("postgres://"):]
+    url = _with_installed_driver(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -214,6 +215,21 @@ def _open_storage(storage: str, heartbeat: int | None, create: bool):
                 continue
             raise _storage_error(storage, exc) from None
     raise AssertionError("the loop above returns or raises")
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, while benchbnn's ``postgres``
+    extra installs psycopg2; a URL that names no driver should work with whichever is there.
+    """
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 #: How often to try opening a database storage whose tables another worker is creating.

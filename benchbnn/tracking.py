@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlparse
 import benchbnn
 from benchbnn import config as names
 from benchbnn.errors import BenchbnnError
+from benchbnn.paths import writable_dir
 from benchbnn.plugins import hookimpl
 
 #: flush buffered per-step metrics at least this often (seconds) so live views stay current
@@ -93,7 +94,7 @@ def check_tracking_location(uri: str) -> None:
             f"tracking location {uri} is not writable ({probe} is not a writable directory); "
             f"pass --tracking-uri with a writable location, e.g. sqlite:///mlflow.db"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    writable_dir(directory, "the tracking store", "--tracking-uri")
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

@@ -155,6 +155,8 @@ def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(postgres_s
     from benchbnn.studies import open_storage
 
     url = postgres_server.new_database("race")
+    # A URL that names no driver (as users write it) must work with the installed psycopg2.
+    url = url.replace("postgresql+psycopg2://", "postgresql://")
     with ThreadPoolExecutor(max_workers=4) as pool:
         storages = list(pool.map(lambda _: open_storage(url, heartbeat=None), range(4)))
     assert len(storages) == 4

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
     budget.add_argument("--seed", type=int, default=0, help="seed of all randomness (default 0)")
     budget.add_argument("--subset", type=int, default=None, metavar="N",
-                        help="train on the first N training images only")
+                        help="train on N training images, class-balanced and the same for every seed")
     budget.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
                         help="hold out this fraction of the training split for validation")
     budget.add_argument("--l2", type=float, default=0.0,

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="heartbeat interval on database storages; a trial silent for three "
                              f"intervals is failed and retried (default {DEFAULT_HEARTBEAT_S})")
     parser.add_argument("--quiet", action="store_true",
-                        help="print only the final result (no training progress, no trial lines)")
+                        help="no per-epoch training progress: one summary line per trial run and the final result")
 
 
 def main(args: argparse.Namespace) -> int:
