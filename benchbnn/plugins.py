@@ -52,6 +52,11 @@ class PluginInfo:
     module: str
     hooks: tuple[str, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """``dist version`` for installed distributions, just the origin otherwise."""
+        return self.distribution if self.version == "-" else f"{self.distribution} {self.version}"
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -89,7 +94,7 @@ class Registry:
     def entry(self, kind: str, name: str) -> Entry:
         if (kind, name) in self.clashes:
             owners = " and ".join(
-                f"{p.distribution} {p.version} (plugin {p.name!r})" for p in self.clashes[kind, name]
+                f"{p.label} (plugin {p.name!r})" for p in self.clashes[kind, name]
             )
             raise PluginError(
                 f"{kind} name {name!r} is registered by more than one plugin: {owners}; "

@@ -79,6 +79,7 @@ def test_clash_between_two_plugins_names_both():
     with pytest.raises(PluginError) as info:
         benchbnn.get_optimizer("same-name")
     assert "'first'" in str(info.value) and "'second'" in str(info.value)
+    assert "in-process (plugin 'first')" in str(info.value)  # no version for unpackaged plugins
     assert any("same-name" in f.reason for f in benchbnn.get_registry().failures)
 
 
