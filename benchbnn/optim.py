@@ -245,11 +245,20 @@ def _check_implementation(value: str | None) -> str | None:
 
 _compiled_rules: dict[Rule, Rule] = {}
 
+#: Inductor options of the compiled rules. With dynamic shapes the C++ backend decides whether
+#: to parallelize a loop from the size of the first tensor it compiled for (or of whichever
+#: tensor filled the on-disk FX graph cache), so a small first tensor left every later step
+#: single-threaded. ``cpp.dynamic_threads`` always emits the OpenMP region and lets the runtime
+#: use the current thread count, whatever size compiled first. Triton ignores it.
+_COMPILE_OPTIONS = {"cpp.dynamic_threads": True}
+
 
 def _compiled(rule: Rule) -> Rule:
     """One compiled wrapper per rule, shared by every optimizer instance in the process."""
     if rule not in _compiled_rules:
-        _compiled_rules[rule] = torch.compile(rule, dynamic=True, fullgraph=True)
+        _compiled_rules[rule] = torch.compile(
+            rule, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS
+        )
     return _compiled_rules[rule]
 
 
