@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from benchbnn.config import RunConfig
-from benchbnn.errors import (
+from benchbnn.core.config import RunConfig
+from benchbnn.core.names import VERSION
+from benchbnn.core.errors import (
     BenchbnnError,
     DataError,
     HyperparameterError,
@@ -28,7 +29,7 @@ from benchbnn.errors import (
     UnknownNameError,
     UnsupportedInputError,
 )
-from benchbnn.plugins import (
+from benchbnn.core.plugins import (
     get_architecture,
     get_dataset,
     get_optimizer,
@@ -42,18 +43,18 @@ from benchbnn.plugins import (
     register_plugin,
     unregister_plugin,
 )
-from benchbnn.specs import ArchitectureSpec, DatasetSpec, HParam, OptimizerSpec, SuiteSpec
+from benchbnn.core.specs import ArchitectureSpec, DatasetSpec, HParam, OptimizerSpec, SuiteSpec
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # name -> module that defines it; resolved lazily by __getattr__ below.
 _LAZY = {
-    "split_parameters": "benchbnn.binary",
-    "sgn0": "benchbnn.binary",
-    "set_latent_mode": "benchbnn.binary",
-    "parameter_breakdown": "benchbnn.binary",
-    "train": "benchbnn.engine",
-    "best_trial_hparams": "benchbnn.tuning",
+    "split_parameters": "benchbnn.core.binary",
+    "sgn0": "benchbnn.core.binary",
+    "set_latent_mode": "benchbnn.core.binary",
+    "parameter_breakdown": "benchbnn.core.binary",
+    "train": "benchbnn.train.engine",
+    "best_trial_hparams": "benchbnn.tune.tuning",
 }
 
 

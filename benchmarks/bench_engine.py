@@ -1,8 +1,8 @@
-"""How much the engine adds to the model's own work: ``benchbnn.engine.train`` against a minimal
+"""How much the engine adds to the model's own work: ``benchbnn.train.engine.train`` against a minimal
 hand-written PyTorch loop on the same model, data, optimizer and batch size.
 
 Both sides train BinaryNet (width 0.25 by default) on CIFAR-10 with Bop2ndOrder from the same
-initial weights through the same data pipeline (``benchbnn.data.build_loaders``) and evaluate
+initial weights through the same data pipeline (``benchbnn.data.pipeline.build_loaders``) and evaluate
 the test split after every epoch. The engine runs with everything on: MLflow tracking into a
 temporary SQLite store, the progress plugin, per-epoch checkpoints, top-1/top-5, loss and
 flip-ratio bookkeeping.
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 
 import benchbnn
-from benchbnn.binary import set_latent_mode, split_parameters
-from benchbnn.config import RunConfig
-from benchbnn.data import build_loaders
-from benchbnn.engine import EVAL_BATCH_SIZE, seed_everything, train
+from benchbnn.core.binary import set_latent_mode, split_parameters
+from benchbnn.core.config import RunConfig
+from benchbnn.data.pipeline import build_loaders
+from benchbnn.train.engine import EVAL_BATCH_SIZE, seed_everything, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import benchbnn
-from benchbnn.data import build_loaders
+from benchbnn.data.pipeline import build_loaders
 
 TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 

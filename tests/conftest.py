@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import benchbnn.plugins
+import benchbnn.core.plugins
 
 # The tests train tiny models, for which one intra-op thread is fastest, and several tests run
 # worker subprocesses (torchrun, tuning workers) beside the test process: without this, the
@@ -17,16 +17,19 @@ import benchbnn.plugins
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+#: Fixtures of tests/pg.py (a PostgreSQL server started for the session) for every module.
+pytest_plugins = ["pg"]
+
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.fixture
 def clean_registry():
     """Undo in-process plugin registrations made by a test."""
-    before = list(benchbnn.plugins._extra_objects)
+    before = list(benchbnn.core.plugins._extra_objects)
     yield
-    benchbnn.plugins._extra_objects[:] = before
-    benchbnn.plugins.reset_registry()
+    benchbnn.core.plugins._extra_objects[:] = before
+    benchbnn.core.plugins.reset_registry()
 
 
 @pytest.fixture

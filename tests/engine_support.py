@@ -13,7 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from benchbnn.config import EPOCH_METRICS, RunConfig
+from benchbnn.core.config import RunConfig
+
+from benchbnn.core.names import EPOCH_METRICS
 
 #: a BNN MLP with one hidden layer of 32 units on the embedded 8x8 digits: a run takes ~1 s
 TINY_ARCH = {"hidden": [32]}
@@ -29,7 +31,7 @@ def tiny_config(**overrides: Any) -> RunConfig:
 
 @lru_cache(maxsize=1)
 def _template() -> Path:
-    from benchbnn.tracking import client_for
+    from benchbnn.train.tracking import client_for
 
     folder = Path(tempfile.mkdtemp(prefix="benchbnn-mlflow-template-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

@@ -11,7 +11,7 @@ postgresql`` is tried once; otherwise the fixture fails with a message saying wh
 
 Use from a test module::
 
-    from pg import postgres_server  # noqa: F401  (a session-scoped fixture)
+    (registered for every test module by conftest.py: pytest_plugins = ["pg"])
 
     def test_x(postgres_server):
         url = postgres_server.new_database("x")   # postgresql+psycopg2://postgres@/x?host=...

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchbnn import ablation
+from benchbnn.core import names as tracked_names
+from benchbnn.tune import ablation
 from benchbnn.cli import main as cli_main
-from benchbnn.errors import BenchbnnError
-from benchbnn.suites import load_suite
-from benchbnn.tracking import client_for
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.bench.suite_file import load_suite
+from benchbnn.train.tracking import client_for
 from tuning_support import fresh_tracking_uri, one_torch_thread, write_suite
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
@@ -129,7 +130,7 @@ def test_a_tiny_sweep_writes_plots_and_robustness_and_reuses_runs(tmp_path):
 
     client = client_for(uri)
     runs = client.search_runs([client.get_experiment_by_name("benchbnn").experiment_id])
-    assert sorted(r.data.tags[ablation.TAG_ABLATION] for r in runs) == [
+    assert sorted(r.data.tags[tracked_names.TAG_ABLATION] for r in runs) == [
         "base", "gamma=0.0001", "gamma=1e-06", "sigma=0.0001", "sigma=0.01"]
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -12,9 +12,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import benchbnn
-from benchbnn.binary import BinaryLayer, parameter_breakdown, set_latent_mode, sgn0, split_parameters
+from benchbnn.core.binary import BinaryLayer, parameter_breakdown, set_latent_mode, sgn0, split_parameters
 from benchbnn.cli import main as cli_main
-from benchbnn.errors import BenchbnnError, HyperparameterError, UnsupportedInputError
+from benchbnn.core.errors import BenchbnnError, HyperparameterError, UnsupportedInputError
 
 ARCHS = ("binarynet", "bnn-mlp", "xnornet", "birealnet18")
 TIMM_NAMES = {"binarynet": "binarynet", "bnn-mlp": "bnn_mlp", "xnornet": "xnornet",

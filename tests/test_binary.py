@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import benchbnn
-from benchbnn.binary import (
+from benchbnn.core.binary import (
     BinaryConv2d,
     BinaryLinear,
     approx_sign,
@@ -22,7 +22,7 @@ from benchbnn.binary import (
     split_parameters,
     ste_sign,
 )
-from benchbnn.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError
 
 floats = st.floats(min_value=-4.0, max_value=4.0, allow_nan=False, width=32)
 vectors = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v))

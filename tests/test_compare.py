@@ -12,10 +12,10 @@ from PIL import Image
 
 import benchbnn
 from benchbnn.cli import main as cli
-from benchbnn.compare import RECORDED_FAILURE, RESUME, REUSE, TRAIN, compare
-from benchbnn.errors import BenchbnnError
-from benchbnn.leaderboard import OUTPUT_FILES
-from benchbnn.tracking import client_for
+from benchbnn.bench.compare import RECORDED_FAILURE, RESUME, REUSE, TRAIN, compare
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.bench.report import OUTPUT_FILES
+from benchbnn.train.tracking import client_for
 
 TINY = """\
 name = "tiny"
@@ -112,7 +112,7 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     out = tmp_path / "leaderboards" / "quick"
     counter = Counter()
     first, lines = run("quick", tmp_path, store, "quick", out=out, plugins=[counter], **protocol)
-    n = 2 * len(benchbnn.suites.load_suite("quick").entries)
+    n = 2 * len(benchbnn.bench.suite_file.load_suite("quick").entries)
     assert counter.starts == n == first.trained
     assert f"training {n}" in lines[0]
     data = json.loads((out / "leaderboard.json").read_text())
@@ -302,7 +302,7 @@ TINY_BINARYNET = {"batch_size": 10, "arch_options": {"width": 0.0625}}
 def test_cifar10_suites_run_end_to_end_with_tiny_overrides(name, tmp_path, store, tiny_cifar):
     result, _ = run(name, tmp_path, store, name, data_dir=tiny_cifar, epochs=1, seeds=1,
                     overrides=TINY_BINARYNET, data_note="a generated CIFAR-10 look-alike")
-    suite = benchbnn.suites.load_suite(name)
+    suite = benchbnn.bench.suite_file.load_suite(name)
     assert result.trained == len(suite.entries)
     assert {r.status for r in result.results} == {"FINISHED"}
     md = (tmp_path / "leaderboards" / "out" / "leaderboard.md").read_text()
@@ -329,17 +329,20 @@ def test_imagenet_suite_runs_end_to_end_with_tiny_overrides(tmp_path, store, tin
 
 @pytest.mark.slow
 def test_compare_tuned_trains_each_entry_with_its_best_trial(tmp_path, store, monkeypatch):
-    from benchbnn.tuning import best_trial_hparams, tune
+    from benchbnn.tune.tuned import tuned_suite
+    from benchbnn.tune.tuning import best_trial_hparams, tune
 
     monkeypatch.chdir(tmp_path)  # the tuner checkpoints under the working directory
     suite = str(tiny_suite(tmp_path, epochs=1, seeds=1))
     journal = str(tmp_path / "optuna.journal")
     tune(suite, "bop", trials=1, sampler="random", storage=journal, epochs=1, tracking_uri=store,
          experiment="tuning", out=tmp_path / "tuning", quiet=True)
-    best = best_trial_hparams(benchbnn.suites.load_suite(suite), "bop", storage=journal)
+    best = best_trial_hparams(benchbnn.bench.suite_file.load_suite(suite), "bop", storage=journal)
 
-    result, lines = run(suite, tmp_path, store, "tuned", optimizers="bop", tuned=True,
-                        storage=journal)
+    original = benchbnn.bench.suite_file.load_suite(suite)
+    resolved, used = tuned_suite(original, "bop", storage=journal)
+    result, lines = run(resolved, tmp_path, store, "tuned", optimizers="bop", tuned=used,
+                        original=original)
     assert lines[0].startswith(
         f"entry bop: tuned hyperparameters from study {best.study_name!r} trial #{best.trial_number}")
     assert [p.entry.label for p in result.plan] == ["bop"]

@@ -13,18 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import benchbnn
-from benchbnn.data import (
+from benchbnn.data.pipeline import (
     SPLIT_SEED,
-    AugmentParams,
     balanced_subset,
     build_loaders,
     eval_positions,
     stratified_split,
     train_positions,
-    transform_batch,
 )
-from benchbnn.datasets_io import ImageTensors
-from benchbnn.errors import BenchbnnError, HyperparameterError, PluginError
+from benchbnn.data.augment import AugmentParams, transform_batch
+from benchbnn.data.tensors import ImageTensors
+from benchbnn.core.errors import BenchbnnError, HyperparameterError, PluginError
 
 
 @pytest.fixture(autouse=True)

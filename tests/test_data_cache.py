@@ -15,7 +15,7 @@ import torch
 from datafiles import write_cifar_pickles, write_image_tree, write_mnist
 
 import benchbnn
-import benchbnn.datasets_io as dio
+import benchbnn.data.tensors as dio
 from benchbnn_plugins.datasets import cifar10, mnist
 
 
@@ -150,7 +150,7 @@ def test_a_writer_killed_mid_write_leaves_no_entry_and_is_cleaned_up(tmp_path, u
     written = write_cifar_pickles(tmp_path)
     script = textwrap.dedent("""
         import sys, time
-        import benchbnn.datasets_io as dio
+        import benchbnn.data.tensors as dio
         from benchbnn_plugins.datasets.cifar10 import read_cifar10
 
         def slow_save(path, array):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import benchbnn
-from benchbnn.data import build_loaders
+from benchbnn.data.pipeline import build_loaders
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TARBALL = "cifar10-jpeg.tar.gz"

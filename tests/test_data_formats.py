@@ -12,8 +12,8 @@ import torch
 from datafiles import CIFAR_CLASSES, idx_bytes, truncate, write_cifar_pickles, write_image_tree, write_mnist
 
 import benchbnn
-from benchbnn.data import build_loaders
-from benchbnn.errors import BenchbnnError, DataError
+from benchbnn.data.pipeline import build_loaders
+from benchbnn.core.errors import BenchbnnError, DataError
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,11 @@ from mlflow import MlflowClient
 from torch import nn
 
 import benchbnn
-from benchbnn import config as names
-from benchbnn.binary import BinaryLinear, split_parameters
-from benchbnn.config import RunConfig
-from benchbnn.engine import canonical_config, l2_parameters, train
-from benchbnn.errors import BenchbnnError, HyperparameterError
+from benchbnn.core import names
+from benchbnn.core.binary import BinaryLinear, split_parameters
+from benchbnn.core.config import RunConfig
+from benchbnn.train.engine import canonical_config, l2_parameters, train
+from benchbnn.core.errors import BenchbnnError, HyperparameterError
 from engine_support import assert_has_epoch_metrics, computed, fresh_store, tiny_config
 
 
@@ -254,6 +254,6 @@ def test_l2_shrinks_the_full_precision_weights(store, tmp_path):
 
 
 def test_peak_memory_is_reported_in_megabytes():
-    from benchbnn.engine import peak_memory_mb
+    from benchbnn.train.engine import peak_memory_mb
 
     assert peak_memory_mb(torch.device("cpu")) > 10  # a Python process with torch loaded

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from benchbnn import config as names
+from benchbnn.core import names
 from engine_support import computed, fresh_store
 
 PROBE = '''
@@ -24,7 +24,7 @@ import os
 import torch
 import torch.distributed as dist
 import benchbnn
-from benchbnn.distributed import checksum
+from benchbnn.train.distributed import checksum
 
 seen = {"steps": 0, "mismatches": []}
 

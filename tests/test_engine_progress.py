@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from benchbnn.engine import train
-from benchbnn.progress import ProgressDisplay, epoch_table
+from benchbnn.train.engine import train
+from benchbnn.train.progress import ProgressDisplay, epoch_table
 from engine_support import fresh_store, tiny_config
 
 

@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 import benchbnn
-from benchbnn.engine import train
+from benchbnn.train.engine import train
 from engine_support import computed, fresh_store, tiny_config
 
 PAUSE_PLUGIN = '''

@@ -10,10 +10,12 @@ import random
 
 import pytest
 
-from benchbnn.config import RunConfig
-from benchbnn.leaderboard import RunRecord, build, write, write_index
-from benchbnn.suites import Suite, SuiteEntry
-from benchbnn.tables import (
+from benchbnn.core.config import RunConfig
+from benchbnn.train.runs import RunRecord
+from benchbnn.bench.results import build
+from benchbnn.bench.report import write, write_index
+from benchbnn.bench.suites import Suite, SuiteEntry
+from benchbnn.bench.tables import (
     INDEX_MARKER,
     render_csv,
     render_index,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import benchbnn
-from benchbnn.errors import BenchbnnError, HyperparameterError, UnknownNameError
-from benchbnn.optim import BinaryOptimizer, adam_step_size, counter_uniform
+from benchbnn.core.errors import BenchbnnError, HyperparameterError, UnknownNameError
+from benchbnn.optim.base import BinaryOptimizer, adam_step_size, counter_uniform
 
 FLIP_OPTIMIZERS = ["bop", "bop2ndorder", "pbop"]
 ALL_OPTIMIZERS = [*FLIP_OPTIMIZERS, "adam-latent"]
@@ -525,7 +525,7 @@ class _MyBop(BinaryOptimizer):
     """The example of BinaryOptimizer's docstring, as a plugin author would write it."""
 
     hparams = (benchbnn.HParam("threshold", 1e-8, low=0.0, high=1.0),
-               *benchbnn.optim.adam_hparams())
+               *benchbnn.optim.base.adam_hparams())
     state_buffers = ("m",)
     rule_keys = ("threshold",)
 
@@ -537,8 +537,8 @@ class _MyBop(BinaryOptimizer):
 
     @staticmethod
     def update(w, g, m, *, threshold):
-        benchbnn.optim.ema_(m, g, 1e-4)
-        return benchbnn.optim.flip_(w, w * m > threshold)
+        benchbnn.optim.base.ema_(m, g, 1e-4)
+        return benchbnn.optim.base.flip_(w, w * m > threshold)
 
 
 @pytest.mark.usefixtures("clean_registry")

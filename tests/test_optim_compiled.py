@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import benchbnn
-import benchbnn.optim
-from benchbnn.optim import BinaryOptimizer, compile_unavailable_reason, flip_
+import benchbnn.optim.base
+from benchbnn.optim.base import BinaryOptimizer, compile_unavailable_reason, flip_
 from optim_support import build, gradient, rule_hparams, run_side_by_side
 
 needs_compile = pytest.mark.skipif(
@@ -116,7 +116,7 @@ class _HostReading(BinaryOptimizer):
 @pytest.mark.slow
 @needs_compile
 def test_a_rule_that_cannot_compile_falls_back_to_the_reference(monkeypatch):
-    monkeypatch.setattr(benchbnn.optim, "_warned", set())
+    monkeypatch.setattr(benchbnn.optim.base, "_warned", set())
     results = {}
     for implementation in ("reference", "compiled"):
         w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0, -1.0]))
@@ -134,7 +134,7 @@ def test_a_rule_that_cannot_compile_falls_back_to_the_reference(monkeypatch):
 
 def test_compile_disabled_falls_back_to_foreach_with_one_warning(monkeypatch):
     monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
-    monkeypatch.setattr(benchbnn.optim, "_warned", set())
+    monkeypatch.setattr(benchbnn.optim.base, "_warned", set())
     assert "TORCHDYNAMO_DISABLE" in compile_unavailable_reason("cpu")
     w = torch.nn.Parameter(torch.ones(3))
     with pytest.warns(RuntimeWarning, match="torch.compile unavailable"):
@@ -149,15 +149,15 @@ def test_unbuildable_devices_are_reported():
 
 
 def test_default_implementation_depends_on_size_and_environment(monkeypatch):
-    monkeypatch.delenv(benchbnn.optim.IMPLEMENTATION_ENV, raising=False)
+    monkeypatch.delenv(benchbnn.optim.base.IMPLEMENTATION_ENV, raising=False)
     spec = benchbnn.get_optimizer("bop")
     small = spec.build([torch.nn.Parameter(torch.ones(10))])
     assert small.implementation == "foreach"
-    big = spec.build([torch.nn.Parameter(torch.ones(benchbnn.optim.COMPILE_MIN_WEIGHTS))])
+    big = spec.build([torch.nn.Parameter(torch.ones(benchbnn.optim.base.COMPILE_MIN_WEIGHTS))])
     expected = "compiled" if compile_unavailable_reason("cpu") is None else "foreach"
     assert big.implementation == expected
-    monkeypatch.setenv(benchbnn.optim.IMPLEMENTATION_ENV, "reference")
+    monkeypatch.setenv(benchbnn.optim.base.IMPLEMENTATION_ENV, "reference")
     assert spec.build([torch.nn.Parameter(torch.ones(10))]).implementation == "reference"
-    monkeypatch.setenv(benchbnn.optim.IMPLEMENTATION_ENV, "turbo")
+    monkeypatch.setenv(benchbnn.optim.base.IMPLEMENTATION_ENV, "turbo")
     with pytest.raises(benchbnn.BenchbnnError, match="unknown optimizer implementation 'turbo'"):
         spec.build([torch.nn.Parameter(torch.ones(10))])

@@ -15,8 +15,8 @@ import torch
 
 import benchbnn
 from benchbnn.cli import main as cli_main
-from benchbnn.errors import HyperparameterError, PluginError, UnknownNameError
-from benchbnn.plugins import load_registry
+from benchbnn.core.errors import HyperparameterError, PluginError, UnknownNameError
+from benchbnn.core.plugins import load_registry
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 
@@ -70,7 +70,7 @@ def test_in_process_plugin_is_found_and_builds():
     param = torch.nn.Parameter(torch.zeros(3))
     optimizer = spec.build([param], [], lr=0.5)
     assert optimizer.param_groups[0]["lr"] == 0.5
-    assert benchbnn.plugins.provenance("optimizer", "toy-sgd").distribution == "in-process"
+    assert benchbnn.core.plugins.provenance("optimizer", "toy-sgd").distribution == "in-process"
 
 
 def test_clash_between_two_plugins_names_both():
@@ -133,7 +133,7 @@ def test_strict_mode_raises_on_the_first_broken_plugin():
 
 def test_module_that_fails_to_import_is_reported_by_name(monkeypatch):
     monkeypatch.setenv("BENCHBNN_PLUGINS", "no_such_module_for_benchbnn")
-    benchbnn.plugins.reset_registry()
+    benchbnn.core.plugins.reset_registry()
     registry = benchbnn.get_registry()
     (failure,) = [f for f in registry.failures if f.plugin == "no_such_module_for_benchbnn"]
     assert "failed to import" in failure.reason
@@ -195,7 +195,7 @@ def test_local_module_with_dash_p(tmp_path, monkeypatch, capsys):
         assert cli_main(["-p", "my_local_plugin", "plugins"]) == 0
         assert "optimizer     local-sgd" in capsys.readouterr().out
     finally:
-        benchbnn.plugins._extra_modules.remove("my_local_plugin")
+        benchbnn.core.plugins._extra_modules.remove("my_local_plugin")
 
 
 def test_unknown_command_option_exits_2():

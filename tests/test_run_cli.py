@@ -8,9 +8,9 @@ import re
 import pytest
 from mlflow import MlflowClient
 
-from benchbnn import config as names
+from benchbnn.core import names
 from benchbnn.cli import main
-from benchbnn.config import RunConfig
+from benchbnn.core.config import RunConfig
 from engine_support import fresh_store
 
 BASE = ["run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidden=32",

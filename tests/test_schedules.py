@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import benchbnn
-from benchbnn.errors import BenchbnnError, HyperparameterError
-from benchbnn.schedules import (
+from benchbnn.core.errors import BenchbnnError, HyperparameterError
+from benchbnn.optim.schedules import (
     Constant, Cosine, Exponential, Polynomial, Schedule, Step, apply_schedules, parse_schedule,
     validate_schedules,
 )

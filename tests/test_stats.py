@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchbnn.stats import paired_difference, summarize, t_critical, time_to_target
+from benchbnn.bench.stats import paired_difference, summarize, t_critical, time_to_target
 
 # Two-sided 95% Student t quantiles as printed in any statistics table.
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 29: 2.045}

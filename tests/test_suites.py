@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 import benchbnn
-from benchbnn.config import RunConfig
-from benchbnn.errors import BenchbnnError
-from benchbnn.suites import Suite, SuiteError, load_suite, parse_suite
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.bench.suite_checks import SuiteError
+from benchbnn.bench.suites import Suite
+from benchbnn.bench.suite_file import load_suite, parse_suite
 
 BUILT_IN = ["quick", "cifar10-cpu", "cifar10-binarynet", "cifar10-base-point",
             "imagenet-xnornet-birealnet"]
@@ -69,7 +71,7 @@ def test_every_built_in_suite_is_registered_and_loads():
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_built_in_run_configs_are_already_canonical(name):
     """The engine would hash them the same way, so compare finds the runs it trained."""
-    from benchbnn.engine import canonical_config
+    from benchbnn.train.engine import canonical_config
 
     for _entry, _arch, config in load_suite(name).run_configs():
         assert canonical_config(config) == config
@@ -147,7 +149,7 @@ def test_built_in_suites_load_after_a_non_editable_install_from_any_directory(tm
         check=True, capture_output=True, timeout=300,
     )
     script = (
-        "import benchbnn.suites as s, benchbnn_plugins;"
+        "import benchbnn.bench.suite_file as s, benchbnn_plugins;"
         "suite = s.load_suite('quick');"
         "print(suite.path.is_file(), suite.path.parent.parent)"
     )

@@ -16,11 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 import benchbnn
-from benchbnn import config as names
-from benchbnn.config import EPOCH_METRICS, RUN_METRICS, RunConfig
-from benchbnn.engine import train
-from benchbnn.errors import BenchbnnError
-from benchbnn.tracking import check_tracking_location, ensure_experiment, resolve_tracking_uri
+from benchbnn.core import names
+from benchbnn.core.config import RunConfig
+from benchbnn.core.names import EPOCH_METRICS, RUN_METRICS
+from benchbnn.train.engine import train
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.train.tracking import check_tracking_location, ensure_experiment, resolve_tracking_uri
 from engine_support import assert_has_epoch_metrics, fresh_store
 from engine_support import tiny_config as tiny
 
@@ -103,7 +104,7 @@ def test_epoch_metrics_are_logged_per_epoch(tracked):
 
 def test_flip_ratio_is_sampled_per_step(tracked):
     client, cfg, result, _ = tracked
-    from benchbnn.data import build_loaders
+    from benchbnn.data.pipeline import build_loaders
 
     per_epoch = len(build_loaders("digits", batch_size=64, seed=0, val_fraction=0.2).train)
     steps = client.get_metric_history(result.run_id, "step_flip_log_ratio")

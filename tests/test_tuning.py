@@ -16,10 +16,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import benchbnn
-from benchbnn import search_space as spaces
-from benchbnn import studies, tuning
-from benchbnn.errors import BenchbnnError, HyperparameterError
-from benchbnn.specs import HParam, OptimizerSpec
+from benchbnn.tune import search_space as spaces
+from benchbnn.tune import studies
+from benchbnn.tune import tuning
+from benchbnn.core.errors import BenchbnnError, HyperparameterError
+from benchbnn.core.specs import HParam, OptimizerSpec
 
 
 def _factory(binary_params, real_params, gamma=1e-4, sigma=1e-3, threshold=1e-6, unbiased=False,
@@ -226,7 +227,7 @@ def test_journal_is_shared_by_processes(tmp_path):
     storage = studies.open_storage(str(path))
     optuna.create_study(storage=storage, study_name="shared")
     code = (
-        "import optuna, sys; from benchbnn import studies\n"
+        "import optuna, sys; from benchbnn.tune import studies\n"
         f"s = optuna.load_study(study_name='shared', storage=studies.open_storage({str(path)!r}))\n"
         "s.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=3)\n"
     )

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import benchbnn
-from benchbnn import tuning
+from benchbnn.core import names
+from benchbnn.tune import tuning
 from benchbnn.cli import main as cli_main
-from benchbnn.config import TAG_STUDY, TAG_TRIAL
-from benchbnn.errors import BenchbnnError
-from benchbnn.tracking import client_for
+from benchbnn.core.names import TAG_STUDY, TAG_TRIAL
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.train.tracking import client_for
 from tuning_support import fresh_tracking_uri, one_torch_thread, write_suite
 
 TrialState = optuna.trial.TrialState
@@ -67,7 +68,7 @@ def test_mlflow_parent_and_nested_trial_runs(study):
         tuning.ATTR_PARENT]
     assert parent_id == study.result.parent_run_id
     parent = client.get_run(parent_id)
-    assert parent.data.tags[tuning.TAG_ROLE] == "study"
+    assert parent.data.tags[names.TAG_ROLE] == "study"
     assert parent.data.tags[TAG_STUDY] == "tiny-bop2ndorder"
     assert parent.info.status == "FINISHED"
     assert json.loads(parent.data.params["search.gamma"])["low"] == 1e-6
@@ -124,7 +125,7 @@ def test_rerunning_the_command_continues_the_study(study, capsys):
     client = client_for(study.uri)
     parents = client.search_runs(
         [client.get_experiment_by_name("benchbnn").experiment_id],
-        filter_string=f"tags.`{tuning.TAG_ROLE}` = 'study'")
+        filter_string=f"tags.`{names.TAG_ROLE}` = 'study'")
     assert [p.info.run_id for p in parents] == [study.result.parent_run_id]  # the same parent
     for t in trials[3:]:
         run = client.get_run(t.user_attrs[tuning.ATTR_RUN_ID])

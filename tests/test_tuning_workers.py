@@ -19,8 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from benchbnn import tuning
-from pg import postgres_server  # noqa: F401  (session fixture)
+from benchbnn.tune import tuning
 from tuning_support import fresh_tracking_uri, write_suite
 
 pytestmark = pytest.mark.slow
@@ -152,7 +151,7 @@ def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(postgres_s
     on the duplicate types that concurrent creation leaves (optuna/optuna#1092)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchbnn.studies import open_storage
+    from benchbnn.tune.studies import open_storage
 
     url = postgres_server.new_database("race")
     # A URL that names no driver (as users write it) must work with the installed psycopg2.

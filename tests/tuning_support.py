@@ -59,7 +59,7 @@ def write_suite(directory: Path, name: str = "tiny", epochs: int = 2, tune: str 
 
 @lru_cache(maxsize=1)
 def _template() -> Path:
-    from benchbnn.tracking import client_for
+    from benchbnn.train.tracking import client_for
 
     directory = Path(tempfile.mkdtemp(prefix="benchbnn-mlflow-template-"))
     atexit.register(shutil.rmtree, directory, True)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from benchbnn.errors import BenchbnnError, RunFailed
+from benchbnn.core.errors import BenchbnnError, RunFailed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.plugin_modules:
-            from benchbnn.plugins import add_plugin_modules
+            from benchbnn.core.plugins import add_plugin_modules
 
             add_plugin_modules(args.plugin_modules)
         return int(args._handler(args) or 0)

@@ -59,7 +59,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchbnn.ablation import ablate
+    from benchbnn.tune.ablation import ablate
 
     result = ablate(
         args.suite, optimizers=_names(args.optimizers), hparams=_names(args.hparams),

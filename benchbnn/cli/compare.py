@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
-from benchbnn.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError
 
 NAME = "compare"
 HELP = (
@@ -71,23 +71,36 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol keyword arguments of ``compare`` and ``leaderboard``, with the suite loaded.
+
+    With ``--tuned`` the suite is resolved here, above the benchmark layer: every entry that
+    takes part gets its study's best trial (:func:`benchbnn.tune.tuned.tuned_suite`).
+    """
+    from benchbnn.bench.suite_file import load_suite
+
     if (args.storage or args.study) and not args.tuned:
         raise BenchbnnError("--storage and --study only apply with --tuned")
     overrides = dict(args.override)
     if args.subset is not None:
         overrides["subset"] = args.subset
+    original = load_suite(args.suite)
     kwargs: dict[str, Any] = {
+        "suite": original,
         "seeds": args.seeds,
         "epochs": args.epochs,
         "optimizers": args.optimizers,
         "overrides": overrides or None,
         "tracking_uri": args.tracking_uri,
         "out": args.out,
-        "tuned": args.tuned,
-        "storage": args.storage,
-        "study": args.study,
         "plots": not args.no_plots,
     }
+    if args.tuned:
+        from benchbnn.tune.tuned import tuned_suite
+
+        kwargs["suite"], kwargs["tuned"] = tuned_suite(
+            original, args.optimizers, storage=args.storage, study=args.study
+        )
+        kwargs.update(original=original, study=args.study)
     if args.experiment:
         kwargs["experiment"] = args.experiment
     return kwargs
@@ -108,17 +121,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_results(written: Any) -> None:
     """The paper-layout table, as in leaderboard.md."""
-    from benchbnn.tables import main_table, markdown_table
+    from benchbnn.bench.tables import main_table, markdown_table
 
     print()
     print("\n".join(markdown_table(*main_table(written.leaderboard))))
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchbnn.compare import compare
+    from benchbnn.bench.compare import compare
 
     result = compare(
-        args.suite,
         data_dir=args.data_dir,
         device=args.device,
         checkpoint_dir=args.checkpoint_dir,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from benchbnn.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError
 
 NAME = "describe"
 HELP = "show an architecture's parameter breakdown: binary weights, real parameters, size in MB"
@@ -69,8 +69,8 @@ def _output_shapes(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[
 def describe(arch: str, image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
              options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The breakdown ``benchbnn describe`` prints, as data."""
-    from benchbnn.binary import parameter_breakdown
-    from benchbnn.plugins import get_architecture
+    from benchbnn.core.binary import parameter_breakdown
+    from benchbnn.core.plugins import get_architecture
 
     spec = get_architecture(arch)
     options = dict(options or {})

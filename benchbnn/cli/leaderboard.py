@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchbnn.leaderboard import leaderboard
+    from benchbnn.bench.report import leaderboard
 
-    written = leaderboard(args.suite, **protocol_kwargs(args))
+    kwargs = protocol_kwargs(args)
+    kwargs["tuned"] = bool(kwargs.get("tuned"))
+    written = leaderboard(**kwargs)
     if written.missing:
         print(
             f"benchbnn: warning: {written.missing} planned run(s) are not in the tracking store; "

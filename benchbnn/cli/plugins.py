@@ -50,7 +50,7 @@ def _describe(kind: str, spec: Any) -> dict[str, Any]:
 
 def listing() -> dict[str, Any]:
     """The plugin listing as plain data (what ``--json`` prints)."""
-    from benchbnn.plugins import get_registry
+    from benchbnn.core.plugins import get_registry
 
     registry = get_registry()
     distributions: dict[str, dict[str, Any]] = {}

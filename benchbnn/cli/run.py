@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from benchbnn.config import DEFAULT_EXPERIMENT, RunConfig
-from benchbnn.errors import BenchbnnError
+from benchbnn.core.config import RunConfig
+
+from benchbnn.core.names import DEFAULT_EXPERIMENT
+from benchbnn.core.errors import BenchbnnError
 
 NAME = "run"
 HELP = "train and evaluate one configuration (dataset, architecture, optimizer), tracked in MLflow"
@@ -122,9 +124,9 @@ def _options(assignments: Sequence[str], flag: str, defaults: dict[str, Any]) ->
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The canonical RunConfig the command line describes (errors are BenchbnnError)."""
-    from benchbnn.engine import canonical_config
-    from benchbnn.plugins import get_architecture, get_dataset
-    from benchbnn.schedules import parse_schedule
+    from benchbnn.train.engine import canonical_config
+    from benchbnn.core.plugins import get_architecture, get_dataset
+    from benchbnn.optim.schedules import parse_schedule
 
     hparams = dict(split_assignment(t, "--set") for t in args.hparams)
     schedules = {}
@@ -145,7 +147,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchbnn.engine import DEFAULT_LOG_EVERY, train
+    from benchbnn.train.engine import DEFAULT_LOG_EVERY, train
 
     config = build_config(args)
     result = train(

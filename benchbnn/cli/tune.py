@@ -10,7 +10,7 @@ NAME = "tune"
 HELP = "tune an optimizer's hyperparameters on a suite's protocol (Optuna, validation split)"
 ORDER = 50
 
-# Kept equal to benchbnn.tuning's (not imported here: building the parser must stay cheap).
+# Kept equal to benchbnn.tune.tuning's (not imported here: building the parser must stay cheap).
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_TRIALS = 20
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchbnn.tuning import tune
+    from benchbnn.tune.tuning import tune
 
     result = tune(
         args.suite, args.optimizer, trials=args.trials, sampler=args.sampler, pruner=args.pruner,

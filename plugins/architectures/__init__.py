@@ -22,8 +22,8 @@ import torch
 from timm.models import build_model_with_cfg
 from torch import nn
 
-from benchbnn.binary import BinaryLayer, set_latent_mode
-from benchbnn.errors import HyperparameterError, UnsupportedInputError
+from benchbnn.core.binary import BinaryLayer, set_latent_mode
+from benchbnn.core.errors import HyperparameterError, UnsupportedInputError
 
 #: CIFAR-10 training-set channel statistics, for the default configs of the 32x32 variants
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

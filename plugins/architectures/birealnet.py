@@ -30,7 +30,7 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
-from benchbnn.binary import BinaryConv2d
+from benchbnn.core.binary import BinaryConv2d
 from benchbnn_plugins.architectures import (
     CIFAR_MEAN,
     CIFAR_STD,

@@ -25,7 +25,7 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 import benchbnn
-from benchbnn.binary import BinaryLinear
+from benchbnn.core.binary import BinaryLinear
 from benchbnn_plugins.architectures import (
     ClassifierHead,
     as_sizes,

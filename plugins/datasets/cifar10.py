@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import benchbnn
-from benchbnn.datasets_io import (
+from benchbnn.data import (
     ImageTensors,
     cached_tensors,
     data_error,

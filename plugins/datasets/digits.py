@@ -22,7 +22,7 @@ import torch
 
 import benchbnn
 from benchbnn.data import stratified_split
-from benchbnn.datasets_io import ImageTensors, cached_tensors
+from benchbnn.data import ImageTensors, cached_tensors
 
 TRAIN_SIZE = 1437
 TEST_SIZE = 360

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import benchbnn
-from benchbnn.datasets_io import data_error
+from benchbnn.data import data_error
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

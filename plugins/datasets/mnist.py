@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import benchbnn
-from benchbnn.datasets_io import ImageTensors, cached_tensors, data_error
+from benchbnn.data import ImageTensors, cached_tensors, data_error
 
 PREFIX = {"train": "train", "test": "t10k"}
 FORMAT = 1

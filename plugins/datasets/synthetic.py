@@ -16,7 +16,7 @@ import torch
 
 import benchbnn
 from benchbnn.data import derived_generator
-from benchbnn.datasets_io import ImageTensors
+from benchbnn.data import ImageTensors
 
 DEFAULTS = {"num_classes": 10, "channels": 3, "size": 32, "train_size": 2048, "test_size": 512,
             "data_seed": 0}

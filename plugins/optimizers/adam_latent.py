@@ -31,7 +31,7 @@ class AdamLatent(BinaryOptimizer):
 
     The flip count of a step is the number of latent weights whose sign (``sgn0``) changed, so
     it is comparable with the flips of Bop-style optimizers. Models must run their binary layers
-    in latent mode (``benchbnn.binary.set_latent_mode(model, True, clip)``); the engine does this
+    in latent mode (``benchbnn.core.binary.set_latent_mode(model, True, clip)``); the engine does this
     for optimizers whose spec has ``latent_weights=True``.
 
     Args:

@@ -1,0 +1,655 @@
+"""Leaderboard text: Markdown, CSV, LaTeX and JSON renderings and the index of all suites.
+
+Every function here is a pure function of a :class:`benchbnn.bench.report.Leaderboard` (or of the
+JSON data written from one): rows come in suite order, floats are printed with a fixed number of
+digits and nothing depends on the clock or the machine, so the same runs always give
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from benchbnn.core.names import FAILED, FINISHED, MISSING
+from benchbnn.bench.results import Leaderboard, Row
+from benchbnn.train.runs import RunRecord
+from benchbnn.bench.stats import Summary
+from benchbnn.bench.suites import Suite, SuiteEntry
+
+
+# --- formatting helpers -----------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """Fixed-precision text (``-`` for missing), with -0.00 written as 0.00."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    # Round as the JSON file does first, so that a figure printed from a live value and the
+    # same figure printed from the JSON (the index) never differ in the last digit.
+    text = f"{round(value, 6):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def cell(summary: Summary | None, digits: int = 2, pm: str = "±") -> str:
+    """``mean ± std (n)``; ``mean (1)`` for a single run; ``-`` when nothing finished."""
+    if summary is None:
+        return "-"
+    if summary.n == 1:
+        return f"{fmt(summary.mean, digits)} (1)"
+    return f"{fmt(summary.mean, digits)} {pm} {fmt(summary.std, digits)} ({summary.n})"
+
+
+def signed(value: float, digits: int = 2) -> str:
+    text = fmt(value, digits)
+    return text if text.startswith("-") else f"+{text}"
+
+
+def difference_text(row: Row, star: str = "*") -> str:
+    """``+0.45 [+0.12, +0.78]*`` (star when the interval excludes zero)."""
+    if row.is_baseline:
+        return "baseline"
+    d = row.difference
+    if d is None:
+        return "-"
+    if d.low is None or d.high is None:
+        return f"{signed(d.mean)} (1 pair)"
+    mark = star if d.excludes_zero else ""
+    return f"{signed(d.mean)} [{signed(d.low)}, {signed(d.high)}]{mark}"
+
+
+def runs_text(row: Row) -> str:
+    """``3/3`` or ``2/3; 1 failed: <reason> (seed 2)``."""
+    total = len(row.records)
+    text = f"{row.finished}/{total}"
+    problems: dict[str, list[int]] = {}
+    for r in row.unfinished:
+        problems.setdefault(_problem(r), []).append(r.seed)
+    for what, seeds in sorted(problems.items()):
+        text += f"; {len(seeds)} {what} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    return text
+
+
+def _short_status(record: RunRecord) -> str:
+    return {MISSING: "not run", FAILED: "failed"}.get(record.status, record.status.lower())
+
+
+def _problem(record: RunRecord) -> str:
+    """``failed: <reason>`` (first line, shortened) or the short status."""
+    what = _short_status(record)
+    if record.status == FAILED and record.failure:
+        reason = record.failure.strip().splitlines()[0]
+        reason = reason if len(reason) <= 60 else reason[:57] + "..."
+        return f"{what}: {reason}"
+    return what
+
+
+def target_text(row: Row, suite: Suite) -> tuple[str, str]:
+    """(epochs to target, seconds to target) cells."""
+    if suite.target_accuracy is None:
+        return "-", "-"
+    done = row.finished
+    if done == 0:
+        return "-", "-"
+    if row.target_reached == 0:
+        return f"not reached (0/{done})", "-"
+    epochs = row.target_epochs
+    seconds = row.target_seconds
+    assert epochs is not None and seconds is not None
+    return f"{fmt(epochs.mean, 1)} ({row.target_reached}/{done})", fmt(seconds.mean, 1)
+
+
+def options_text(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(options.items())) or "defaults"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def schedule_text(data: Mapping[str, Any]) -> str:
+    """A schedule as one compact line (``polynomial 1e-05 -> 1e-08``)."""
+    kind = data.get("schedule", "?")
+    rest = {k: v for k, v in data.items() if k != "schedule"}
+    if "start" in rest and "end" in rest:
+        extra = {k: v for k, v in rest.items() if k not in ("start", "end")}
+        text = f"{kind} {_value_text(rest['start'])} -> {_value_text(rest['end'])}"
+        return text + (f" ({options_text(extra)})" if extra else "")
+    return f"{kind} ({options_text(rest)})" if rest else str(kind)
+
+
+def entry_settings(entry: SuiteEntry) -> str:
+    parts = [options_text(entry.hparams)] if entry.hparams else []
+    parts += [f"{k}: {schedule_text(v)}" for k, v in sorted(entry.schedules.items())]
+    return "; ".join(parts) or "optimizer defaults"
+
+
+def budget_lines(suite: Suite) -> list[str]:
+    """The protocol in words, one line per architecture."""
+    lines = []
+    for arch in suite.archs:
+        opts = suite.arch_options_for(arch)
+        subset = f"{suite.subset} training images" if suite.subset else "the full training split"
+        l2 = f", L2 {suite.l2_for(arch):g}" if suite.l2_for(arch) else ""
+        lines.append(
+            f"{arch}"
+            + (f" ({options_text(opts)})" if opts else "")
+            + f": {_plural(suite.epochs_for(arch), 'epoch')}, batch {suite.batch_size_for(arch)}, "
+            f"{len(suite.seeds)} seed{'s' if len(suite.seeds) != 1 else ''} "
+            f"({', '.join(map(str, suite.seeds))}), {subset}{l2}"
+        )
+    return lines
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), line(["---"] * len(header)), *(line(r) for r in rows)]
+
+
+def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """The paper-layout table as header and rows of text cells (shared by Markdown and LaTeX)."""
+    suite = lb.suite
+    paper = bool(suite.paper)
+    if lb.layout == "table1":
+        header = ["Entry", "Optimizer", "Training accuracy (%)", "Validation accuracy (%)"]
+        if paper:
+            header += ["Paper training (%)", "Paper validation (%)"]
+        header += [f"Δ vs {suite.baseline} (95% CI)"]
+        rows = []
+        for row in lb.rows:
+            cells = [row.entry.label, row.entry.optimizer, cell(row.train_top1), cell(row.eval_top1)]
+            if paper:
+                cells += [fmt(row.paper.get("train_top1"), 1), fmt(row.paper.get("top1"), 1)]
+            rows.append(cells + [difference_text(row)])
+        return header, rows
+    header = ["Entry", "Accuracy"]
+    for arch in suite.archs:
+        header += [arch] + ([f"{arch} (paper)"] if paper else [])
+    rows = []
+    for entry in suite.entries:
+        for k, name in (("top1", "Top-1"), ("top5", "Top-5")):
+            cells = [entry.label if k == "top1" else "", name]
+            for arch in suite.archs:
+                row = lb.row(entry.label, arch)
+                cells.append(cell(row.eval_top1 if k == "top1" else row.eval_top5))
+                if paper:
+                    cells.append(fmt(row.paper.get(k), 1))
+            rows.append(cells)
+    return header, rows
+
+
+def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    suite = lb.suite
+    target = suite.target_accuracy
+    header = ["Entry", "Architecture", f"Δ top-1 vs {suite.baseline} (95% CI)",
+              "Time / epoch (s)", "State bytes / binary weight"]
+    if target is not None:
+        header += [f"Epochs to {target:g}%", f"Seconds to {target:g}%"]
+    header += ["Runs finished"]
+    rows = []
+    for row in lb.rows:
+        cells = [row.entry.label, row.arch, difference_text(row), cell(row.epoch_time),
+                 fmt(row.state_bytes, 1)]
+        if target is not None:
+            cells += list(target_text(row, suite))
+        rows.append(cells + [runs_text(row)])
+    return header, rows
+
+
+def render_markdown(lb: Leaderboard) -> str:
+    suite = lb.suite
+    out = [f"# Leaderboard: {suite.name}", ""]
+    if suite.description:
+        out += [" ".join(suite.description.split()), ""]
+    eval_split = f"the 'validation' column is measured on the {lb.eval_name}"
+    out += [
+        f"- Dataset: {suite.dataset}"
+        + (f" ({options_text(suite.dataset_options)})" if suite.dataset_options else "")
+        + (f", read from {' and '.join(lb.data_notes)}" if lb.data_notes else "")
+        + f"; {eval_split}.",
+        "- Budget: " + "; ".join(budget_lines(suite)) + ".",
+        "- Hardware: " + ("; ".join(lb.hardware) if lb.hardware else "not recorded") + ".",
+        f"- Baseline: {suite.baseline}."
+        + (f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.eval_name}."
+           if suite.target_accuracy is not None else ""),
+        f"- Runs: {_run_counts(lb)}; {_compute_time(lb)}.",
+    ]
+    if lb.changes:
+        out.append("- Changed from the suite file: " + "; ".join(lb.changes) + ".")
+    if suite.paper.get("source"):
+        out.append(f"- Paper values: {suite.paper['source']}.")
+    title = "Table 1 layout" if lb.layout == "table1" else "Table 2 layout"
+    out += ["", f"## Results ({title})", ""]
+    out += markdown_table(*main_table(lb))
+    out += ["", "## Details", ""]
+    out += markdown_table(*details_table(lb))
+    problems = [r for r in lb.records if not r.finished]
+    if problems:
+        out += ["", "## Runs without a result", ""]
+        out += markdown_table(
+            ["Entry", "Architecture", "Seed", "Status", "Reason"],
+            [[r.label, r.arch, str(r.seed), r.status, r.outcome()] for r in problems],
+        )
+    out += ["", "## Entries", ""]
+    for entry in suite.entries:
+        note = f" ({entry.note})" if entry.note else ""
+        out.append(f"- **{entry.label}**: `{entry.optimizer}`, {entry_settings(entry)}{note}")
+    out += [
+        "",
+        "Cells are mean ± sample standard deviation over seeds (n finished runs), final epoch. "
+        f"Δ is the mean difference in top-1 to {suite.baseline}, paired by seed, with a 95% "
+        "Student t interval; `*` marks an interval that excludes zero. Training accuracy is "
+        "measured on the final epoch's training batches, augmentation included (as Keras "
+        "reports it). Time per epoch is training plus evaluation wall time.",
+    ]
+    if lb.command:
+        out += ["", f"Regenerate from the tracking store: `{lb.command}`"]
+    return "\n".join(out) + "\n"
+
+
+def total_seconds(lb: Leaderboard) -> float:
+    """Training and evaluation time of every tracked epoch of the suite's runs."""
+    return math.fsum(
+        row.get("epoch_time_s", 0.0) for r in lb.records for row in r.history
+        if math.isfinite(row.get("epoch_time_s", 0.0))
+    )
+
+
+def _compute_time(lb: Leaderboard) -> str:
+    seconds = total_seconds(lb)
+    return f"{fmt(seconds / 60, 1)} min of training and evaluation in all (sum of epoch times)"
+
+
+def _run_counts(lb: Leaderboard) -> str:
+    counts: dict[str, int] = {}
+    for r in lb.records:
+        key = "finished" if r.finished else _short_status(r)
+        counts[key] = counts.get(key, 0) + 1
+    order = ["finished", "failed", "killed", "running", "not run"]
+    keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{counts[k]} {k}" for k in keys)
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "suite", "entry", "optimizer", "arch", "runs", "finished", "failed", "not_finished",
+    "train_top1_mean", "train_top1_std", "train_top5_mean", "train_top5_std",
+    "eval_top1_mean", "eval_top1_std", "eval_top5_mean", "eval_top5_std", "n",
+    "paper_train_top1", "paper_top1", "paper_top5",
+    "diff_top1_mean", "diff_top1_low", "diff_top1_high", "diff_pairs", "diff_excludes_zero",
+    "epoch_time_s_mean", "epoch_time_s_std", "state_bytes_per_binary_weight",
+    "target_accuracy", "target_reached", "epochs_to_target_mean", "seconds_to_target_mean",
+    "problems",
+)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "" if value is None or not math.isfinite(value) else fmt(value, digits)
+
+
+def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
+    rows = []
+    for row in lb.rows:
+        d = row.difference
+        failed = sum(r.status == FAILED for r in row.records)
+        rows.append({
+            "suite": lb.suite.name,
+            "entry": row.entry.label,
+            "optimizer": row.entry.optimizer,
+            "arch": row.arch,
+            "runs": str(len(row.records)),
+            "finished": str(row.finished),
+            "failed": str(failed),
+            "not_finished": str(len(row.records) - row.finished - failed),
+            "train_top1_mean": _num(row.train_top1 and row.train_top1.mean),
+            "train_top1_std": _num(row.train_top1 and row.train_top1.std),
+            "train_top5_mean": _num(row.train_top5 and row.train_top5.mean),
+            "train_top5_std": _num(row.train_top5 and row.train_top5.std),
+            "eval_top1_mean": _num(row.eval_top1 and row.eval_top1.mean),
+            "eval_top1_std": _num(row.eval_top1 and row.eval_top1.std),
+            "eval_top5_mean": _num(row.eval_top5 and row.eval_top5.mean),
+            "eval_top5_std": _num(row.eval_top5 and row.eval_top5.std),
+            "n": str(row.eval_top1.n if row.eval_top1 else 0),
+            "paper_train_top1": _num(row.paper.get("train_top1"), 1),
+            "paper_top1": _num(row.paper.get("top1"), 1),
+            "paper_top5": _num(row.paper.get("top5"), 1),
+            "diff_top1_mean": _num(d and d.mean),
+            "diff_top1_low": _num(d and d.low),
+            "diff_top1_high": _num(d and d.high),
+            "diff_pairs": str(d.n) if d else "",
+            "diff_excludes_zero": ("true" if d.excludes_zero else "false") if d else "",
+            "epoch_time_s_mean": _num(row.epoch_time and row.epoch_time.mean, 3),
+            "epoch_time_s_std": _num(row.epoch_time and row.epoch_time.std, 3),
+            "state_bytes_per_binary_weight": _num(row.state_bytes, 2),
+            "target_accuracy": _num(lb.suite.target_accuracy, 2),
+            "target_reached": str(row.target_reached) if lb.suite.target_accuracy is not None else "",
+            "epochs_to_target_mean": _num(row.target_epochs and row.target_epochs.mean, 2),
+            "seconds_to_target_mean": _num(row.target_seconds and row.target_seconds.mean, 2),
+            "problems": "; ".join(
+                f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
+            ),
+        })
+    return rows
+
+
+def render_csv(lb: Leaderboard) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(lb))
+    return buffer.getvalue()
+
+
+# --- LaTeX ------------------------------------------------------------------------------------
+
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def render_latex(lb: Leaderboard) -> str:
+    """The paper-layout table as a booktabs ``table`` environment."""
+    header, rows = main_table(lb)
+    header = [tex_escape(h) for h in header]
+    body = []
+    for cells in rows:
+        cells = [tex_escape(c) for c in cells]
+        cells = [c[:-1] + "$^{*}$" if c.endswith("]*") else c for c in cells]
+        body.append(" & ".join(cells) + r" \\")
+    suite = lb.suite
+    caption = (
+        tex_escape(f"{suite.name}: {suite.dataset}, " + "; ".join(budget_lines(suite)) + ".")
+        + r" Mean $\pm$ std over seeds ($n$ finished runs); validation column: "
+        + tex_escape(lb.eval_name) + "."
+    )
+    if lb.layout == "table1":
+        caption += (
+            r" $^{*}$: the 95\% interval of the difference to "
+            + tex_escape(suite.baseline) + ", paired by seed, excludes zero."
+        )
+    return "\n".join([
+        "% generated by benchbnn; needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{" + caption + "}",
+        r"\label{tab:benchbnn-" + lb.suite.name + "}",
+        r"\end{table}",
+        "",
+    ])
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+
+def _round(value: Any, digits: int = 6) -> Any:
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _round(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def _summary(summary: Summary | None) -> dict[str, Any] | None:
+    return None if summary is None else {"mean": summary.mean, "std": summary.std, "n": summary.n}
+
+
+def to_data(lb: Leaderboard) -> dict[str, Any]:
+    """The whole leaderboard as plain data (what the JSON file holds)."""
+    suite = lb.suite
+    metric = f"{suite.eval_split}_top"
+    rows = []
+    for row in lb.rows:
+        d = row.difference
+        reached = None
+        if suite.target_accuracy is not None:
+            reached = {
+                "reached": row.target_reached,
+                "epochs": _summary(row.target_epochs),
+                "seconds": _summary(row.target_seconds),
+            }
+        rows.append({
+            "entry": row.entry.label,
+            "optimizer": row.entry.optimizer,
+            "arch": row.arch,
+            "baseline": row.is_baseline,
+            "hparams": dict(row.entry.hparams),
+            "schedules": {k: dict(v) for k, v in row.entry.schedules.items()},
+            "train_top1": _summary(row.train_top1),
+            "train_top5": _summary(row.train_top5),
+            "eval_top1": _summary(row.eval_top1),
+            "eval_top5": _summary(row.eval_top5),
+            "paper": dict(row.paper),
+            "difference_top1": None if d is None else {
+                "mean": d.mean, "low": d.low, "high": d.high, "pairs": d.n,
+                "seeds": list(d.seeds), "excludes_zero": d.excludes_zero,
+            },
+            "epoch_time_s": _summary(row.epoch_time),
+            "state_bytes_per_binary_weight": row.state_bytes,
+            "time_to_target": reached,
+            "runs": [
+                {
+                    "seed": r.seed,
+                    "status": r.status if not (r.status == FINISHED and not r.finished) else "EMPTY",
+                    "config_hash": r.config_hash,
+                    "run_id": r.run_id,
+                    "reason": None if r.finished else r.outcome(),
+                    "epochs": len(r.history),
+                    "train_top1": r.final("train_top1"),
+                    "eval_top1": r.final(metric + "1"),
+                    "eval_top5": r.final(metric + "5"),
+                }
+                for r in sorted(row.records, key=lambda r: r.seed)
+            ],
+        })
+    data = {
+        "suite": suite.name,
+        "description": " ".join(suite.description.split()),
+        "dataset": suite.dataset,
+        "dataset_options": dict(suite.dataset_options),
+        "archs": list(suite.archs),
+        "layout": lb.layout,
+        "eval_split": suite.eval_split,
+        "eval_name": lb.eval_name,
+        "protocol": {
+            arch: {
+                "epochs": suite.epochs_for(arch),
+                "batch_size": suite.batch_size_for(arch),
+                "arch_options": suite.arch_options_for(arch),
+                "l2": suite.l2_for(arch),
+            }
+            for arch in suite.archs
+        },
+        "seeds": list(suite.seeds),
+        "subset": suite.subset,
+        "val_fraction": suite.val_fraction,
+        "baseline": suite.baseline,
+        "target_accuracy": suite.target_accuracy,
+        "paper_source": suite.paper.get("source"),
+        "total_epoch_time_s": total_seconds(lb),
+        "hardware": list(lb.hardware),
+        "data_notes": list(lb.data_notes),
+        "command": lb.command,
+        "changes": list(lb.changes),
+        "rows": rows,
+    }
+    return _round(data)
+
+
+def render_json(lb: Leaderboard) -> str:
+    return json.dumps(to_data(lb), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+
+def protocol_changes(original: Suite, used: Suite) -> list[str]:
+    """How the protocol the runs used differs from the suite file, in words."""
+    changes = []
+    for arch in used.archs:
+        for what, get in (("epochs", Suite.epochs_for), ("batch size", Suite.batch_size_for),
+                          ("L2", Suite.l2_for), ("options", Suite.arch_options_for)):
+            before, after = get(original, arch), get(used, arch)
+            if before != after:
+                changes.append(f"{arch} {what} {_value_text(before)} -> {_value_text(after)}")
+    for what, before, after in (
+        ("seeds", original.seeds, used.seeds),
+        ("subset", original.subset or "all", used.subset or "all"),
+        ("validation fraction", original.val_fraction, used.val_fraction),
+        ("dataset options", dict(original.dataset_options), dict(used.dataset_options)),
+        ("target accuracy", original.target_accuracy, used.target_accuracy),
+    ):
+        if before != after:
+            changes.append(f"{what} {_value_text(before)} -> {_value_text(after)}")
+    labels = {e.label: e for e in original.entries}
+    kept = [e.label for e in used.entries if e.label in labels]
+    dropped = [label for label in labels if label not in kept]
+    added = [e.label for e in used.entries if e.label not in labels]
+    if dropped:
+        changes.append(f"entries left out: {', '.join(dropped)}")
+    if added:
+        changes.append(f"entries added: {', '.join(added)}")
+    for entry in used.entries:
+        if entry.label in labels and entry != labels[entry.label]:
+            changes.append(f"{entry.label} hyperparameters: {entry_settings(entry)}")
+    return changes
+
+
+
+
+# --- the index of all suites ------------------------------------------------------------------
+
+INDEX_FILE = "README.md"
+#: First line of a generated index; an existing README.md without it is never overwritten.
+INDEX_MARKER = "<!-- generated by benchbnn leaderboard: edits are overwritten -->"
+
+
+def _headline(data: Mapping[str, Any]) -> list[str]:
+    """The suite's rows ranked by mean validation top-1 over its architectures."""
+    archs = data["archs"]
+    by_entry: dict[str, dict[str, Any]] = {}
+    for row in data["rows"]:
+        by_entry.setdefault(row["entry"], {})[row["arch"]] = row
+
+    def score(label: str) -> float:
+        means = [r["eval_top1"]["mean"] for r in by_entry[label].values() if r["eval_top1"]]
+        return sum(means) / len(means) if len(means) == len(archs) else -math.inf
+
+    ranked = sorted(by_entry, key=lambda label: (-score(label), label))
+    header = ["Rank", "Entry"] + [f"{a} top-1 (%)" for a in archs]
+    header += [f"Δ vs {data['baseline']}" if len(archs) == 1 else f"Δ vs {data['baseline']} ({archs[0]})"]
+    lines = []
+    for rank, label in enumerate(ranked, start=1):
+        rows = by_entry[label]
+        cells = [str(rank), label]
+        for arch in archs:
+            r = rows.get(arch)
+            s = r and r["eval_top1"]
+            failed = r and sum(run["status"] != FINISHED for run in r["runs"])
+            text = cell(Summary(s["mean"], s["std"], s["n"])) if s else "-"
+            cells.append(text + (f", {failed} without result" if failed else ""))
+        first = rows.get(archs[0], {})
+        cells.append(_json_difference(first))
+        lines.append(cells)
+    return markdown_table(header, lines)
+
+
+def _json_difference(row: Mapping[str, Any]) -> str:
+    if row.get("baseline"):
+        return "baseline"
+    d = row.get("difference_top1")
+    if not d:
+        return "-"
+    if d["low"] is None:
+        return f"{signed(d['mean'])} (1 pair)"
+    mark = "*" if d["excludes_zero"] else ""
+    return f"{signed(d['mean'])} [{signed(d['low'])}, {signed(d['high'])}]{mark}"
+
+
+def render_index(results: Mapping[str, Mapping[str, Any]], defined: Mapping[str, str]) -> str:
+    """``leaderboards/README.md``: every suite, with headline rows where results exist."""
+    out = [
+        INDEX_MARKER,
+        "# Leaderboards",
+        "",
+        "One folder per suite, written by `benchbnn compare SUITE` and regenerated from the "
+        "tracking store by `benchbnn leaderboard SUITE` (this index too). Cells are mean ± std "
+        "over seeds (n); Δ is the difference in validation top-1 to the suite's baseline, "
+        "paired by seed, with a 95% t interval (`*`: it excludes zero).",
+        "",
+        "| Suite | Dataset | Architectures | Results |",
+        "| --- | --- | --- | --- |",
+    ]
+    names = sorted(set(results) | set(defined))
+    for name in names:
+        data = results.get(name)
+        if data is not None:
+            notes = data.get("data_notes") or []
+            dataset = data["dataset"] + (f" ({', '.join(notes)})" if notes else "")
+            out.append(
+                f"| [{name}]({name}/leaderboard.md) | {dataset} | "
+                f"{', '.join(data['archs'])} | {_budget_summary(data)} |"
+            )
+        else:
+            out.append(f"| {name} | - | - | definition only: `benchbnn compare {name}` |")
+    for name in names:
+        data = results.get(name)
+        out += ["", f"## {name}", ""]
+        if data is None:
+            out.append(defined[name] or "(no description)")
+            out += ["", f"No committed results; run `benchbnn compare {name}`."]
+            continue
+        if data["description"]:
+            out += [data["description"], ""]
+        out.append(
+            f"Validation column: {data['eval_name']}. Hardware: "
+            + ("; ".join(data["hardware"]) or "not recorded") + "."
+        )
+        out.append("")
+        out += _headline(data)
+        out += ["", f"Full tables and plots: [{name}/leaderboard.md]({name}/leaderboard.md)."]
+    return "\n".join(out) + "\n"
+
+
+def _budget_summary(data: Mapping[str, Any]) -> str:
+    runs = [run for row in data["rows"] for run in row["runs"]]
+    done = sum(run["status"] == FINISHED for run in runs)
+    epochs = sorted({p["epochs"] for p in data["protocol"].values()})
+    return (
+        f"{'/'.join(map(str, epochs))} epochs, {len(data['seeds'])} seeds, "
+        f"{done}/{len(runs)} runs finished"
+    )
+
+

@@ -1,0 +1,141 @@
+"""Every hook a benchbnn plugin can implement, in one place.
+
+A plugin is a module (or any object) with functions marked ``@benchbnn.hookimpl`` whose names
+match the functions below. Register it through the ``benchbnn`` entry-point group of your
+package, with ``benchbnn -p module``, or with ``BENCHBNN_PLUGINS=module``.
+
+Registration hooks take no arguments and return a list of frozen records from
+``benchbnn.core.specs``; the host validates them once, when plugins load. Lifecycle hooks are called
+by the training engine while a run progresses; tracking, progress display and extra metrics are
+themselves plugins of these hooks.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("benchbnn")
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+@hookspec
+def benchbnn_optimizers() -> list:
+    """Return the :class:`benchbnn.OptimizerSpec` records this plugin provides.
+
+    Called once when plugins load. Each spec names the optimizer (kebab-case, unique across all
+    installed plugins), declares its hyperparameters with defaults, valid ranges and search
+    ranges, and gives a factory ``factory(binary_params, real_params, **hparams)`` that returns a
+    ``torch.optim.Optimizer``.
+    """
+
+
+@hookspec
+def benchbnn_architectures() -> list:
+    """Return the :class:`benchbnn.ArchitectureSpec` records this plugin provides.
+
+    Called once when plugins load. The factory is called as
+    ``factory(num_classes=, in_channels=, image_size=, **options)`` and returns an
+    ``nn.Module`` whose binary layers come from ``benchbnn.core.binary`` so that
+    ``benchbnn.split_parameters`` can tell binary weights from real-valued ones.
+    """
+
+
+@hookspec
+def benchbnn_datasets() -> list:
+    """Return the :class:`benchbnn.DatasetSpec` records this plugin provides.
+
+    Called once when plugins load. ``spec.load(root=, split=)`` returns a torch ``Dataset`` of
+    ``(CxHxW tensor, label)`` pairs.
+    """
+
+
+@hookspec
+def benchbnn_suites() -> list:
+    """Return the :class:`benchbnn.SuiteSpec` records (TOML suite files) this plugin ships.
+
+    Called once when plugins load; ``benchbnn compare NAME`` runs the suite called NAME.
+    """
+
+
+# --- lifecycle (called by the training engine) ------------------------------------------------
+#
+# The engine calls these through a plugin manager built for each run: every installed plugin,
+# the engine's own tracking (MLflow) and progress-display plugins, and the objects passed as
+# ``benchbnn.train(..., plugins=[...])``. Their return values are ignored.
+#
+# ``run`` is the engine's view of the run in progress. Plugins may read (never replace):
+#   run.config          the RunConfig being trained (run.config_hash is its hash)
+#   run.model           the nn.Module; run.optimizer, the torch.optim.Optimizer
+#   run.binary_params, run.real_params   the two parameter lists the optimizer was built with
+#   run.arch_options    architecture options with defaults filled in
+#   run.data            the DataBundle (train / val / test loaders, num_classes, image_shape)
+#   run.hparams         optimizer hyperparameters with defaults filled in
+#   run.schedules       hyperparameter name -> Schedule
+#   run.device          torch.device; run.rank and run.world_size (1 without torchrun)
+#   run.epoch, run.step current epoch (counted from 1) and optimizer steps taken so far
+#   run.steps_per_epoch, run.total_steps, run.start_epoch (epochs already done when resuming)
+#   run.history         per-epoch metric dicts so far; run.run_metrics (binary_weights, ...)
+#   run.run_id          the MLflow run id (set by the tracking plugin in run_start; None on
+#                       ranks other than 0 and until then); run.tracking_uri, run.experiment
+#   run.tags, run.parent_run_id, run.run_name, run.log_every, run.quiet, run.checkpoint_dir
+# Under torchrun the hooks run on every rank; the built-in tracking and progress plugins
+# register on rank 0 only. A plugin that raises stops the run: its MLflow run ends KILLED and
+# the exception propagates to the caller of ``benchbnn.train`` (this is how a pruner stops a
+# trial). Under torchrun, raise on every rank or on none.
+
+
+@hookspec
+def benchbnn_run_start(run) -> None:
+    """Called once per run, after the configuration was validated and the data, model and
+    optimizer were built, right before the first training step.
+
+    On ``--resume`` it is called too, with ``run.start_epoch`` > 0, the state restored and
+    ``run.run_id`` already set to the run being continued. The tracking plugin creates (or
+    reopens) the MLflow run here, first of all implementations, so ``run.run_id`` is set for
+    the others.
+    """
+
+
+@hookspec
+def benchbnn_epoch_start(run, epoch: int) -> None:
+    """Called before the first training step of ``epoch`` (counted from 1)."""
+
+
+@hookspec
+def benchbnn_step_end(run, step: int, logs: dict) -> None:
+    """Called after every optimizer step; ``step`` counts steps from 1 over the whole run.
+
+    ``logs`` holds *device tensors* so that nothing forces a host synchronisation:
+    ``loss`` (0-d, this batch's mean cross-entropy), ``flip_ratio`` (0-d, F_t/N) and
+    ``flip_log_ratio`` (0-d, pi_t = log(F_t/N + e^-9)), both None for an optimizer without flip
+    counts; ``totals`` (1-d, running epoch sums: loss x images, top-1 hits, top-5 hits, images
+    on this rank), and plain numbers ``epoch``, ``batch`` (1-based index within the epoch),
+    ``batches`` (batches per epoch) and ``images`` (this batch's size on this rank).
+
+    This hook is on the hot path: read tensors (``.item()``) only at an interval (every
+    ``run.log_every`` steps, or a few times a second), never on every step.
+    """
+
+
+@hookspec
+def benchbnn_epoch_end(run, epoch: int, metrics: dict) -> None:
+    """Called after each epoch's training and evaluation, before its checkpoint is written.
+
+    ``metrics`` maps names from ``benchbnn.core.config.EPOCH_METRICS`` to floats (accuracies in
+    percent, reduced over all ranks; val_* only with a validation split). A plugin may *add*
+    numeric entries (extra metrics): they are tracked with ``step=epoch`` and kept in the run's
+    history. Raising here (e.g. ``optuna.TrialPruned``) stops the run as KILLED; the epoch's
+    metrics are still tracked.
+    """
+
+
+@hookspec
+def benchbnn_run_end(run, result) -> None:
+    """Called once when the run stops, whatever the reason, with the final ``RunResult``.
+
+    ``result.status`` is "FINISHED", "FAILED" (diverged or crashed; ``result.error`` says why)
+    or "KILLED" (interrupted, SIGTERM, or a plugin raised). Exceptions raised here are reported
+    as warnings and do not change the outcome.
+    """

@@ -1,0 +1,62 @@
+"""The names a run is tracked under: MLflow tags, params, metrics, artifacts and run states.
+
+The engine writes them; compare, the leaderboard, tuning and workers read them. This module is
+their only home, so that a reader finds every name in one place. Accuracies are percentages
+(0-100), as in the papers' tables; times are seconds.
+"""
+
+from __future__ import annotations
+
+#: The benchbnn release (also ``benchbnn.__version__``).
+VERSION = "0.1.0"
+DEFAULT_EXPERIMENT = "benchbnn"
+
+# --- run states (MLflow's vocabulary, plus MISSING for a planned run that is not in the store) ---
+RUNNING, FINISHED, FAILED, KILLED, MISSING = "RUNNING", "FINISHED", "FAILED", "KILLED", "MISSING"
+
+# --- tags ---
+TAG_CONFIG_HASH = "benchbnn.config_hash"
+TAG_VERSION = "benchbnn.version"
+TAG_SUITE = "benchbnn.suite"
+TAG_ENTRY = "benchbnn.entry"
+TAG_FAILURE = "benchbnn.failure_reason"
+TAG_STUDY = "benchbnn.study"
+TAG_TRIAL = "benchbnn.trial"
+TAG_GIT_COMMIT = "benchbnn.git_commit"  # commit of the benchbnn source, "-dirty" if modified
+TAG_TORCH_VERSION = "benchbnn.torch_version"
+TAG_DEVICE = "benchbnn.device"
+TAG_WORLD_SIZE = "benchbnn.world_size"
+TAG_RESUMED = "benchbnn.resumed_from_epoch"  # set when --resume continued the run
+TAG_PLUGIN_PREFIX = "benchbnn.plugin."  # + optimizer / architecture / dataset: "dist==version"
+#: Set by compare on every run it trains: CPU model, cores, torch version, device.
+TAG_HARDWARE = "benchbnn.hardware"
+#: Set by ``compare --data-note``: which copy of the data the run read.
+TAG_DATA_NOTE = "benchbnn.data_note"
+#: Set by ablate on its runs: the hyperparameter moved and the factor.
+TAG_ABLATION = "benchbnn.ablation"
+#: Tuning: a run's role (study parent or trial), the study's unique id, the best trial's values.
+TAG_ROLE = "benchbnn.role"
+TAG_STUDY_UID = "benchbnn.study_uid"
+TAG_BEST_PREFIX = "benchbnn.best."
+
+# --- metrics ---
+EPOCH_METRICS = (
+    "train_loss", "train_top1", "train_top5",
+    "val_loss", "val_top1", "val_top5",
+    "test_loss", "test_top1", "test_top5",
+    "epoch_time_s", "images_per_s", "flip_ratio", "flip_log_ratio", "lr",
+)
+STEP_METRICS = ("step_flip_log_ratio",)
+STEP_FLIP_METRIC = "step_flip_log_ratio"
+RUN_METRICS = ("binary_weights", "real_parameters", "state_bytes_per_binary_weight", "peak_memory_mb")
+
+# --- params and artifacts ---
+# MLflow params: the RunConfig fields by name (dataset, arch, optimizer, epochs, batch_size,
+# seed, subset, val_fraction, l2), plus one param per entry of these mappings:
+PARAM_HPARAM_PREFIX = "hparam."  # every optimizer hyperparameter, defaults filled in
+PARAM_SCHEDULE_PREFIX = "schedule."  # schedule data as JSON
+PARAM_ARCH_OPTION_PREFIX = "arch_option."  # architecture options, defaults filled in
+PARAM_DATASET_OPTION_PREFIX = "dataset_option."
+ARTIFACT_CONFIG = "config.json"
+ARTIFACT_METRICS = "metrics.json"
+ARTIFACT_CURVES = "curves.png"

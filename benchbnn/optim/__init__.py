@@ -1,0 +1,43 @@
+"""Optimizers for binary networks: the base class plugins subclass, its building blocks, schedules.
+
+:mod:`benchbnn.optim.base` holds :class:`BinaryOptimizer` (binary rule and real-valued Adam in one
+``torch.optim.Optimizer``, with reference, multi-tensor and compiled implementations) and the small
+pieces rules are written with; :mod:`benchbnn.optim.schedules` turns schedule data into per-step
+hyperparameter values. Everything a plugin needs is importable from here.
+"""
+
+from benchbnn.optim.base import (
+    ADAM_BUFFERS,
+    IMPLEMENTATIONS,
+    BinaryOptimizer,
+    adam_,
+    adam_foreach_,
+    adam_hparams,
+    adam_kwargs,
+    adam_step_size,
+    compile_unavailable_reason,
+    counter_uniform,
+    ema_,
+    ema_foreach_,
+    flip_,
+    flip_above_foreach_,
+    sum_counts,
+)
+
+__all__ = [
+    "ADAM_BUFFERS",
+    "IMPLEMENTATIONS",
+    "BinaryOptimizer",
+    "adam_",
+    "adam_foreach_",
+    "adam_hparams",
+    "adam_kwargs",
+    "adam_step_size",
+    "compile_unavailable_reason",
+    "counter_uniform",
+    "ema_",
+    "ema_foreach_",
+    "flip_",
+    "flip_above_foreach_",
+    "sum_counts",
+]

@@ -1,0 +1,654 @@
+"""The training engine: one configuration, trained and evaluated, tracked and checkpointed.
+
+:func:`train` resolves and validates everything first (names, hyperparameters, schedules, the
+tracking location, the data) and raises :class:`~benchbnn.core.errors.BenchbnnError` with nothing
+started. It then trains with cross-entropy, applying schedules per step, and evaluates every
+epoch. Tracking (MLflow), the progress display and any extra metrics are plugins of the
+lifecycle hooks in :mod:`benchbnn.core.hookspecs`, called through a plugin manager built for the run,
+so the loop itself only trains and keeps running sums on the device.
+
+Outcomes: a finished run returns ``status="FINISHED"``; a diverging run (non-finite loss)
+returns ``status="FAILED"`` and never raises; an interruption (Ctrl-C, SIGTERM) or an exception
+from a lifecycle plugin ends the run as KILLED and propagates; any other crash ends it as FAILED
+and raises :class:`~benchbnn.core.errors.RunFailed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchbnn.train import checkpoint
+from benchbnn.train import distributed
+from benchbnn.core import hookspecs
+from benchbnn.core.config import RunConfig
+from benchbnn.core.names import DEFAULT_EXPERIMENT, RUN_METRICS
+from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.plugins import PROJECT, get_architecture, get_dataset, get_optimizer, get_registry
+from benchbnn.core.binary import set_latent_mode, split_parameters
+from benchbnn.data.pipeline import build_loaders
+from benchbnn.optim.schedules import apply_schedules
+from benchbnn.optim.schedules import validate_schedules
+from benchbnn.train.progress import ProgressDisplay
+from benchbnn.train.tracking import MlflowTracker
+
+#: read the device-side loss and flip ratio every this many steps (tracking, divergence check)
+DEFAULT_LOG_EVERY = 10
+#: the offset inside pi_t = log(F_t / N + e^-9) (Bop paper; seed 003, eq. 11)
+FLIP_LOG_OFFSET = math.exp(-9)
+TOP_K = 5
+#: evaluation batches hold at least this many images (evaluation has no gradients to keep)
+EVAL_BATCH_SIZE = 256
+
+
+@dataclass
+class RunResult:
+    """How a run ended and what it measured (contract 5).
+
+    ``history`` has one dict per finished epoch (``epoch`` plus EPOCH_METRICS and any extras);
+    ``metrics`` is the last epoch's plus RUN_METRICS.
+    """
+
+    status: str
+    run_id: str | None
+    config_hash: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    checkpoint: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+
+@dataclass(eq=False)
+class Run:
+    """The engine's view of the run in progress, as lifecycle hooks receive it."""
+
+    config: RunConfig
+    config_hash: str
+    hparams: dict[str, Any]
+    schedules: dict[str, Any]
+    arch_options: dict[str, Any]
+    device: torch.device
+    world: distributed.World
+    data: Any = None
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    binary_params: list[nn.Parameter] = field(default_factory=list)
+    real_params: list[nn.Parameter] = field(default_factory=list)
+    l2_params: list[nn.Parameter] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    start_epoch: int = 0
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_metrics: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    log_every: int = DEFAULT_LOG_EVERY
+    quiet: bool = False
+    checkpoint_dir: Path | None = None
+    replaced_checkpoint_epoch: int | None = None
+    note: str | None = None  # shown by the progress display when the run starts
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
+
+
+class _Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class _PluginRaised(Exception):
+    """A lifecycle-hook implementation raised ``original``."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(repr(original))
+        self.original = original
+
+
+# --- resolving and validating ------------------------------------------------------------------
+
+
+def _check_budget(config: RunConfig) -> None:
+    def bad(what: str) -> BenchbnnError:
+        return BenchbnnError(f"{what}; fix the run configuration")
+
+    for name in ("epochs", "batch_size"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(f"{name} must be a positive whole number, got {value!r}")
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
+        raise bad(f"seed must be a whole number >= 0, got {config.seed!r}")
+    if config.subset is not None and (not isinstance(config.subset, int) or config.subset < 1):
+        raise bad(f"subset must be a positive whole number or None, got {config.subset!r}")
+    if not isinstance(config.val_fraction, (int, float)) or not 0 <= config.val_fraction < 1:
+        raise bad(f"val_fraction must be in [0, 1), got {config.val_fraction!r}")
+    if not isinstance(config.l2, (int, float)) or not (math.isfinite(config.l2) and config.l2 >= 0):
+        raise bad(f"l2 must be a finite number >= 0, got {config.l2!r}")
+
+
+def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
+    """``config`` with hyperparameters converted to their types and schedules written as data.
+
+    ``--set gamma=1e-7`` (a string) and ``gamma = 1e-7`` in a suite (a float) then give the same
+    configuration and the same :meth:`~benchbnn.core.config.RunConfig.config_hash`. Unknown names and
+    malformed values raise BenchbnnError. Already canonical configurations come back unchanged.
+    """
+
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config)
+    _check_budget(config)
+    spec = get_optimizer(config.optimizer)
+    resolved = spec.resolve(**dict(config.hparams))
+    schedules = validate_schedules(spec, dict(config.schedules))
+    get_dataset(config.dataset)
+    get_architecture(config.arch).resolve_options(config.arch_options)
+    return dataclasses.replace(
+        config,
+        hparams={k: resolved[k] for k in config.hparams},
+        schedules={k: dict(s.to_dict()) for k, s in schedules.items()},
+    )
+
+
+def _new_run(
+    config: RunConfig | Mapping[str, Any], device: torch.device, world: distributed.World
+) -> Run:
+    """Everything that needs no data or model: names, hyperparameters, schedules, options."""
+
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config)
+    canonical_config(config)  # validates every name and value; the run keeps the config as given
+    spec = get_optimizer(config.optimizer)
+    return Run(
+        config=config,
+        config_hash=config.config_hash(),
+        hparams=spec.resolve(**dict(config.hparams)),
+        schedules=validate_schedules(spec, dict(config.schedules)),
+        arch_options=get_architecture(config.arch).resolve_options(config.arch_options),
+        device=device,
+        world=world,
+    )
+
+
+def _plugin_manager(own: Iterable[Any], extra: Iterable[Any]) -> pluggy.PluginManager:
+    """Installed plugins, the engine's own, then the caller's (called first of all)."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name, plugin in get_registry().plugin_manager.list_name_plugin():
+        if plugin is not None:
+            pm.register(plugin, name=name)
+    for plugin in [*own, *extra]:
+        if pm.is_registered(plugin):
+            continue
+        try:
+            pm.register(plugin)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise BenchbnnError(f"lifecycle plugin {plugin!r} cannot be used: {exc}") from None
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise BenchbnnError(f"a lifecycle plugin implements an unknown hook: {exc}") from None
+    return pm
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the run may touch (python, numpy, torch on all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def l2_parameters(model: nn.Module, real_params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Weights that L2 applies to: the real-valued (full-precision) conv and linear weights.
+
+    Binary weights (latent or not), batch-norm parameters and biases are left out, as in the
+    XNOR-Net setting of the paper (5e-7 on the full-precision first and last layers).
+    """
+    real = {id(p) for p in real_params}
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    return [
+        m.weight for m in model.modules()
+        if isinstance(m, layers) and isinstance(m.weight, nn.Parameter) and id(m.weight) in real
+    ]
+
+
+def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
+
+    cfg = run.config
+    if cfg.batch_size % run.world_size:
+        raise BenchbnnError(
+            f"batch size {cfg.batch_size} is not divisible by the {run.world_size} ranks; the "
+            f"batch size is the global one, split evenly over the ranks"
+        )
+    per_rank = cfg.batch_size // run.world_size
+    run.data = build_loaders(
+        cfg.dataset, data_dir=data_dir, batch_size=per_rank, seed=cfg.seed,
+        eval_batch_size=max(per_rank, EVAL_BATCH_SIZE), subset=cfg.subset,
+        val_fraction=cfg.val_fraction, download=download, rank=run.rank,
+        world_size=run.world_size, device=run.device, options=dict(cfg.dataset_options) or None,
+    )
+    run.steps_per_epoch = len(run.data.train)
+    if run.steps_per_epoch < 1:
+        raise BenchbnnError(
+            f"batch size {cfg.batch_size} leaves no full training batch of the "
+            f"{run.data.train.num_samples} training images per rank; lower --batch-size"
+        )
+    run.total_steps = run.steps_per_epoch * cfg.epochs
+    seed_everything(cfg.seed)
+    channels, height, _ = run.data.image_shape
+    arch = get_architecture(cfg.arch)
+    model = arch.build(num_classes=run.data.num_classes, in_channels=channels, image_size=height,
+                       **dict(cfg.arch_options))
+    run.model = model.to(run.device)
+    spec = get_optimizer(cfg.optimizer)
+    set_latent_mode(run.model, spec.latent_weights, clip=run.hparams.get("clip", 1.0))
+    run.binary_params, run.real_params = split_parameters(run.model)
+    run.optimizer = spec.build(run.binary_params, run.real_params, **dict(cfg.hparams))
+    run.l2_params = l2_parameters(run.model, run.real_params) if cfg.l2 else []
+
+
+def _restore(run: Run, state: Mapping[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    checkpoint.set_rng_state(state["rng"])
+    run.history = [dict(h) for h in state["history"]]
+    run.start_epoch = run.epoch = int(state["epoch"])
+    run.step = int(state["step"])
+    if run.world.is_main:
+        run.run_id = state.get("run_id")
+
+
+def _save(run: Run) -> str | None:
+    if not run.world.is_main:
+        return None
+    path = checkpoint.save(run.checkpoint_dir, {
+        "config_hash": run.config_hash,
+        "config": run.config.to_dict(),
+        "epoch": run.epoch,
+        "step": run.step,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "history": run.history,
+        "run_id": run.run_id,
+        "tracking_uri": run.tracking_uri,
+        "world_size": run.world_size,
+    })
+    return str(path)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def _call(hook: Any, **kwargs: Any) -> None:
+    try:
+        hook(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - a plugin's exception stops the run as KILLED
+        raise _PluginRaised(exc) from exc
+
+
+def _stats_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(batch, k) booleans: is the label among the top-1 .. top-k predictions."""
+    k = min(TOP_K, logits.shape[1])
+    return logits.topk(k, dim=1).indices.eq(labels.unsqueeze(1))
+
+
+def _check_finite(run: Run, totals: torch.Tensor) -> None:
+    """Raise _Diverged if the running loss sum is NaN or infinite on any rank (a host sync)."""
+    bad = (~torch.isfinite(totals[0])).to(torch.float32).reshape(1)
+    distributed.all_reduce_max(bad, run.world)
+    if bad.item():
+        loss = totals[0].item()
+        raise _Diverged(
+            f"training diverged: the loss is {loss} in epoch {run.epoch} (by step {run.step}); "
+            f"lower the step sizes (lr, gamma) or the threshold schedule"
+        )
+
+
+def _optimizer_step(
+    run: Run, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Schedules, forward, cross-entropy, backward, gradient averaging, L2, step."""
+    if run.schedules:
+
+        apply_schedules(run.optimizer, run.schedules, run.step - 1, run.steps_per_epoch,
+                        run.total_steps)
+    logits = run.model(images)
+    loss = F.cross_entropy(logits, labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.world.parallel:
+        distributed.average_gradients(run.binary_params + run.real_params, run.world)
+    for p in run.l2_params:  # d/dw of l2 * ||w||^2, as Keras' l2 regularizer
+        if p.grad is not None:
+            p.grad.add_(p.detach(), alpha=2.0 * run.config.l2)
+    run.optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+@torch.no_grad()
+def _tally(totals: torch.Tensor, flips: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+           labels: torch.Tensor, optimizer: Any) -> tuple[Any, Any]:
+    """Add one step to the device-side running sums; returns (F_t/N, pi_t) or (None, None)."""
+    n = labels.shape[0]
+    hits = _hits(logits, labels)
+    totals[0] += loss * n
+    totals[1] += hits[:, 0].sum()
+    totals[2] += hits.sum()
+    totals[3] += n
+    ratio = getattr(optimizer, "flip_ratio", None)
+    if ratio is None:
+        return None, None
+    log_ratio = torch.log(ratio + FLIP_LOG_OFFSET)
+    flips[0] += ratio
+    flips[1] += log_ratio
+    return ratio, log_ratio
+
+
+def _train_epoch(
+    run: Run, pm: pluggy.PluginManager, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the training data; returns (totals, flip sums) as device tensors.
+
+    Nothing here reads a device value except the divergence check every ``log_every`` steps.
+    """
+    step_end, spe = pm.hook.benchbnn_step_end, run.steps_per_epoch
+    dtype = _stats_dtype(run.device)
+    totals = torch.zeros(4, dtype=dtype, device=run.device)  # loss x n, top-1, top-5, n
+    flips = torch.zeros(2, dtype=dtype, device=run.device)  # sum of F_t/N, sum of pi_t
+    run.model.train()
+    run.data.train.set_epoch(epoch)
+    for batch, (images, labels) in enumerate(run.data.train, 1):
+        run.step += 1
+        loss, logits = _optimizer_step(run, images, labels)
+        ratio, log_ratio = _tally(totals, flips, loss, logits, labels, run.optimizer)
+        _call(step_end, run=run, step=run.step, logs={
+            "loss": loss, "flip_ratio": ratio, "flip_log_ratio": log_ratio, "totals": totals,
+            "epoch": epoch, "batch": batch, "batches": spe, "images": labels.shape[0],
+        })
+        if run.step % run.log_every == 0:
+            _check_finite(run, totals)
+    _check_finite(run, totals)
+    return totals, flips
+
+
+@torch.no_grad()
+def _evaluate(run: Run, loader: Any) -> torch.Tensor:
+    """Summed loss, top-1 hits, top-5 hits and images over ``loader`` (this rank's share)."""
+    run.model.eval()
+    sums = torch.zeros(4, dtype=_stats_dtype(run.device), device=run.device)
+    for images, labels in loader:
+        logits = run.model(images)
+        hits = _hits(logits, labels)
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1] += hits[:, 0].sum()
+        sums[2] += hits.sum()
+        sums[3] += labels.shape[0]
+    return sums
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA max allocated, else the RSS high-water mark."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows: no getrusage
+        return 0.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
+
+
+def _split_metrics(prefix: str, sums: list[float]) -> dict[str, float]:
+    loss, top1, top5, n = sums
+    n = max(n, 1.0)
+    return {f"{prefix}_loss": loss / n, f"{prefix}_top1": 100.0 * top1 / n,
+            f"{prefix}_top5": 100.0 * top5 / n}
+
+
+def _epoch_metrics(run: Run, parts: dict[str, torch.Tensor], flips: torch.Tensor,
+                   times: list[float]) -> dict[str, Any]:
+    """Reduce this epoch's sums over the ranks (one all-reduce each) into the metric dict."""
+    names = list(parts)
+    summed = distributed.all_reduce_sum(torch.cat([parts[k] for k in names]), run.world)
+    values = summed.tolist()
+    local_max = torch.tensor([*times, peak_memory_mb(run.device)], dtype=torch.float64,
+                             device=run.device)
+    train_time, epoch_time, peak = distributed.all_reduce_max(local_max, run.world).tolist()
+    metrics: dict[str, Any] = {"epoch": run.epoch}
+    for i, name in enumerate(names):
+        metrics.update(_split_metrics(name, values[4 * i : 4 * i + 4]))
+    images = values[3]
+    metrics["epoch_time_s"] = epoch_time
+    metrics["images_per_s"] = images / max(train_time, 1e-9)
+    if getattr(run.optimizer, "flip_ratio", None) is not None:
+        flip_sum, log_sum = flips.tolist()
+        metrics["flip_ratio"] = flip_sum / run.steps_per_epoch
+        metrics["flip_log_ratio"] = log_sum / run.steps_per_epoch
+    lr = _current_lr(run.optimizer)
+    if lr is not None:
+        metrics["lr"] = lr
+    for name in run.schedules:
+        value = next((g[name] for g in run.optimizer.param_groups if name in g), None)
+        if value is not None:
+            metrics[f"hparam.{name}"] = float(value)
+    run.run_metrics["peak_memory_mb"] = peak
+    return metrics
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The real-valued parameters' Adam lr (or the first group's lr)."""
+    groups = optimizer.param_groups
+    for group in [g for g in groups if g.get("kind") == "real"] + list(groups):
+        if "lr" in group:
+            return float(group["lr"])
+    return None
+
+
+def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
+    run.epoch = epoch
+    _call(pm.hook.benchbnn_epoch_start, run=run, epoch=epoch)
+    started = time.perf_counter()
+    train_sums, flips = _train_epoch(run, pm, epoch)
+    train_time = time.perf_counter() - started
+    distributed.average_buffers(run.model, run.world)
+    parts = {"train": train_sums}
+    for split in ("val", "test"):
+        loader = getattr(run.data, split)
+        if loader is not None:
+            parts[split] = _evaluate(run, loader)
+    metrics = _epoch_metrics(run, parts, flips, [train_time, time.perf_counter() - started])
+    if run.world.parallel and not distributed.check_in_sync(run.binary_params, run.world):
+        raise RunFailed(f"binary weights differ between ranks after epoch {epoch}")
+    run.history.append(metrics)
+    _call(pm.hook.benchbnn_epoch_end, run=run, epoch=epoch, metrics=metrics)
+    _save(run)
+
+
+def _run_metrics(run: Run) -> dict[str, Any]:
+    opt = run.optimizer
+    metrics = dict(run.run_metrics)
+    metrics["binary_weights"] = int(getattr(opt, "num_binary_weights", None)
+                                    or sum(p.numel() for p in run.binary_params))
+    metrics["real_parameters"] = int(sum(p.numel() for p in run.real_params))
+    state_bytes = getattr(opt, "state_bytes_per_binary_weight", None)
+    if callable(state_bytes):
+        metrics["state_bytes_per_binary_weight"] = float(state_bytes())
+    metrics.setdefault("peak_memory_mb", peak_memory_mb(run.device))
+    return {k: metrics[k] for k in RUN_METRICS if k in metrics}
+
+
+def _result(run: Run, status: str, error: str | None) -> RunResult:
+    metrics = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k != "epoch"}
+    if run.optimizer is not None:
+        metrics.update(_run_metrics(run))
+    last = run.checkpoint_dir / checkpoint.FILENAME if run.checkpoint_dir else None
+    return RunResult(
+        status=status, run_id=run.run_id, config_hash=run.config_hash,
+        history=[dict(h) for h in run.history], metrics=metrics, error=error,
+        checkpoint=str(last) if last is not None and last.is_file() else None,
+    )
+
+
+def _end(pm: pluggy.PluginManager, run: Run, result: RunResult) -> None:
+    """Call every run_end implementation, even when one of them fails."""
+    for impl in reversed(pm.hook.benchbnn_run_end.get_hookimpls()):
+        kwargs = {"run": run, "result": result}
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception as exc:  # noqa: BLE001 - reported, the outcome stands
+            warnings.warn(f"benchbnn: plugin {impl.plugin_name!r} failed in run_end: {exc!r}",
+                          RuntimeWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
+    status, error, pending = "FINISHED", None, None
+    try:
+        with _sigterm_interrupts():
+            if run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(run.device)
+            _call(pm.hook.benchbnn_run_start, run=run)
+            for epoch in range(run.start_epoch + 1, run.config.epochs + 1):
+                _run_epoch(run, pm, epoch)
+    except _Diverged as exc:
+        status, error = "FAILED", str(exc)
+    except _PluginRaised as exc:
+        status, error = "KILLED", f"stopped by a plugin: {exc.original!r}"
+        pending = exc.original
+    except KeyboardInterrupt as exc:
+        status, error, pending = "KILLED", f"interrupted ({exc or 'Ctrl-C'})", exc
+    except RunFailed as exc:
+        status, error, pending = "FAILED", str(exc), exc
+    except Exception as exc:  # noqa: BLE001 - recorded as FAILED, then raised as RunFailed
+        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        pending = RunFailed(f"run crashed: {error}")
+        pending.__cause__ = exc
+    result = _result(run, status, error)
+    _end(pm, run, result)
+    if pending is not None:
+        raise pending
+    return result
+
+
+def train(
+    config: RunConfig | Mapping[str, Any],
+    *,
+    data_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    resume: bool = False,
+    quiet: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    plugins: Iterable[Any] = (),
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    download: bool = False,
+    log_every: int = DEFAULT_LOG_EVERY,
+) -> RunResult:
+    """Train and evaluate one configuration; track it in MLflow; checkpoint every epoch.
+
+    ``device`` defaults to CUDA when available. ``tracking_uri`` defaults to
+    $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in the working directory; ``tags`` are
+    added to the MLflow run, nested under ``parent_run_id`` if given. Checkpoints go to
+    ``checkpoint_dir`` (default ``.benchbnn/checkpoints/<config_hash>/``); ``resume`` continues
+    from the last one and ends with the metrics an uninterrupted run would have had.
+    ``plugins`` are extra lifecycle-hook implementations for this run only. ``log_every``: the
+    per-step flip ratio is recorded, and divergence checked, every this many steps (the only
+    host synchronisations of the training loop). Under torchrun the run is data-parallel over
+    the ranks, ``batch_size`` being the global batch split evenly over them; only rank 0
+    tracks, checkpoints and prints.
+
+    Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
+    returns ``status="FAILED"`` when training diverges.
+    """
+
+    if not isinstance(log_every, int) or log_every < 1:
+        raise BenchbnnError(f"log_every must be a positive whole number, got {log_every!r}")
+    world = distributed.world_from_env()
+    run = _new_run(config, distributed.resolve_device(device, world.local_rank), world)
+    run.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    run.parent_run_id, run.log_every, run.quiet = parent_run_id, log_every, quiet
+    run.run_name = run_name or (
+        f"{run.config.optimizer}-{run.config.arch}-{run.config.dataset}-s{run.config.seed}"
+    )
+    run.experiment = experiment
+    run.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else checkpoint.default_dir(
+        run.config_hash)
+    tracker = MlflowTracker(tracking_uri, experiment) if world.is_main else None
+    own = [tracker, ProgressDisplay(quiet=quiet)] if tracker is not None else []
+    pm = _plugin_manager(own, plugins)
+    if tracker is not None:
+        tracker.prepare()  # opens the store and experiment only: no run is created yet
+        checkpoint.check_writable(run.checkpoint_dir)
+        run.tracking_uri = tracker.uri
+    run.world = distributed.init(world, run.device)
+    try:
+        _build(run, data_dir, download)
+        if resume:
+            state = checkpoint.load(run.checkpoint_dir, run.config_hash)
+            if state is not None:
+                _restore(run, state)
+            else:
+                run.note = f"no checkpoint in {run.checkpoint_dir} to resume from; starting over"
+        elif world.is_main:
+            run.replaced_checkpoint_epoch = checkpoint.saved_epoch(
+                run.checkpoint_dir, run.config_hash)
+        return _execute(run, pm)
+    finally:
+        distributed.shutdown(run.world)

@@ -1,0 +1,405 @@
+"""MLflow tracking, as a plugin of the engine's lifecycle hooks.
+
+One MLflow run per training run, driven through ``mlflow.MlflowClient`` with explicit run ids
+(never the fluent API's thread-local active run, so a tuner can nest runs under a parent it
+names). What is written, with the names from :mod:`benchbnn.core.config`:
+
+- params: the RunConfig fields (dataset, arch, optimizer, epochs, batch_size, seed, subset,
+  val_fraction, l2) and ``hparam.*`` (every hyperparameter, defaults filled in),
+  ``schedule.*`` (schedule data as JSON), ``arch_option.*``, ``dataset_option.*``;
+- metrics: EPOCH_METRICS (plus extras added by plugins) with ``step=epoch``; the sampled
+  per-step ``step_flip_log_ratio`` with ``step=global step``; RUN_METRICS at the end;
+- tags: config hash, benchbnn version, git commit, torch version, device, world size, the
+  distribution that provided the optimizer / architecture / dataset, caller-provided tags,
+  ``mlflow.parentRunId`` when nested, ``benchbnn.failure_reason`` when FAILED or KILLED;
+- artifacts: ``config.json`` (resolved configuration), ``metrics.json`` (final metrics and
+  history), ``curves.png`` (accuracy per epoch and pi_t per step).
+
+Tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
+working directory (MLflow's own default). Artifacts of a local SQLite store live beside the
+database file, in ``mlartifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from benchbnn.core import names
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.paths import writable_dir
+from benchbnn.core.plugins import hookimpl
+from benchbnn.core.plugins import provenance
+from benchbnn.train.run_figure import plot_curves
+
+#: flush buffered per-step metrics at least this often (seconds) so live views stay current
+FLUSH_SECONDS = 30.0
+_BATCH_METRICS = 1000
+_BATCH_PARAMS = 100
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Where runs are tracked: ``uri``, else $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite).
+
+    A bare path ending in ``.db`` is taken as an SQLite file. Compare, leaderboard and tune use
+    the same resolution, so they all read what ``benchbnn run`` wrote.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if "://" not in uri and uri.endswith(".db"):
+        return f"sqlite:///{Path(uri).resolve()}"
+    return uri
+
+
+def _local_path(uri: str) -> Path | None:
+    """The file or directory a local store lives in (None for servers and databases)."""
+    if uri.startswith("sqlite:///"):
+        path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+        return None if path in ("", ":memory:") else Path(path).absolute()
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).absolute()
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(uri).absolute()
+    return None
+
+
+def check_tracking_location(uri: str) -> None:
+    """Raise BenchbnnError if a local store could not be written (before anything starts)."""
+    path = _local_path(uri)
+    if path is None:
+        return
+    directory = path.parent if uri.startswith("sqlite:") else path
+    if uri.startswith("sqlite:") and path.exists() and not os.access(path, os.W_OK):
+        raise BenchbnnError(
+            f"tracking database {path} is not writable; pass --tracking-uri with a writable "
+            f"location or fix its permissions"
+        )
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise BenchbnnError(
+            f"tracking location {uri} is not writable ({probe} is not a writable directory); "
+            f"pass --tracking-uri with a writable location, e.g. sqlite:///mlflow.db"
+        )
+    writable_dir(directory, "the tracking store", "--tracking-uri")
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local SQLite store go beside the database (not into the cwd)."""
+    path = _local_path(uri)
+    if path is None or not uri.startswith("sqlite:"):
+        return None
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "default"
+    return (path.parent / "mlartifacts" / slug).as_uri()
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for ``uri`` (MLflow's migration chatter silenced)."""
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a local database) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise BenchbnnError(
+                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                f"or pass --experiment with another name"
+            )
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    except MlflowException:  # created meanwhile by a parallel worker
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the benchbnn source tree (with "-dirty" if modified), if it is a checkout."""
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def run_params(run: Any) -> dict[str, str]:
+    """Everything in the configuration, flattened into MLflow params."""
+    cfg = run.config
+    params = {
+        "dataset": cfg.dataset, "arch": cfg.arch, "optimizer": cfg.optimizer,
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "subset": cfg.subset, "val_fraction": cfg.val_fraction, "l2": cfg.l2,
+    }
+    params.update({names.PARAM_HPARAM_PREFIX + k: v for k, v in run.hparams.items()})
+    params.update({names.PARAM_SCHEDULE_PREFIX + k: v if isinstance(v, str) else dict(v)
+                   for k, v in cfg.schedules.items()})
+    params.update({names.PARAM_ARCH_OPTION_PREFIX + k: v for k, v in run.arch_options.items()})
+    params.update(
+        {names.PARAM_DATASET_OPTION_PREFIX + k: v for k, v in cfg.dataset_options.items()}
+    )
+    return {k: _text(v)[:6000] for k, v in params.items()}
+
+
+def run_tags(run: Any) -> dict[str, str]:
+    """Provenance tags: what produced this run and where."""
+    import torch
+
+
+    tags = {
+        names.TAG_CONFIG_HASH: run.config_hash,
+        names.TAG_VERSION: names.VERSION,
+        names.TAG_TORCH_VERSION: torch.__version__,
+        names.TAG_DEVICE: str(run.device),
+        names.TAG_WORLD_SIZE: str(run.world_size),
+    }
+    commit = git_commit()
+    if commit:
+        tags[names.TAG_GIT_COMMIT] = commit
+    for kind, name in (("optimizer", run.config.optimizer), ("architecture", run.config.arch),
+                       ("dataset", run.config.dataset)):
+        info = provenance(kind, name)
+        tags[names.TAG_PLUGIN_PREFIX + kind] = f"{info.distribution}=={info.version}"
+    if run.parent_run_id:
+        tags["mlflow.parentRunId"] = run.parent_run_id
+    tags.update({str(k): str(v) for k, v in (run.tags or {}).items()})
+    return tags
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class MlflowTracker:
+    """Tracks one training run in MLflow. The engine registers it on rank 0 only."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = names.DEFAULT_EXPERIMENT):
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.experiment = experiment
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+
+    # -- before anything starts ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Open the store and the experiment now; any problem is a BenchbnnError."""
+        check_tracking_location(self.uri)
+        try:
+            self.client = client_for(self.uri)
+            self.experiment_id = ensure_experiment(self.client, self.experiment, self.uri)
+        except BenchbnnError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure gets the same advice
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BenchbnnError(
+                f"cannot use tracking location {self.uri}: {first}; pass --tracking-uri with a "
+                f"reachable, writable MLflow store"
+            ) from None
+
+    # -- lifecycle hooks -----------------------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    def benchbnn_run_start(self, run: Any) -> None:
+        run.tracking_uri, run.experiment = self.uri, self.experiment
+        if run.run_id and self._reopen(run):
+            return
+        created = self.client.create_run(
+            self.experiment_id, tags=run_tags(run), run_name=run.run_name
+        )
+        self.run_id = run.run_id = created.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in run_params(run).items()]
+        for chunk in _chunks(params, _BATCH_PARAMS):
+            self.client.log_batch(self.run_id, params=chunk)
+        for entry in run.history:  # resumed from a checkpoint whose run is not in this store
+            self._queue_epoch(entry["epoch"], entry)
+        self.flush()
+
+    def _reopen(self, run: Any) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            existing = self.client.get_run(run.run_id)
+        except MlflowException:
+            return False
+        if existing.info.experiment_id != self.experiment_id:
+            return False
+        self.run_id = run.run_id
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, names.TAG_RESUMED, str(run.start_epoch))
+        return True
+
+    @hookimpl
+    def benchbnn_step_end(self, run: Any, step: int, logs: Mapping[str, Any]) -> None:
+        if step % run.log_every:
+            return
+        pi = logs.get("flip_log_ratio")
+        if pi is not None:
+            from mlflow.entities import Metric
+
+            self._pending.append(
+                Metric("step_flip_log_ratio", float(pi), int(time.time() * 1000), step)
+            )
+        if time.monotonic() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    @hookimpl(wrapper=True)
+    def benchbnn_epoch_end(self, run: Any, epoch: int, metrics: dict) -> Any:
+        try:
+            return (yield)
+        finally:  # other plugins have added their metrics (or one of them raised)
+            self._queue_epoch(epoch, metrics)
+            self.flush()
+
+    @hookimpl(trylast=True)
+    def benchbnn_run_end(self, run: Any, result: Any) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+            self._log_run_metrics(result)
+            self._log_artifacts(run, result)
+        finally:
+            if result.status != "FINISHED" and result.error:
+                self.client.set_tag(self.run_id, names.TAG_FAILURE, str(result.error)[:5000])
+            self.client.set_terminated(self.run_id, status=result.status)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _queue_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if key != "epoch" and _finite(value):
+                self._pending.append(Metric(key, float(value), now, int(epoch)))
+
+    def flush(self) -> None:
+        """Send buffered metrics in as few requests as possible."""
+        pending, self._pending = self._pending, []
+        for chunk in _chunks(pending, _BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self._last_flush = time.monotonic()
+
+    def _log_run_metrics(self, result: Any) -> None:
+        metrics = result.metrics
+        self._queue_epoch(0, {k: metrics[k] for k in names.RUN_METRICS if k in metrics})
+        self.flush()
+
+    def _log_artifacts(self, run: Any, result: Any) -> None:
+        with tempfile.TemporaryDirectory(prefix="benchbnn-artifacts-") as tmp:
+            folder = Path(tmp)
+            (folder / names.ARTIFACT_CONFIG).write_text(
+                json.dumps(resolved_config(run), indent=2, sort_keys=True, default=str)
+            )
+            final = {"status": result.status, "error": result.error, "run_id": self.run_id,
+                     "config_hash": result.config_hash, "metrics": result.metrics,
+                     "history": result.history}
+            (folder / names.ARTIFACT_METRICS).write_text(
+                json.dumps(_json_safe(final), indent=2, sort_keys=True)
+            )
+            try:
+                steps = self.client.get_metric_history(self.run_id, "step_flip_log_ratio")
+                plot_curves(result.history, [(m.step, m.value) for m in steps],
+                            folder / names.ARTIFACT_CURVES, run.steps_per_epoch)
+            except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the run
+                warnings.warn(f"benchbnn: could not draw {names.ARTIFACT_CURVES}: {exc}",
+                              stacklevel=2)
+            self.client.log_artifacts(self.run_id, str(folder))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as strings, so metrics.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def resolved_config(run: Any) -> dict[str, Any]:
+    """The configuration as the engine ran it: defaults filled in, plus where and on what."""
+    import torch
+
+
+    data = run.data
+    return {
+        "config": run.config.to_dict(),
+        "config_hash": run.config_hash,
+        "hparams": dict(run.hparams),
+        "schedules": {k: s.to_dict() for k, s in run.schedules.items()},
+        "arch_options": dict(run.arch_options),
+        "dataset": {
+            "name": run.config.dataset,
+            "num_classes": data.num_classes,
+            "image_shape": list(data.image_shape),
+            "train_samples": data.train.num_samples,
+            "val_samples": data.val.num_samples if data.val is not None else 0,
+            "test_samples": data.test.num_samples,
+        },
+        "steps_per_epoch": run.steps_per_epoch,
+        "total_steps": run.total_steps,
+        "device": str(run.device),
+        "world_size": run.world_size,
+        "versions": {"benchbnn": names.VERSION, "torch": torch.__version__,
+                     "git_commit": git_commit()},
+        "plugins": {
+            kind: f"{info.distribution}=={info.version}"
+            for kind, info in (
+                ("optimizer", provenance("optimizer", run.config.optimizer)),
+                ("architecture", provenance("architecture", run.config.arch)),
+                ("dataset", provenance("dataset", run.config.dataset)),
+            )
+        },
+    }

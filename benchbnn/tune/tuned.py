@@ -1,0 +1,66 @@
+"""Tuned entries: a suite whose entries take the best trial of their Optuna studies.
+
+``benchbnn compare --tuned`` and ``benchbnn leaderboard --tuned`` resolve the suite here, above
+the benchmark layer: compare and the leaderboard then receive a suite whose hyperparameters are
+already the tuned ones, and the :class:`TunedEntry` records as plain data for their reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchbnn.bench.suites import Suite
+from benchbnn.tune.tuning import best_trial_hparams
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """Which trial's hyperparameters an entry now uses."""
+
+    label: str
+    optimizer: str
+    hparams: Mapping[str, Any]
+    study_name: str
+    trial_number: int
+    value: float | None
+
+    def describe(self) -> str:
+        value = "-" if self.value is None else f"{self.value:.4g}"
+        settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in sorted(self.hparams.items()))
+        return (
+            f"entry {self.label}: tuned hyperparameters from study {self.study_name!r} trial "
+            f"#{self.trial_number} (value {value}): {settings or 'none'}"
+        )
+
+
+def apply_tuned(
+    suite: Suite, storage: str | None = None, study: str | None = None
+) -> tuple[Suite, list[TunedEntry]]:
+    """The suite with every entry's hyperparameters replaced by its study's best trial.
+
+    A study of the entry itself wins over one of its optimizer
+    (:func:`benchbnn.tune.tuning.best_trial_hparams`); an entry that was never tuned is an error
+    that says which ``benchbnn tune`` command to run. Select the entries first
+    (:meth:`Suite.select`) to tune only some.
+    """
+    used = []
+    for entry in suite.entries:
+        found = best_trial_hparams(suite, entry.optimizer, storage=storage, study=study,
+                                   entry=entry.label)
+        suite = suite.with_entry_hparams(entry.label, found.hparams)
+        used.append(TunedEntry(
+            entry.label, entry.optimizer, dict(found.hparams), str(found.study_name),
+            int(found.trial_number), None if found.value is None else float(found.value),
+        ))
+    return suite, used
+
+
+def tuned_suite(
+    suite: Suite, optimizers: Sequence[str] | str | None = None, storage: str | None = None,
+    study: str | None = None,
+) -> tuple[Suite, list[TunedEntry]]:
+    """The entries that take part (``optimizers``, as in :meth:`Suite.select`), tuned."""
+    return apply_tuned(suite.select(optimizers), storage=storage, study=study)
