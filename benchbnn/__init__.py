@@ -19,7 +19,6 @@ import importlib
 from typing import Any
 
 from benchbnn.core.config import RunConfig
-from benchbnn.core.names import VERSION
 from benchbnn.core.errors import (
     BenchbnnError,
     DataError,
@@ -29,6 +28,7 @@ from benchbnn.core.errors import (
     UnknownNameError,
     UnsupportedInputError,
 )
+from benchbnn.core.names import VERSION
 from benchbnn.core.plugins import (
     get_architecture,
     get_dataset,

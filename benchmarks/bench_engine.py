@@ -59,18 +59,32 @@ class HandWritten:
     """The loop a user would write: forward, loss, backward, step; test accuracy per epoch."""
 
     def __init__(self, config: RunConfig, data_dir: str, device: torch.device):
-        self.data = build_loaders(config.dataset, data_dir=data_dir, batch_size=config.batch_size,
-                                  seed=config.seed, subset=config.subset, device=device,
-                                  eval_batch_size=max(config.batch_size, EVAL_BATCH_SIZE))
+        self.data = build_loaders(
+            config.dataset,
+            data_dir=data_dir,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            subset=config.subset,
+            device=device,
+            eval_batch_size=max(config.batch_size, EVAL_BATCH_SIZE),
+        )
         seed_everything(config.seed)  # the engine seeds the same way before building its model
         c, h, _ = self.data.image_shape
-        self.model = benchbnn.get_architecture(config.arch).build(
-            num_classes=self.data.num_classes, in_channels=c, image_size=h, **config.arch_options
-        ).to(device)
+        self.model = (
+            benchbnn.get_architecture(config.arch)
+            .build(
+                num_classes=self.data.num_classes,
+                in_channels=c,
+                image_size=h,
+                **config.arch_options,
+            )
+            .to(device)
+        )
         set_latent_mode(self.model, False)
         binary, real = split_parameters(self.model)
-        self.optimizer = benchbnn.get_optimizer(config.optimizer).build(binary, real,
-                                                                        **config.hparams)
+        self.optimizer = benchbnn.get_optimizer(config.optimizer).build(
+            binary, real, **config.hparams
+        )
         self.accuracy = 0.0
 
     def epoch(self, epoch: int) -> None:
@@ -129,23 +143,31 @@ def _data_dir(given: str | None) -> str:
 def _report(pairs: list[dict[str, tuple[float, float]]]) -> None:
     for i, pair in enumerate(pairs, 1):
         (hw, hc), (ew, ec) = pair["hand"], pair["engine"]
-        print(f"epoch {i}: hand-written {hw:7.2f} s wall {hc:7.2f} s CPU | engine {ew:7.2f} s "
-              f"wall {ec:7.2f} s CPU | ratio wall {ew / hw:.3f} CPU {ec / hc:.3f}"
-              f"{'  (warm-up, not counted)' if i == 1 else ''}")
+        print(
+            f"epoch {i}: hand-written {hw:7.2f} s wall {hc:7.2f} s CPU | engine {ew:7.2f} s "
+            f"wall {ec:7.2f} s CPU | ratio wall {ew / hw:.3f} CPU {ec / hc:.3f}"
+            f"{'  (warm-up, not counted)' if i == 1 else ''}"
+        )
     counted = pairs[1:]
     for what, k in (("wall", 0), ("CPU", 1)):
         ratios = [p["engine"][k] / p["hand"][k] for p in counted]
         total = sum(p["engine"][k] for p in counted) / sum(p["hand"][k] for p in counted)
-        print(f"{what:>4}: median ratio {statistics.median(ratios):.3f}, ratio of sums "
-              f"{total:.3f}, range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} pairs "
-              f"(target < 1.05)")
+        print(
+            f"{what:>4}: median ratio {statistics.median(ratios):.3f}, ratio of sums "
+            f"{total:.3f}, range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} pairs "
+            f"(target < 1.05)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--steps", type=int, default=100,
-                        help="training batches per epoch (0: the whole training split)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="training batches per epoch (0: the whole training split)",
+    )
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--epochs", type=int, default=7, help="epoch pairs (the first is warm-up)")
@@ -155,23 +177,39 @@ def main() -> None:
 
     data_dir = _data_dir(args.data_dir)
     device = torch.device(args.device)
-    config = RunConfig(dataset="cifar10", arch="binarynet", optimizer=args.optimizer,
-                       arch_options={"width": args.width}, epochs=args.epochs,
-                       batch_size=args.batch_size, seed=0,
-                       subset=args.steps * args.batch_size if args.steps else None)
-    print(f"BinaryNet width {args.width}, {args.optimizer}, "
-          f"{args.steps or 'all'} steps of {args.batch_size} + test-set evaluation per epoch, "
-          f"{device}, {torch.get_num_threads()} threads")
+    config = RunConfig(
+        dataset="cifar10",
+        arch="binarynet",
+        optimizer=args.optimizer,
+        arch_options={"width": args.width},
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=0,
+        subset=args.steps * args.batch_size if args.steps else None,
+    )
+    print(
+        f"BinaryNet width {args.width}, {args.optimizer}, "
+        f"{args.steps or 'all'} steps of {args.batch_size} + test-set evaluation per epoch, "
+        f"{device}, {torch.get_num_threads()} threads"
+    )
     interleave = Interleave(HandWritten(config, data_dir, device))
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as work:
-        result = train(config, data_dir=data_dir, device=device, quiet=False,
-                       tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}",
-                       checkpoint_dir=Path(work) / "checkpoints", plugins=[interleave])
+        result = train(
+            config,
+            data_dir=data_dir,
+            device=device,
+            quiet=False,
+            tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}",
+            checkpoint_dir=Path(work) / "checkpoints",
+            plugins=[interleave],
+        )
     assert result.finished, result.error
     _report(interleave.pairs)
     same = abs(result.metrics["test_top1"] - interleave.hand.accuracy) < 1e-9
-    print(f"test top-1 after {args.epochs} epochs: engine {result.metrics['test_top1']:.2f}%, "
-          f"hand-written {interleave.hand.accuracy:.2f}% ({'identical' if same else 'DIFFERENT'})")
+    print(
+        f"test top-1 after {args.epochs} epochs: engine {result.metrics['test_top1']:.2f}%, "
+        f"hand-written {interleave.hand.accuracy:.2f}% ({'identical' if same else 'DIFFERENT'})"
+    )
 
 
 if __name__ == "__main__":

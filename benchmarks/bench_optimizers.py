@@ -24,8 +24,15 @@ import benchbnn
 
 #: The nine binary weight tensors of BinaryNet on CIFAR-10 (REFERENCE.md section 2).
 BINARYNET_SHAPES = [
-    (128, 3, 3, 3), (128, 128, 3, 3), (256, 128, 3, 3), (256, 256, 3, 3), (512, 256, 3, 3),
-    (512, 512, 3, 3), (1024, 4608), (1024, 1024), (10, 1024),
+    (128, 3, 3, 3),
+    (128, 128, 3, 3),
+    (256, 128, 3, 3),
+    (256, 256, 3, 3),
+    (512, 256, 3, 3),
+    (512, 512, 3, 3),
+    (1024, 4608),
+    (1024, 1024),
+    (10, 1024),
 ]
 BINARYNET_WEIGHTS = 10_352_000
 
@@ -81,25 +88,33 @@ def time_step(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--optimizers", nargs="+",
-                        default=["bop", "bop2ndorder", "pbop", "adam-latent"])
-    parser.add_argument("--implementations", nargs="+",
-                        default=["reference", "foreach", "compiled"])
+    parser.add_argument(
+        "--optimizers", nargs="+", default=["bop", "bop2ndorder", "pbop", "adam-latent"]
+    )
+    parser.add_argument(
+        "--implementations", nargs="+", default=["reference", "foreach", "compiled"]
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeat", type=int, default=10,
-                        help="timed steps of the compiled path (median reported)")
-    parser.add_argument("--repeat-slow", type=int, default=3,
-                        help="timed steps of the reference and foreach paths")
+    parser.add_argument(
+        "--repeat", type=int, default=10, help="timed steps of the compiled path (median reported)"
+    )
+    parser.add_argument(
+        "--repeat-slow", type=int, default=3, help="timed steps of the reference and foreach paths"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     assert sum(torch.Size(s).numel() for s in BINARYNET_SHAPES) == BINARYNET_WEIGHTS
 
     bandwidth = inplace_bandwidth(device, BINARYNET_WEIGHTS * 4, args.repeat)
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"in-place a += b bandwidth: {bandwidth / 1e9:.1f} GB/s "
-          f"(over {BINARYNET_WEIGHTS * 4 * 4 / 1e6:.0f} MB arrays)")
-    print(f"{BINARYNET_WEIGHTS:,} binary weights; median of {args.repeat} steps "
-          f"({args.repeat_slow} for reference and foreach)\n")
+    print(
+        f"in-place a += b bandwidth: {bandwidth / 1e9:.1f} GB/s "
+        f"(over {BINARYNET_WEIGHTS * 4 * 4 / 1e6:.0f} MB arrays)"
+    )
+    print(
+        f"{BINARYNET_WEIGHTS:,} binary weights; median of {args.repeat} steps "
+        f"({args.repeat_slow} for reference and foreach)\n"
+    )
     print(f"{'optimizer':<12} {'implementation':<15} {'ms/step':>9} {'floor ms':>9} {'x floor':>8}")
     for name in args.optimizers:
         for implementation in args.implementations:

@@ -68,7 +68,9 @@ def time_loads(root: Path) -> dict[str, float]:
     return {"first_load_s": first, "warm_load_s": time.perf_counter() - start}
 
 
-def pipeline_throughput(root: Path, batch_size: int, epochs: int, device: torch.device) -> dict[str, float]:
+def pipeline_throughput(
+    root: Path, batch_size: int, epochs: int, device: torch.device
+) -> dict[str, float]:
     """Images per second over whole training epochs (best and median over ``epochs``)."""
     bundle = build_loaders("cifar10", data_dir=root, batch_size=batch_size, seed=0, device=device)
     rates = []
@@ -82,11 +84,16 @@ def pipeline_throughput(root: Path, batch_size: int, epochs: int, device: torch.
         _sync(device)
         if epoch:
             rates.append(images / (time.perf_counter() - start))
-    return {"images_per_s_best": max(rates), "images_per_s_median": statistics.median(rates),
-            "images_per_epoch": bundle.train.num_samples}
+    return {
+        "images_per_s_best": max(rates),
+        "images_per_s_median": statistics.median(rates),
+        "images_per_epoch": bundle.train.num_samples,
+    }
 
 
-def model_throughput(root: Path, batch_size: int, steps: int, device: torch.device) -> dict[str, float]:
+def model_throughput(
+    root: Path, batch_size: int, steps: int, device: torch.device
+) -> dict[str, float]:
     """BinaryNet 0.25 + Adam images per second, and the loader's share of the same loop."""
     bundle = build_loaders("cifar10", data_dir=root, batch_size=batch_size, seed=0, device=device)
     model = benchbnn.get_architecture("binarynet").build(num_classes=10, width=0.25).to(device)
@@ -119,20 +126,33 @@ def model_throughput(root: Path, batch_size: int, steps: int, device: torch.devi
                 load_time += t1 - t0
                 model_time += t2 - t1
                 images += len(y)
-    return {"images_per_s": images / model_time, "loader_share_in_loop": load_time / (load_time + model_time),
-            "steps": steps}
+    return {
+        "images_per_s": images / model_time,
+        "loader_share_in_loop": load_time / (load_time + model_time),
+        "steps": steps,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--extract-to", help="directory to extract the CIFAR-10 JPEG tarball into (reused)")
+    where.add_argument(
+        "--extract-to", help="directory to extract the CIFAR-10 JPEG tarball into (reused)"
+    )
     where.add_argument("--data-dir", help="an existing CIFAR-10 copy (any layout cifar10 reads)")
     parser.add_argument("--tarball", type=Path, default=TARBALL)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[50, 256])
-    parser.add_argument("--epochs", type=int, default=3, help="timed pipeline epochs per batch size")
-    parser.add_argument("--model-images", type=int, default=10_000,
-                        help="images trained on per batch size (10,000 = 200 steps at batch 50)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="timed pipeline epochs per batch size"
+    )
+    parser.add_argument(
+        "--model-images",
+        type=int,
+        default=10_000,
+        help="images trained on per batch size (10,000 = 200 steps at batch 50)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -140,17 +160,27 @@ def main() -> None:
 
     root = prepare(args)
     results: dict = {"device": str(device), "threads": torch.get_num_threads(), **time_loads(root)}
-    print(f"device {device}, {results['threads']} threads; first load {results['first_load_s']:.2f} s, "
-          f"warm load {results['warm_load_s']:.2f} s")
-    print(f"{'batch':>6} {'pipeline img/s':>15} {'model img/s':>12} {'epoch: pipeline/model':>22} "
-          f"{'loader share in loop':>21}")
+    print(
+        f"device {device}, {results['threads']} threads; first load {results['first_load_s']:.2f} s, "
+        f"warm load {results['warm_load_s']:.2f} s"
+    )
+    print(
+        f"{'batch':>6} {'pipeline img/s':>15} {'model img/s':>12} {'epoch: pipeline/model':>22} "
+        f"{'loader share in loop':>21}"
+    )
     for batch_size in args.batch_sizes:
         pipe = pipeline_throughput(root, batch_size, args.epochs, device)
         model = model_throughput(root, batch_size, -(-args.model_images // batch_size), device)
         ratio = model["images_per_s"] / pipe["images_per_s_median"]
-        results[f"batch_{batch_size}"] = {"pipeline": pipe, "model": model, "epoch_time_ratio": ratio}
-        print(f"{batch_size:>6} {pipe['images_per_s_median']:>15,.0f} {model['images_per_s']:>12,.1f} "
-              f"{ratio:>21.3%} {model['loader_share_in_loop']:>21.3%}")
+        results[f"batch_{batch_size}"] = {
+            "pipeline": pipe,
+            "model": model,
+            "epoch_time_ratio": ratio,
+        }
+        print(
+            f"{batch_size:>6} {pipe['images_per_s_median']:>15,.0f} {model['images_per_s']:>12,.1f} "
+            f"{ratio:>21.3%} {model['loader_share_in_loop']:>21.3%}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from benchbnn.core.config import RunConfig
-
 from benchbnn.core.names import EPOCH_METRICS
 
 #: a BNN MLP with one hidden layer of 32 units on the embedded 8x8 digits: a run takes ~1 s
@@ -24,8 +23,15 @@ TIMINGS = ("epoch_time_s", "images_per_s")
 
 
 def tiny_config(**overrides: Any) -> RunConfig:
-    fields = {"dataset": "digits", "arch": "bnn-mlp", "optimizer": "bop2ndorder",
-              "arch_options": TINY_ARCH, "epochs": 2, "batch_size": 64, "seed": 0}
+    fields = {
+        "dataset": "digits",
+        "arch": "bnn-mlp",
+        "optimizer": "bop2ndorder",
+        "arch_options": TINY_ARCH,
+        "epochs": 2,
+        "batch_size": 64,
+        "seed": 0,
+    }
     return RunConfig(**{**fields, **overrides})
 
 

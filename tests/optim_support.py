@@ -47,9 +47,12 @@ def assert_buffers_close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def run_side_by_side(
-    name: str, hparams: dict, shapes: Sequence[tuple[int, ...]],
+    name: str,
+    hparams: dict,
+    shapes: Sequence[tuple[int, ...]],
     grads: Sequence[Sequence[torch.Tensor]],
-    implementations: tuple[str, str], init: Sequence[torch.Tensor] | None = None,
+    implementations: tuple[str, str],
+    init: Sequence[torch.Tensor] | None = None,
 ) -> int:
     """Step two copies of an optimizer with the same gradients and check agreement after every
     step. Returns how many weights were excused for lying within rounding of the threshold."""
@@ -94,17 +97,20 @@ def run_side_by_side(
 
 # --- hypothesis strategies ------------------------------------------------------------------
 
-gradient = st.floats(-100.0, 100.0, allow_nan=False, allow_infinity=False, allow_subnormal=False,
-                     width=32)
-rate = st.floats(-3.0, 0.0).map(lambda e: 10.0**e)       # gamma, sigma in [1e-3, 1]
+gradient = st.floats(
+    -100.0, 100.0, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32
+)
+rate = st.floats(-3.0, 0.0).map(lambda e: 10.0**e)  # gamma, sigma in [1e-3, 1]
 threshold = st.one_of(st.just(0.0), st.floats(-8.0, 0.0).map(lambda e: 10.0**e))
 
 
 @st.composite
 def rule_hparams(draw, name):
     if name == "adam-latent":
-        return {"lr": draw(st.floats(-4.0, 0.0).map(lambda e: 10.0**e)),
-                "clip": draw(st.floats(0.5, 2.0))}
+        return {
+            "lr": draw(st.floats(-4.0, 0.0).map(lambda e: 10.0**e)),
+            "clip": draw(st.floats(0.5, 2.0)),
+        }
     hparams = {"gamma": draw(rate), "threshold": draw(threshold)}
     if name != "bop":
         hparams["sigma"] = draw(rate)

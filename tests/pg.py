@@ -48,8 +48,14 @@ def find_bin_dir() -> Path | None:
 def _install_with_apt() -> None:
     """Install Debian's postgresql package (root only); failures are left to the caller."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], env=env, check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "postgresql"],
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+    )
 
 
 def locate_binaries() -> Path:
@@ -105,12 +111,33 @@ class PostgresServer:
         if self.as_user:
             shutil.chown(self.root, user=self.as_user)
             shutil.chown(self.socket_dir, user=self.as_user)
-        self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", SUPERUSER,
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-A",
+            "trust",
+            "-U",
+            SUPERUSER,
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         # fsync off: a test cluster never needs to survive a power cut.
         options = f"-k {self.socket_dir} -c listen_addresses='' -c fsync=off -c max_connections=100"
-        self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.log_file),
-                  "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-o",
+            options,
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():

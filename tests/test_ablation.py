@@ -9,14 +9,14 @@ import io
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from benchbnn.core import names as tracked_names
-from benchbnn.tune import ablation
-from benchbnn.cli import main as cli_main
-from benchbnn.core.errors import BenchbnnError
-from benchbnn.bench.suite_file import load_suite
-from benchbnn.train.tracking import client_for
 from tuning_support import fresh_tracking_uri, one_torch_thread, write_suite
+
+from benchbnn.bench.suite_file import load_suite
+from benchbnn.cli import main as cli_main
+from benchbnn.core import names as tracked_names
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.train.tracking import client_for
+from benchbnn.tune import ablation
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
@@ -30,8 +30,9 @@ def test_powers_of_ten_are_exact(k, f):
 def test_the_papers_grid_from_the_base_point():
     """cifar10-base-point: tau 1e-6, gamma 1e-7, sigma 1e-3, two powers of ten down and up."""
     suite = load_suite("cifar10-base-point")
-    points = ablation.plan_ablation(suite, optimizers=["bop2ndorder-unbiased"],
-                                    hparams=["gamma", "sigma", "threshold"])
+    points = ablation.plan_ablation(
+        suite, optimizers=["bop2ndorder-unbiased"], hparams=["gamma", "sigma", "threshold"]
+    )
     values = {}
     for p in points:
         values.setdefault(p.hparam, []).append(p.value)
@@ -65,16 +66,20 @@ def test_default_sweep_is_the_log_scale_search_space_of_every_entry():
 
 def test_values_outside_the_valid_range_are_left_out():
     suite = load_suite("cifar10-base-point")  # lr = 0.01 and lr must lie in [0, 10]
-    points = ablation.plan_ablation(suite, optimizers=["bop2ndorder-biased"], hparams=["lr"],
-                                    factors=(3, 4))
+    points = ablation.plan_ablation(
+        suite, optimizers=["bop2ndorder-biased"], hparams=["lr"], factors=(3, 4)
+    )
     assert [p.value for p in points] == [0.01, 10.0]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"hparams": ["gama"]}, "no chosen entry has a real-valued hyperparameter 'gama'"),
-    ({"optimizers": ["adam"]}, "has no entry or optimizer 'adam'"),
-    ({"arch": "xnornet"}, "has no architecture 'xnornet'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hparams": ["gama"]}, "no chosen entry has a real-valued hyperparameter 'gama'"),
+        ({"optimizers": ["adam"]}, "has no entry or optimizer 'adam'"),
+        ({"arch": "xnornet"}, "has no architecture 'xnornet'"),
+    ],
+)
 def test_bad_sweeps_are_clear_errors(kwargs, message):
     with pytest.raises(BenchbnnError, match=message):
         ablation.plan_ablation(load_suite("cifar10-base-point"), **kwargs)
@@ -100,19 +105,36 @@ def test_a_tiny_sweep_writes_plots_and_robustness_and_reuses_runs(tmp_path):
     suite = write_suite(tmp_path, epochs=1)
     uri = fresh_tracking_uri(tmp_path)
     out = tmp_path / "ablation"
-    first = ablation.ablate(str(suite), optimizers=["bop2ndorder"], factors=(-1, 1),
-                            tracking_uri=uri, out=out, quiet=True, say=None)
+    first = ablation.ablate(
+        str(suite),
+        optimizers=["bop2ndorder"],
+        factors=(-1, 1),
+        tracking_uri=uri,
+        out=out,
+        quiet=True,
+        say=None,
+    )
     assert first.trained == 5  # base point + (gamma, sigma) x (down, up)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["ablation.csv", "gamma.png", "robustness.csv", "robustness.md",
-                     "robustness.png", "sigma.png"]
+    assert names == [
+        "ablation.csv",
+        "gamma.png",
+        "robustness.csv",
+        "robustness.md",
+        "robustness.png",
+        "sigma.png",
+    ]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     points = _read_csv(out / "ablation.csv")
     assert [(r["hparam"], r["factor"], r["value"]) for r in points] == [
-        ("gamma", "-1", "1e-06"), ("gamma", "0", "1e-05"), ("gamma", "1", "0.0001"),
-        ("sigma", "-1", "0.0001"), ("sigma", "0", "0.001"), ("sigma", "1", "0.01"),
+        ("gamma", "-1", "1e-06"),
+        ("gamma", "0", "1e-05"),
+        ("gamma", "1", "0.0001"),
+        ("sigma", "-1", "0.0001"),
+        ("sigma", "0", "0.001"),
+        ("sigma", "1", "0.01"),
     ]
     assert all(r["finished"] == "1" and r["accuracy"] for r in points)
     accuracy = {(r["hparam"], r["factor"]): float(r["accuracy"]) for r in points}
@@ -131,10 +153,22 @@ def test_a_tiny_sweep_writes_plots_and_robustness_and_reuses_runs(tmp_path):
     client = client_for(uri)
     runs = client.search_runs([client.get_experiment_by_name("benchbnn").experiment_id])
     assert sorted(r.data.tags[tracked_names.TAG_ABLATION] for r in runs) == [
-        "base", "gamma=0.0001", "gamma=1e-06", "sigma=0.0001", "sigma=0.01"]
+        "base",
+        "gamma=0.0001",
+        "gamma=1e-06",
+        "sigma=0.0001",
+        "sigma=0.01",
+    ]
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = ablation.ablate(str(suite), optimizers=["bop2ndorder"], factors=(-1, 1),
-                            tracking_uri=uri, out=out, quiet=True, say=None)
+    again = ablation.ablate(
+        str(suite),
+        optimizers=["bop2ndorder"],
+        factors=(-1, 1),
+        tracking_uri=uri,
+        out=out,
+        quiet=True,
+        say=None,
+    )
     assert again.trained == 0  # every point reused by configuration hash
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # byte for byte

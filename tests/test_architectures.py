@@ -12,13 +12,23 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import benchbnn
-from benchbnn.core.binary import BinaryLayer, parameter_breakdown, set_latent_mode, sgn0, split_parameters
 from benchbnn.cli import main as cli_main
+from benchbnn.core.binary import (
+    BinaryLayer,
+    parameter_breakdown,
+    set_latent_mode,
+    sgn0,
+    split_parameters,
+)
 from benchbnn.core.errors import BenchbnnError, HyperparameterError, UnsupportedInputError
 
 ARCHS = ("binarynet", "bnn-mlp", "xnornet", "birealnet18")
-TIMM_NAMES = {"binarynet": "binarynet", "bnn-mlp": "bnn_mlp", "xnornet": "xnornet",
-              "birealnet18": "birealnet18"}
+TIMM_NAMES = {
+    "binarynet": "binarynet",
+    "bnn-mlp": "bnn_mlp",
+    "xnornet": "xnornet",
+    "birealnet18": "birealnet18",
+}
 
 #: Small versions that run in milliseconds on a CPU, at each network's small input size.
 SMALL = {
@@ -61,26 +71,33 @@ def counts(model: nn.Module) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def xnornet224():
     torch.manual_seed(0)
-    return benchbnn.get_architecture("xnornet").build(num_classes=1000, in_channels=3, image_size=224)
+    return benchbnn.get_architecture("xnornet").build(
+        num_classes=1000, in_channels=3, image_size=224
+    )
 
 
 @pytest.fixture(scope="module")
 def birealnet224():
     torch.manual_seed(0)
     return benchbnn.get_architecture("birealnet18").build(
-        num_classes=1000, in_channels=3, image_size=224)
+        num_classes=1000, in_channels=3, image_size=224
+    )
 
 
 @pytest.fixture(scope="module")
 def birealnet32():
     torch.manual_seed(0)
-    return benchbnn.get_architecture("birealnet18").build(num_classes=10, in_channels=3, image_size=32)
+    return benchbnn.get_architecture("birealnet18").build(
+        num_classes=10, in_channels=3, image_size=32
+    )
 
 
 @pytest.fixture(scope="module")
 def binarynet32():
     torch.manual_seed(0)
-    return benchbnn.get_architecture("binarynet").build(num_classes=10, in_channels=3, image_size=32)
+    return benchbnn.get_architecture("binarynet").build(
+        num_classes=10, in_channels=3, image_size=32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +114,11 @@ def test_binarynet_has_10352000_binary_weights_and_bn_offsets_only(binarynet32):
     assert binary == 10_352_000
     # batch norm learns no scale: one offset per channel / unit of every normalization
     assert trainable - binary == 2 * 128 + 2 * 256 + 2 * 512 + 2 * 1024 + 10
-    assert not any(m.weight is not None for m in binarynet32.modules()
-                   if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    assert not any(
+        m.weight is not None
+        for m in binarynet32.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
 
 
 def test_bnn_mlp_has_36806656_binary_weights(mlp784):
@@ -134,8 +154,12 @@ def test_binarynet_width_multiplies_every_layer():
     with torch.device("meta"):
         model = benchbnn.get_architecture("binarynet").build(width=0.5)
     c1, c2, c3, units = 64, 128, 256, 512
-    expected = (3 * c1 + c1 * c1 + c1 * c2 + c2 * c2 + c2 * c3 + c3 * c3) * 9 \
-        + 9 * c3 * units + units * units + units * 10
+    expected = (
+        (3 * c1 + c1 * c1 + c1 * c2 + c2 * c2 + c2 * c3 + c3 * c3) * 9
+        + 9 * c3 * units
+        + units * units
+        + units * 10
+    )
     assert counts(model)[0] == expected
 
 
@@ -221,12 +245,17 @@ TIMM_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("arch", "kwargs"), TIMM_CASES,
-                         ids=[f"{a}-{k['image_size']}" for a, k in TIMM_CASES])
+@pytest.mark.parametrize(
+    ("arch", "kwargs"), TIMM_CASES, ids=[f"{a}-{k['image_size']}" for a, k in TIMM_CASES]
+)
 def test_timm_and_benchbnn_build_the_same_network(arch, kwargs):
     options = dict(kwargs)
-    timm_kwargs = dict(num_classes=options.pop("num_classes"), in_chans=options.pop("in_channels"),
-                       img_size=options.pop("image_size"), **options)
+    timm_kwargs = dict(
+        num_classes=options.pop("num_classes"),
+        in_chans=options.pop("in_channels"),
+        img_size=options.pop("image_size"),
+        **options,
+    )
     torch.manual_seed(3)
     ours = benchbnn.get_architecture(arch).build(**kwargs)
     torch.manual_seed(3)
@@ -243,10 +272,16 @@ def test_timm_defaults_and_tags_pick_the_papers_inputs():
         cifar = timm.create_model("birealnet18.cifar10")
         mnist = timm.create_model("bnn_mlp", num_classes=10, in_chans=1)
         xnor = timm.create_model("xnornet.cifar10")
-    assert (imagenet.stem_type, imagenet.num_classes, imagenet.input_size) == ("imagenet", 1000, (3, 224, 224))
+    assert (imagenet.stem_type, imagenet.num_classes, imagenet.input_size) == (
+        "imagenet",
+        1000,
+        (3, 224, 224),
+    )
     assert (cifar.stem_type, cifar.num_classes, cifar.input_size) == ("cifar", 10, (3, 32, 32))
     assert mnist.input_size == (1, 28, 28) and counts(mnist)[0] == 36_806_656
-    assert xnor.stem_type == "cifar" and xnor.pretrained_cfg["mean"] != imagenet.pretrained_cfg["mean"]
+    assert (
+        xnor.stem_type == "cifar" and xnor.pretrained_cfg["mean"] != imagenet.pretrained_cfg["mean"]
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -268,8 +303,11 @@ def test_timm_model_interface(arch):
     set_latent_mode(model, False, clip=1.25)
     model.reset_classifier(5)
     assert model.num_classes == 5 and model(x).shape == (4, 5)
-    assert all(not layer.latent and layer.clip == 1.25
-               for layer in model.modules() if isinstance(layer, BinaryLayer))
+    assert all(
+        not layer.latent and layer.clip == 1.25
+        for layer in model.modules()
+        if isinstance(layer, BinaryLayer)
+    )
     model.reset_classifier(0)
     assert model(x).shape == (4, model.num_features)
 
@@ -293,6 +331,7 @@ class WatchBinaryWeights(TorchFunctionMode):
     def _enter(self, name: str):
         def hook(_module, _inputs):
             self.current = name
+
         return hook
 
     def _leave(self, _module, _inputs, _output):
@@ -357,8 +396,11 @@ def test_gradients_reach_every_trainable_parameter(arch, latent):
     x = batch(model, n=8)
     y = torch.arange(8) % 10
     F.cross_entropy(model(x), y).backward()
-    missing = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))
+    ]
     assert not missing
 
 
@@ -391,15 +433,18 @@ def test_bad_channel_count_is_a_clear_error(arch, channels):
         benchbnn.get_architecture(arch).build(in_channels=channels)
 
 
-@pytest.mark.parametrize(("arch", "options", "message"), [
-    ("binarynet", {"width": -1}, "'width' must be a positive number"),
-    ("binarynet", {"width": "wide"}, "'width' must be a positive number"),
-    ("binarynet", {"norm": "group"}, "'norm' must be one of batch, layer"),
-    ("bnn-mlp", {"hidden": "a,b"}, "'hidden' must be one or more positive whole numbers"),
-    ("bnn-mlp", {"hidden": ()}, "'hidden' must be one or more positive whole numbers"),
-    ("birealnet18", {"stem": "tiny"}, "'stem' must be one of auto, imagenet, cifar"),
-    ("xnornet", {"depth": 3}, "has no option 'depth'"),
-])
+@pytest.mark.parametrize(
+    ("arch", "options", "message"),
+    [
+        ("binarynet", {"width": -1}, "'width' must be a positive number"),
+        ("binarynet", {"width": "wide"}, "'width' must be a positive number"),
+        ("binarynet", {"norm": "group"}, "'norm' must be one of batch, layer"),
+        ("bnn-mlp", {"hidden": "a,b"}, "'hidden' must be one or more positive whole numbers"),
+        ("bnn-mlp", {"hidden": ()}, "'hidden' must be one or more positive whole numbers"),
+        ("birealnet18", {"stem": "tiny"}, "'stem' must be one of auto, imagenet, cifar"),
+        ("xnornet", {"depth": 3}, "has no option 'depth'"),
+    ],
+)
 def test_bad_options_are_clear_errors(arch, options, message):
     with pytest.raises(HyperparameterError, match=message):
         benchbnn.get_architecture(arch).build(**options)
@@ -414,8 +459,9 @@ def test_option_values_given_as_text_are_converted():
 
 
 def test_describe_json_reports_exact_counts(capsys):
-    code = cli_main(["describe", "birealnet18", "--image-size", "224", "--num-classes", "1000",
-                     "--json"])
+    code = cli_main(
+        ["describe", "birealnet18", "--image-size", "224", "--num-classes", "1000", "--json"]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["binary_weights"] == 10_985_472

@@ -200,7 +200,10 @@ def test_split_parameters_partitions_trainable_parameters():
     binary, real = split_parameters(model)
     assert [id(p) for p in binary] == [id(model.conv.weight), id(model.fc.weight)]
     assert {id(p) for p in real} == {
-        id(model.stem.weight), id(model.stem.bias), id(model.bn.weight), id(model.bn.bias),
+        id(model.stem.weight),
+        id(model.stem.bias),
+        id(model.bn.weight),
+        id(model.bn.bias),
         id(model.fc.bias),
     }
     trainable = [p for p in model.parameters() if p.requires_grad]

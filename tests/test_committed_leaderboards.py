@@ -24,7 +24,10 @@ def test_committed_leaderboard_regenerates_byte_for_byte(suite, tmp_path, capsys
     store = tmp_path / "runs.db"
     shutil.copy(LEADERBOARDS / "runs.db", store)
     out = tmp_path / suite
-    assert cli_main(["leaderboard", suite, "--tracking-uri", f"sqlite:///{store}", "--out", str(out)]) == 0
+    assert (
+        cli_main(["leaderboard", suite, "--tracking-uri", f"sqlite:///{store}", "--out", str(out)])
+        == 0
+    )
     capsys.readouterr()
     for name in TABLES:
         assert (out / name).read_bytes() == (LEADERBOARDS / suite / name).read_bytes(), name

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import benchbnn
-from benchbnn.cli import main as cli
 from benchbnn.bench.compare import RECORDED_FAILURE, RESUME, REUSE, TRAIN, compare
-from benchbnn.core.errors import BenchbnnError
 from benchbnn.bench.report import OUTPUT_FILES
+from benchbnn.cli import main as cli
+from benchbnn.core.errors import BenchbnnError
 from benchbnn.train.tracking import client_for
 
 TINY = """\
@@ -97,8 +97,13 @@ def run(suite, tmp_path, store, experiment, **kwargs):
     lines: list[str] = []
     kwargs.setdefault("out", tmp_path / "leaderboards" / "out")
     result = compare(
-        suite, tracking_uri=store, experiment=experiment, checkpoint_dir=tmp_path / "ckpt",
-        quiet=True, echo=lines.append, **kwargs,
+        suite,
+        tracking_uri=store,
+        experiment=experiment,
+        checkpoint_dir=tmp_path / "ckpt",
+        quiet=True,
+        echo=lines.append,
+        **kwargs,
     )
     return result, lines
 
@@ -117,9 +122,16 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     assert f"training {n}" in lines[0]
     data = json.loads((out / "leaderboard.json").read_text())
     assert {run["status"] for row in data["rows"] for run in row["runs"]} == {"FINISHED"}
-    assert {row["optimizer"] for row in data["rows"]} >= {"bop", "bop2ndorder", "pbop", "adam-latent"}
+    assert {row["optimizer"] for row in data["rows"]} >= {
+        "bop",
+        "bop2ndorder",
+        "pbop",
+        "adam-latent",
+    }
     assert (out / "curves.png").is_file() and (out / "flips.png").is_file()
-    assert (tmp_path / "leaderboards" / "README.md").read_text().count("[quick](quick/leaderboard.md)") == 1
+    assert (tmp_path / "leaderboards" / "README.md").read_text().count(
+        "[quick](quick/leaderboard.md)"
+    ) == 1
     written = files(out)
 
     again = Counter()
@@ -131,27 +143,64 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     assert files(out) == written
 
     regenerated = tmp_path / "regenerated"
-    status = cli(["leaderboard", "quick", "--epochs", "1", "--seeds", "2", "--subset", "300",
-                  "--tracking-uri", store, "--experiment", "quick", "--out", str(regenerated)])
+    status = cli(
+        [
+            "leaderboard",
+            "quick",
+            "--epochs",
+            "1",
+            "--seeds",
+            "2",
+            "--subset",
+            "300",
+            "--tracking-uri",
+            store,
+            "--experiment",
+            "quick",
+            "--out",
+            str(regenerated),
+        ]
+    )
     assert status == 0
     assert files(regenerated) == written
     md = written["leaderboard.md"].decode()
-    assert "Changed from the suite file: bnn-mlp epochs 20 -> 1; seeds [0, 1, 2] -> [0, 1]; subset all -> 300." in md
+    assert (
+        "Changed from the suite file: bnn-mlp epochs 20 -> 1; seeds [0, 1, 2] -> [0, 1]; subset all -> 300."
+        in md
+    )
     assert "`benchbnn leaderboard quick --seeds 2 --epochs 1 --subset 300`" in md
 
 
 def test_leaderboard_without_tracked_runs_is_an_error(tmp_path, capsys):
     store = f"sqlite:///{tmp_path / 'absent.db'}"
-    status = cli(["leaderboard", str(tiny_suite(tmp_path)), "--tracking-uri", store,
-                  "--out", str(tmp_path / "lb")])
+    status = cli(
+        [
+            "leaderboard",
+            str(tiny_suite(tmp_path)),
+            "--tracking-uri",
+            store,
+            "--out",
+            str(tmp_path / "lb"),
+        ]
+    )
     assert status == 2
     assert "no tracked runs of suite 'tiny'" in capsys.readouterr().err
     assert not (tmp_path / "lb").exists() and not (tmp_path / "absent.db").exists()
 
 
 def test_leaderboard_of_an_experiment_without_the_runs_is_an_error(tmp_path, store, capsys):
-    status = cli(["leaderboard", str(tiny_suite(tmp_path)), "--tracking-uri", store,
-                  "--experiment", "nothing-here", "--out", str(tmp_path / "lb")])
+    status = cli(
+        [
+            "leaderboard",
+            str(tiny_suite(tmp_path)),
+            "--tracking-uri",
+            store,
+            "--experiment",
+            "nothing-here",
+            "--out",
+            str(tmp_path / "lb"),
+        ]
+    )
     assert status == 2
     assert "no tracked runs of suite 'tiny'" in capsys.readouterr().err
 
@@ -167,7 +216,7 @@ def test_an_interrupted_compare_resumes_where_it_stopped(tmp_path, store):
     assert len(killed) == 1 and killed[0].info.status == "KILLED"
 
     counter = Counter()
-    result, lines = run(str(suite), tmp_path, store, "resume", optimizers="bop", plugins=[counter])
+    result, _lines = run(str(suite), tmp_path, store, "resume", optimizers="bop", plugins=[counter])
     assert [p.action for p in result.plan] == [REUSE, RESUME]
     assert result.plan[1].run_id == killed[0].info.run_id
     assert counter.starts == 1
@@ -198,14 +247,19 @@ def _nan_optimizer(binary_params, real_params, lr=0.01):
 class NanPlugin:
     @benchbnn.hookimpl
     def benchbnn_optimizers(self):
-        return [benchbnn.OptimizerSpec(
-            name="nan-opt", factory=_nan_optimizer,
-            hparams=(benchbnn.HParam("lr", 0.01, 0.0, 1.0),),
-            description="a test optimizer that diverges",
-        )]
+        return [
+            benchbnn.OptimizerSpec(
+                name="nan-opt",
+                factory=_nan_optimizer,
+                hparams=(benchbnn.HParam("lr", 0.01, 0.0, 1.0),),
+                description="a test optimizer that diverges",
+            )
+        ]
 
 
-def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(tmp_path, store, clean_registry):
+def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(
+    tmp_path, store, clean_registry
+):
     benchbnn.register_plugin(NanPlugin(), "nan-plugin")
     suite = str(tiny_suite(tmp_path, epochs=1, seeds=1))
     out = tmp_path / "leaderboards" / "tiny"
@@ -220,13 +274,22 @@ def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(tmp_
     assert "entries added: nan-opt" in md
 
     counter = Counter()
-    again, lines = run(suite, tmp_path, store, "failures", out=out, optimizers="+nan-opt",
-                       plugins=[counter])
+    again, _lines = run(
+        suite, tmp_path, store, "failures", out=out, optimizers="+nan-opt", plugins=[counter]
+    )
     assert [p.action for p in again.plan] == [REUSE, REUSE, RECORDED_FAILURE]
     assert counter.starts == 0 and "training diverged" in again.plan[-1].reason
 
-    retried, _ = run(suite, tmp_path, store, "failures", out=out, optimizers="+nan-opt",
-                     plugins=[counter], retry_failed=True)
+    retried, _ = run(
+        suite,
+        tmp_path,
+        store,
+        "failures",
+        out=out,
+        optimizers="+nan-opt",
+        plugins=[counter],
+        retry_failed=True,
+    )
     assert [p.action for p in retried.plan] == [REUSE, REUSE, TRAIN]
     assert counter.starts == 1
 
@@ -234,20 +297,29 @@ def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(tmp_
 # --- bad input: nothing trains ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data_dir, message", [
-    (None, "needs a data directory: pass --data-dir"),
-    ("missing", "does not exist"),
-    ("empty", "no CIFAR-10 layout found"),
-])
+@pytest.mark.parametrize(
+    "data_dir, message",
+    [
+        (None, "needs a data directory: pass --data-dir"),
+        ("missing", "does not exist"),
+        ("empty", "no CIFAR-10 layout found"),
+    ],
+)
 def test_a_suite_whose_dataset_is_missing_fails_before_anything_trains(tmp_path, data_dir, message):
     store = f"sqlite:///{tmp_path / 'never.db'}"
     if data_dir == "empty":
         (tmp_path / "empty").mkdir()
     counter = Counter()
     with pytest.raises(BenchbnnError, match=message) as info:
-        compare("cifar10-cpu", data_dir=None if data_dir is None else tmp_path / data_dir,
-                tracking_uri=store, out=tmp_path / "lb", checkpoint_dir=tmp_path / "ckpt",
-                plugins=[counter], echo=None)
+        compare(
+            "cifar10-cpu",
+            data_dir=None if data_dir is None else tmp_path / data_dir,
+            tracking_uri=store,
+            out=tmp_path / "lb",
+            checkpoint_dir=tmp_path / "ckpt",
+            plugins=[counter],
+            echo=None,
+        )
     assert "cifar10-cpu" in str(info.value)
     assert counter.starts == 0
     assert not (tmp_path / "never.db").exists() and not (tmp_path / "lb").exists()
@@ -255,22 +327,26 @@ def test_a_suite_whose_dataset_is_missing_fails_before_anything_trains(tmp_path,
 
 def test_cli_reports_bad_suites_in_one_line_with_status_2(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.format(epochs=1, seeds=1).replace('optimizer = "bop"', 'optimizer = "bopp"'))
+    bad.write_text(
+        TINY.format(epochs=1, seeds=1).replace('optimizer = "bop"', 'optimizer = "bopp"')
+    )
     assert cli(["compare", str(bad), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert err.startswith(f"benchbnn: error: suite {bad}, line 16, key entries[1].optimizer: "
-                          "unknown optimizer 'bopp'")
+    assert err.startswith(
+        f"benchbnn: error: suite {bad}, line 16, key entries[1].optimizer: unknown optimizer 'bopp'"
+    )
     assert not (tmp_path / "x.db").exists()
 
 
 # --- the GPU-scale suites, end to end with tiny overrides -------------------------------------------
 
 
-def _image_folder(root: Path, splits: dict[str, str], classes: list[str], per_class: int,
-                  size: int, suffix: str) -> Path:
+def _image_folder(
+    root: Path, splits: dict[str, str], classes: list[str], per_class: int, size: int, suffix: str
+) -> Path:
     rng = np.random.default_rng(0)
-    for split, folder in splits.items():
+    for folder in splits.values():
         for c, name in enumerate(classes):
             directory = root / folder / name
             directory.mkdir(parents=True)
@@ -283,15 +359,33 @@ def _image_folder(root: Path, splits: dict[str, str], classes: list[str], per_cl
 
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory) -> Path:
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    return _image_folder(tmp_path_factory.mktemp("cifar"), {"train": "train", "test": "test"},
-                         classes, 4, 32, ".png")
+    classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    return _image_folder(
+        tmp_path_factory.mktemp("cifar"), {"train": "train", "test": "test"}, classes, 4, 32, ".png"
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_imagenet(tmp_path_factory) -> Path:
-    return _image_folder(tmp_path_factory.mktemp("imagenet"), {"train": "train", "test": "val"},
-                         ["n01", "n02", "n03"], 4, 40, ".JPEG")
+    return _image_folder(
+        tmp_path_factory.mktemp("imagenet"),
+        {"train": "train", "test": "val"},
+        ["n01", "n02", "n03"],
+        4,
+        40,
+        ".JPEG",
+    )
 
 
 TINY_BINARYNET = {"batch_size": 10, "arch_options": {"width": 0.0625}}
@@ -300,8 +394,17 @@ TINY_BINARYNET = {"batch_size": 10, "arch_options": {"width": 0.0625}}
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10-binarynet", "cifar10-base-point"])
 def test_cifar10_suites_run_end_to_end_with_tiny_overrides(name, tmp_path, store, tiny_cifar):
-    result, _ = run(name, tmp_path, store, name, data_dir=tiny_cifar, epochs=1, seeds=1,
-                    overrides=TINY_BINARYNET, data_note="a generated CIFAR-10 look-alike")
+    result, _ = run(
+        name,
+        tmp_path,
+        store,
+        name,
+        data_dir=tiny_cifar,
+        epochs=1,
+        seeds=1,
+        overrides=TINY_BINARYNET,
+        data_note="a generated CIFAR-10 look-alike",
+    )
     suite = benchbnn.bench.suite_file.load_suite(name)
     assert result.trained == len(suite.entries)
     assert {r.status for r in result.results} == {"FINISHED"}
@@ -313,13 +416,23 @@ def test_cifar10_suites_run_end_to_end_with_tiny_overrides(name, tmp_path, store
 
 
 @pytest.mark.slow
-def test_imagenet_suite_runs_end_to_end_with_tiny_overrides(tmp_path, store, tiny_imagenet, monkeypatch):
+def test_imagenet_suite_runs_end_to_end_with_tiny_overrides(
+    tmp_path, store, tiny_imagenet, monkeypatch
+):
     monkeypatch.setenv("BENCHBNN_NUM_WORKERS", "0")
     result, _ = run(
-        "imagenet-xnornet-birealnet", tmp_path, store, "imagenet", data_dir=tiny_imagenet,
-        epochs=1, seeds=1,
-        overrides={"batch_size": 4, "arch_options": {"width": 0.0625},
-                   "dataset_options": {"image_size": 32}},
+        "imagenet-xnornet-birealnet",
+        tmp_path,
+        store,
+        "imagenet",
+        data_dir=tiny_imagenet,
+        epochs=1,
+        seeds=1,
+        overrides={
+            "batch_size": 4,
+            "arch_options": {"width": 0.0625},
+            "dataset_options": {"image_size": 32},
+        },
     )
     assert result.trained == 6 and {r.status for r in result.results} == {"FINISHED"}
     md = (tmp_path / "leaderboards" / "out" / "leaderboard.md").read_text()
@@ -335,16 +448,28 @@ def test_compare_tuned_trains_each_entry_with_its_best_trial(tmp_path, store, mo
     monkeypatch.chdir(tmp_path)  # the tuner checkpoints under the working directory
     suite = str(tiny_suite(tmp_path, epochs=1, seeds=1))
     journal = str(tmp_path / "optuna.journal")
-    tune(suite, "bop", trials=1, sampler="random", storage=journal, epochs=1, tracking_uri=store,
-         experiment="tuning", out=tmp_path / "tuning", quiet=True)
+    tune(
+        suite,
+        "bop",
+        trials=1,
+        sampler="random",
+        storage=journal,
+        epochs=1,
+        tracking_uri=store,
+        experiment="tuning",
+        out=tmp_path / "tuning",
+        quiet=True,
+    )
     best = best_trial_hparams(benchbnn.bench.suite_file.load_suite(suite), "bop", storage=journal)
 
     original = benchbnn.bench.suite_file.load_suite(suite)
     resolved, used = tuned_suite(original, "bop", storage=journal)
-    result, lines = run(resolved, tmp_path, store, "tuned", optimizers="bop", tuned=used,
-                        original=original)
+    result, lines = run(
+        resolved, tmp_path, store, "tuned", optimizers="bop", tuned=used, original=original
+    )
     assert lines[0].startswith(
-        f"entry bop: tuned hyperparameters from study {best.study_name!r} trial #{best.trial_number}")
+        f"entry bop: tuned hyperparameters from study {best.study_name!r} trial #{best.trial_number}"
+    )
     assert [p.entry.label for p in result.plan] == ["bop"]
     assert dict(result.plan[0].config.hparams) == {k: best.hparams[k] for k in sorted(best.hparams)}
     md = (tmp_path / "leaderboards" / "out" / "leaderboard.md").read_text()

@@ -6,13 +6,15 @@ normalization is the identity), so every yielded image can be traced back to its
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import benchbnn
+from benchbnn.core.errors import BenchbnnError, HyperparameterError, PluginError
+from benchbnn.data.augment import AugmentParams, transform_batch
 from benchbnn.data.pipeline import (
     SPLIT_SEED,
     balanced_subset,
@@ -21,9 +23,7 @@ from benchbnn.data.pipeline import (
     stratified_split,
     train_positions,
 )
-from benchbnn.data.augment import AugmentParams, transform_batch
 from benchbnn.data.tensors import ImageTensors
-from benchbnn.core.errors import BenchbnnError, HyperparameterError, PluginError
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +43,14 @@ def counting_spec(n_train=120, n_test=50, num_classes=4, augmentation="", size=6
         return ImageTensors(images, ids % num_classes, num_classes)
 
     return benchbnn.DatasetSpec(
-        name="counting", loader=None, tensors=tensors, num_classes=num_classes,
-        image_shape=(1, size, size), pixel_max=1.0, augmentation=augmentation, needs_data_dir=False,
+        name="counting",
+        loader=None,
+        tensors=tensors,
+        num_classes=num_classes,
+        image_shape=(1, size, size),
+        pixel_max=1.0,
+        augmentation=augmentation,
+        needs_data_dir=False,
     )
 
 
@@ -81,8 +87,12 @@ def test_train_loader_drops_the_last_partial_batch_and_eval_keeps_everything():
 
 def test_order_and_augmentation_are_a_pure_function_of_seed_and_epoch():
     def epoch(seed, e):
-        bundle = build_loaders("synthetic", batch_size=32, seed=seed,
-                               options={"train_size": 96, "size": 8, "augmentation": "crop:2,flip"})
+        bundle = build_loaders(
+            "synthetic",
+            batch_size=32,
+            seed=seed,
+            options={"train_size": 96, "size": 8, "augmentation": "crop:2,flip"},
+        )
         bundle.train.set_epoch(e)
         return torch.cat([x for x, _ in bundle.train])
 
@@ -115,8 +125,9 @@ def test_training_shards_are_disjoint_equal_and_cover_the_epoch(world_size):
     n, batch = 120, 5
     shards = []
     for rank in range(world_size):
-        bundle = build_loaders(counting_spec(n_train=n), batch_size=batch, seed=4, rank=rank,
-                               world_size=world_size)
+        bundle = build_loaders(
+            counting_spec(n_train=n), batch_size=batch, seed=4, rank=rank, world_size=world_size
+        )
         bundle.train.set_epoch(1)
         shards.append(all_ids(bundle.train))
         assert len(bundle.train) == n // world_size // batch
@@ -126,15 +137,23 @@ def test_training_shards_are_disjoint_equal_and_cover_the_epoch(world_size):
 
 
 def test_ranks_run_the_same_number_of_steps_when_the_split_does_not_divide():
-    lengths = {len(build_loaders(counting_spec(n_train=103), batch_size=8, seed=0, rank=r,
-                                 world_size=3).train) for r in range(3)}
+    lengths = {
+        len(
+            build_loaders(
+                counting_spec(n_train=103), batch_size=8, seed=0, rank=r, world_size=3
+            ).train
+        )
+        for r in range(3)
+    }
     assert lengths == {103 // 3 // 8}
 
 
 def test_evaluation_shards_read_every_image_exactly_once():
     seen = []
     for rank in range(3):
-        bundle = build_loaders(counting_spec(n_test=50), batch_size=4, seed=0, rank=rank, world_size=3)
+        bundle = build_loaders(
+            counting_spec(n_test=50), batch_size=4, seed=0, rank=rank, world_size=3
+        )
         seen += all_ids(bundle.test)
         assert bundle.test.num_samples in (16, 17)
     assert sorted(seen) == list(range(50))
@@ -142,8 +161,14 @@ def test_evaluation_shards_read_every_image_exactly_once():
 
 def test_an_images_augmentation_does_not_depend_on_the_world_size():
     def epoch_rows(rank, world_size):
-        bundle = build_loaders("synthetic", batch_size=12, seed=9, rank=rank, world_size=world_size,
-                               options={"train_size": 48, "size": 6, "augmentation": "crop:2,flip"})
+        bundle = build_loaders(
+            "synthetic",
+            batch_size=12,
+            seed=9,
+            rank=rank,
+            world_size=world_size,
+            options={"train_size": 48, "size": 6, "augmentation": "crop:2,flip"},
+        )
         bundle.train.set_epoch(2)
         return [row for x, _ in bundle.train for row in x.flatten(1).tolist()]
 
@@ -154,7 +179,9 @@ def test_an_images_augmentation_does_not_depend_on_the_world_size():
 
 def test_subset_is_class_balanced_and_the_same_for_every_seed():
     spec = counting_spec(n_train=120, num_classes=4)
-    picked = [sorted(all_ids(build_loaders(spec, batch_size=1, seed=s, subset=22).train)) for s in (0, 1)]
+    picked = [
+        sorted(all_ids(build_loaders(spec, batch_size=1, seed=s, subset=22).train)) for s in (0, 1)
+    ]
     assert picked[0] == picked[1] and len(picked[0]) == 22
     assert sorted(torch.bincount(torch.tensor(picked[0]) % 4).tolist()) == [5, 5, 6, 6]
 
@@ -197,7 +224,10 @@ def reference_crop_flip(images, offset, divisor, pad, offsets, flips):
 def test_vectorized_crop_and_flip_match_the_per_image_reference(pad, seed, channels):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (9, channels, 7, 5), generator=g, dtype=torch.uint8)
-    offset, divisor = torch.rand(channels, generator=g) * 200, torch.rand(channels, generator=g) * 100 + 1
+    offset, divisor = (
+        torch.rand(channels, generator=g) * 200,
+        torch.rand(channels, generator=g) * 100 + 1,
+    )
     params = AugmentParams.draw((("crop", pad), ("flip", 0)), 9, g)
     got = transform_batch(images, offset, divisor, pad, params)
     want = reference_crop_flip(images, offset, divisor, pad, params.offsets, params.flips)
@@ -228,7 +258,10 @@ def test_balanced_subset_counts_differ_by_one_unless_a_class_ran_out(labels, dat
     size = data.draw(st.integers(1, len(labels)))
     chosen = balanced_subset(labels, size, 5)
     assert len(chosen) == size == len(set(chosen.tolist()))
-    got, available = torch.bincount(labels[chosen], minlength=5), torch.bincount(labels, minlength=5)
+    got, available = (
+        torch.bincount(labels[chosen], minlength=5),
+        torch.bincount(labels, minlength=5),
+    )
     for a in range(5):
         for b in range(5):
             if got[a] < got[b] - 1:
@@ -248,13 +281,20 @@ def test_stratified_split_partitions_and_keeps_class_shares(labels, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 200), world_size=st.integers(1, 5), seed=st.integers(0, 10), epoch=st.integers(0, 5))
+@given(
+    n=st.integers(1, 200),
+    world_size=st.integers(1, 5),
+    seed=st.integers(0, 10),
+    epoch=st.integers(0, 5),
+)
 def test_positions_shard_disjointly(n, world_size, seed, epoch):
     train = [train_positions(n, seed, epoch, r, world_size).tolist() for r in range(world_size)]
     flat = [p for shard in train for p in shard]
     assert {len(s) for s in train} == {n // world_size}
     assert len(set(flat)) == len(flat) and all(0 <= p < n for p in flat)
-    evaluation = sorted(p for r in range(world_size) for p in eval_positions(n, r, world_size).tolist())
+    evaluation = sorted(
+        p for r in range(world_size) for p in eval_positions(n, r, world_size).tolist()
+    )
     assert evaluation == list(range(n))
 
 
@@ -266,7 +306,7 @@ def test_load_returns_a_torch_dataset_of_normalized_images():
     plain = spec.load(split="test", num_classes=3, size=5, test_size=30)
     image, label = plain[4]
     assert image.shape == (3, 5, 5) and image.dtype == torch.float32 and isinstance(label, int)
-    assert len(plain) == 30 and -1.0 <= image.min() and image.max() <= 1.0
+    assert len(plain) == 30 and image.min() >= -1.0 and image.max() <= 1.0
     augmented = benchbnn.get_dataset("cifar10")
     assert augmented.augmentation == "crop:4,flip"
 
@@ -282,8 +322,12 @@ def test_load_augments_the_training_split_per_item():
 
 
 def test_synthetic_options_change_shape_and_classes():
-    bundle = build_loaders("synthetic", batch_size=8, seed=0,
-                           options={"num_classes": 3, "channels": 1, "size": 12, "train_size": 30})
+    bundle = build_loaders(
+        "synthetic",
+        batch_size=8,
+        seed=0,
+        options={"num_classes": 3, "channels": 1, "size": 12, "train_size": 30},
+    )
     assert bundle.num_classes == 3 and bundle.image_shape == (1, 12, 12)
     assert bundle.sizes["train"] == 30
     labels = torch.cat([y for _, y in bundle.train])
@@ -300,7 +344,10 @@ def test_synthetic_options_change_shape_and_classes():
         ({"batch_size": 4096}, "fewer than one batch"),
         ({"batch_size": 8, "options": {"size": "big"}}, "size"),
         ({"batch_size": 8, "options": {"colour": 1}}, "no option 'colour'"),
-        ({"batch_size": 8, "options": {"augmentation": "rotate:9"}}, "unknown augmentation 'rotate'"),
+        (
+            {"batch_size": 8, "options": {"augmentation": "rotate:9"}},
+            "unknown augmentation 'rotate'",
+        ),
         ({"batch_size": 8, "options": {"train_size": 0}}, "train_size"),
     ],
 )
@@ -335,8 +382,14 @@ def tensors_ok(root=None, split="train", download=False):
     ],
 )
 def test_malformed_dataset_specs_are_rejected_at_load_time(changes, message):
-    fields = {"name": "bad", "loader": None, "tensors": tensors_ok, "num_classes": 2,
-              "image_shape": (1, 4, 4), **changes}
+    fields = {
+        "name": "bad",
+        "loader": None,
+        "tensors": tensors_ok,
+        "num_classes": 2,
+        "image_shape": (1, 4, 4),
+        **changes,
+    }
     with pytest.raises(PluginError, match=message):
         benchbnn.DatasetSpec(**fields).validate()
 

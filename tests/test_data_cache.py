@@ -30,7 +30,11 @@ def user_cache(tmp_path, monkeypatch):
 def decodes(monkeypatch):
     """Counts calls of the CIFAR-10 and MNIST decoders."""
     calls = []
-    for module, name in ((cifar10, "_decode_pickles"), (cifar10, "_decode_folder"), (mnist, "_decode")):
+    for module, name in (
+        (cifar10, "_decode_pickles"),
+        (cifar10, "_decode_folder"),
+        (mnist, "_decode"),
+    ):
         original = getattr(module, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
@@ -42,7 +46,11 @@ def decodes(monkeypatch):
 
 
 def entries(place: Path) -> list[str]:
-    return sorted(p.name for p in place.iterdir() if not p.name.startswith(".tmp-")) if place.exists() else []
+    return (
+        sorted(p.name for p in place.iterdir() if not p.name.startswith(".tmp-"))
+        if place.exists()
+        else []
+    )
 
 
 def read(name, root, split="train"):
@@ -67,12 +75,16 @@ def test_cached_images_are_memory_mapped(tmp_path, user_cache):
     read("mnist", tmp_path)
     data = read("mnist", tmp_path)
     maps = Path("/proc/self/maps").read_text()
-    (entry,) = [e for e in (tmp_path / "MNIST" / "raw" / ".benchbnn-cache").iterdir() if "train" in e.name]
+    (entry,) = [
+        e for e in (tmp_path / "MNIST" / "raw" / ".benchbnn-cache").iterdir() if "train" in e.name
+    ]
     assert str(entry / "images.npy") in maps
     assert data.images.shape == (30, 1, 28, 28)
 
 
-def test_a_changed_source_is_decoded_again_and_the_stale_entry_removed(tmp_path, user_cache, decodes):
+def test_a_changed_source_is_decoded_again_and_the_stale_entry_removed(
+    tmp_path, user_cache, decodes
+):
     write_cifar_pickles(tmp_path, seed=0)
     read("cifar10", tmp_path, "test")
     beside = tmp_path / "cifar-10-batches-py" / ".benchbnn-cache"
@@ -108,11 +120,15 @@ def test_digits_cache_spares_later_runs_the_scikit_learn_import(tmp_path, user_c
         print(len(data), "sklearn" in sys.modules)
     """)
     env = {**os.environ, "BENCHBNN_CACHE_DIR": str(user_cache)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["360", "False"]
 
 
-def test_a_failed_cache_write_leaves_nothing_and_still_returns_the_data(tmp_path, user_cache, monkeypatch, decodes):
+def test_a_failed_cache_write_leaves_nothing_and_still_returns_the_data(
+    tmp_path, user_cache, monkeypatch, decodes
+):
     written = write_mnist(tmp_path)
 
     def disk_full(path, array):
@@ -164,8 +180,13 @@ def test_a_writer_killed_mid_write_leaves_no_entry_and_is_cleaned_up(tmp_path, u
         read_cifar10(sys.argv[1], "train")
     """)
     env = {**os.environ, "BENCHBNN_CACHE_DIR": str(user_cache)}
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "writing", proc.stderr.read()

@@ -36,7 +36,9 @@ def cifar10_copy(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_real_cifar10_copy_has_50000_train_and_10000_test_images(cifar10_copy, tmp_path, monkeypatch):
+def test_the_real_cifar10_copy_has_50000_train_and_10000_test_images(
+    cifar10_copy, tmp_path, monkeypatch
+):
     monkeypatch.setenv("BENCHBNN_CACHE_DIR", str(tmp_path))
     spec = benchbnn.get_dataset("cifar10")
     train = spec.read_tensors(cifar10_copy, "train")
@@ -50,8 +52,9 @@ def test_the_real_cifar10_copy_has_50000_train_and_10000_test_images(cifar10_cop
     from benchbnn_plugins.datasets import cifar10
 
     monkeypatch.setattr(cifar10, "decode_images", lambda *a: pytest.fail("decoded a second time"))
-    bundle = build_loaders("cifar10", data_dir=cifar10_copy, batch_size=500, seed=0, subset=5000,
-                           val_fraction=0.1)
+    bundle = build_loaders(
+        "cifar10", data_dir=cifar10_copy, batch_size=500, seed=0, subset=5000, val_fraction=0.1
+    )
     assert bundle.sizes == {"train": 4500, "val": 500, "test": 10_000}
     assert torch.equal(bundle.test.data.images, test.images)
     labels = torch.cat([y for _, y in bundle.val])

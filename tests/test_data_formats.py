@@ -9,11 +9,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from datafiles import CIFAR_CLASSES, idx_bytes, truncate, write_cifar_pickles, write_image_tree, write_mnist
+from datafiles import (
+    CIFAR_CLASSES,
+    idx_bytes,
+    truncate,
+    write_cifar_pickles,
+    write_image_tree,
+    write_mnist,
+)
 
 import benchbnn
-from benchbnn.data.pipeline import build_loaders
 from benchbnn.core.errors import BenchbnnError, DataError
+from benchbnn.data.pipeline import build_loaders
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +48,9 @@ def test_cifar_official_pickles(tmp_path, str_keys):
         data = read("cifar10", tmp_path, split)
         assert_same(data, written[split])
         assert data.num_classes == 10 and data.classes == CIFAR_CLASSES
-    assert len(read("cifar10", tmp_path / "cifar-10-batches-py")) == 60  # the folder itself works too
+    assert (
+        len(read("cifar10", tmp_path / "cifar-10-batches-py")) == 60
+    )  # the folder itself works too
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
@@ -67,7 +76,7 @@ def test_cifar_bundle_feeds_the_papers_recipe(tmp_path):
     bundle = build_loaders("cifar10", data_dir=tmp_path, batch_size=10, seed=0)
     assert bundle.image_shape == (3, 32, 32) and bundle.num_classes == 10
     x, _ = next(iter(bundle.train))
-    assert x.shape == (10, 3, 32, 32) and -1.0 <= x.min() and x.max() <= 1.0
+    assert x.shape == (10, 3, 32, 32) and x.min() >= -1.0 and x.max() <= 1.0
     test_x = torch.cat([x for x, _ in bundle.test])
     assert len(test_x) == 20
 
@@ -109,8 +118,14 @@ def test_imagenet_standard_transforms(tiny_imagenet):
 
 def test_imagenet_augmentation_is_the_same_with_or_without_workers(tiny_imagenet):
     def epoch(workers):
-        bundle = build_loaders("imagenet", data_dir=tiny_imagenet, batch_size=4, seed=3,
-                               num_workers=workers, options={"image_size": 16})
+        bundle = build_loaders(
+            "imagenet",
+            data_dir=tiny_imagenet,
+            batch_size=4,
+            seed=3,
+            num_workers=workers,
+            options={"image_size": 16},
+        )
         bundle.train.set_epoch(1)
         return torch.cat([x for x, _ in bundle.train]), torch.cat([y for _, y in bundle.train])
 
@@ -125,8 +140,17 @@ def test_imagenet_augmentation_is_the_same_with_or_without_workers(tiny_imagenet
 def test_imagenet_shards_and_validation_split(tiny_imagenet):
     test_seen, val_seen = [], []
     for rank in range(2):
-        bundle = build_loaders("imagenet", data_dir=tiny_imagenet, batch_size=2, seed=0, num_workers=0,
-                               rank=rank, world_size=2, val_fraction=0.25, options={"image_size": 8})
+        bundle = build_loaders(
+            "imagenet",
+            data_dir=tiny_imagenet,
+            batch_size=2,
+            seed=0,
+            num_workers=0,
+            rank=rank,
+            world_size=2,
+            val_fraction=0.25,
+            options={"image_size": 8},
+        )
         assert bundle.sizes == {"train": 9, "val": 3, "test": 6}
         assert len(bundle.train) == 2  # 9 training images: 4 per rank, 2 batches of 2
         test_seen += [y for _, y in bundle.test]
@@ -138,8 +162,14 @@ def test_imagenet_shards_and_validation_split(tiny_imagenet):
 def test_imagenet_corrupt_image_names_the_file(tiny_imagenet):
     bad = tiny_imagenet / "val" / WNIDS[1] / "0001.JPEG"
     truncate(bad, 0.3)
-    bundle = build_loaders("imagenet", data_dir=tiny_imagenet, batch_size=4, seed=0, num_workers=0,
-                           options={"image_size": 8})
+    bundle = build_loaders(
+        "imagenet",
+        data_dir=tiny_imagenet,
+        batch_size=4,
+        seed=0,
+        num_workers=0,
+        options={"image_size": 8},
+    )
     with pytest.raises(DataError, match="0001.JPEG"):
         list(bundle.test)
 
@@ -191,44 +221,111 @@ def _mnist_gz_truncated(d):
 
 BAD_INPUTS = {
     "cifar: missing directory": ("cifar10", lambda p: p / "nowhere", None, "does not exist"),
-    "cifar: no layout": ("cifar10", lambda p: p, lambda d: (d / "notes.txt").write_text("hi"), "no CIFAR-10 layout"),
-    "cifar: truncated batch": ("cifar10", _cifar_pickles, lambda d: truncate(d / "data_batch_3"), "data_batch_3"),
+    "cifar: no layout": (
+        "cifar10",
+        lambda p: p,
+        lambda d: (d / "notes.txt").write_text("hi"),
+        "no CIFAR-10 layout",
+    ),
+    "cifar: truncated batch": (
+        "cifar10",
+        _cifar_pickles,
+        lambda d: truncate(d / "data_batch_3"),
+        "data_batch_3",
+    ),
     "cifar: corrupt batch": ("cifar10", _cifar_pickles, _corrupt_pickle, "data_batch_2"),
-    "cifar: missing batch": ("cifar10", _cifar_pickles, lambda d: (d / "data_batch_5").unlink(), "data_batch_5"),
+    "cifar: missing batch": (
+        "cifar10",
+        _cifar_pickles,
+        lambda d: (d / "data_batch_5").unlink(),
+        "data_batch_5",
+    ),
     "cifar: wrong shape": ("cifar10", _cifar_pickles, _wrong_pickle_shape, "test_batch"),
-    "cifar: missing test folder": ("cifar10", _cifar_tree, lambda d: __import__("shutil").rmtree(d / "test"), "test"),
-    "cifar: nine classes": ("cifar10", _cifar_tree,
-                            lambda d: [__import__("shutil").rmtree(d / s / "truck") for s in ("train", "test")],
-                            "found 9"),
-    "cifar: classes differ": ("cifar10", _cifar_tree, lambda d: (d / "test" / "cat").rename(d / "test" / "kitten"),
-                              "same 10 class folders"),
-    "cifar: empty class": ("cifar10", _cifar_tree,
-                           lambda d: [f.unlink() for f in (d / "train" / "dog").iterdir()], "dog"),
-    "cifar: wrong image size": ("cifar10", _cifar_tree,
-                                lambda d: write_image_tree(d, {"train": 1}, classes=("bird",), size=(20, 20),
-                                                           ext=".jpg"), "20x20, not 32x32"),
-    "cifar: corrupt image": ("cifar10", _cifar_tree, lambda d: truncate(d / "train" / "frog" / "0001.jpg", 0.4),
-                             "0001.jpg"),
+    "cifar: missing test folder": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: __import__("shutil").rmtree(d / "test"),
+        "test",
+    ),
+    "cifar: nine classes": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: [__import__("shutil").rmtree(d / s / "truck") for s in ("train", "test")],
+        "found 9",
+    ),
+    "cifar: classes differ": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: (d / "test" / "cat").rename(d / "test" / "kitten"),
+        "same 10 class folders",
+    ),
+    "cifar: empty class": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: [f.unlink() for f in (d / "train" / "dog").iterdir()],
+        "dog",
+    ),
+    "cifar: wrong image size": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: write_image_tree(d, {"train": 1}, classes=("bird",), size=(20, 20), ext=".jpg"),
+        "20x20, not 32x32",
+    ),
+    "cifar: corrupt image": (
+        "cifar10",
+        _cifar_tree,
+        lambda d: truncate(d / "train" / "frog" / "0001.jpg", 0.4),
+        "0001.jpg",
+    ),
     "mnist: missing directory": ("mnist", lambda p: p / "absent", None, "does not exist"),
     "mnist: no idx files": ("mnist", lambda p: p, None, "no MNIST IDX files"),
-    "mnist: truncated": ("mnist", _mnist, lambda d: truncate(d / "train-images-idx3-ubyte"), "truncated"),
+    "mnist: truncated": (
+        "mnist",
+        _mnist,
+        lambda d: truncate(d / "train-images-idx3-ubyte"),
+        "truncated",
+    ),
     "mnist: truncated gz": ("mnist", _mnist, _mnist_gz_truncated, "train-images-idx3-ubyte.gz"),
-    "mnist: not idx": ("mnist", _mnist, lambda d: (d / "train-labels-idx1-ubyte").write_bytes(b"\x01\x02" * 20),
-                       "not an IDX file"),
-    "mnist: missing labels": ("mnist", _mnist, lambda d: (d / "train-labels-idx1-ubyte").unlink(),
-                              "train-labels-idx1-ubyte"),
-    "mnist: label count": ("mnist", _mnist,
-                           lambda d: (d / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8))),
-                           "7 labels for 30 images"),
-    "mnist: image size": ("mnist", _mnist,
-                          lambda d: (d / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((30, 20, 20), np.uint8))),
-                          "20x20"),
+    "mnist: not idx": (
+        "mnist",
+        _mnist,
+        lambda d: (d / "train-labels-idx1-ubyte").write_bytes(b"\x01\x02" * 20),
+        "not an IDX file",
+    ),
+    "mnist: missing labels": (
+        "mnist",
+        _mnist,
+        lambda d: (d / "train-labels-idx1-ubyte").unlink(),
+        "train-labels-idx1-ubyte",
+    ),
+    "mnist: label count": (
+        "mnist",
+        _mnist,
+        lambda d: (d / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8))),
+        "7 labels for 30 images",
+    ),
+    "mnist: image size": (
+        "mnist",
+        _mnist,
+        lambda d: (d / "train-images-idx3-ubyte").write_bytes(
+            idx_bytes(np.zeros((30, 20, 20), np.uint8))
+        ),
+        "20x20",
+    ),
     "imagenet: missing directory": ("imagenet", lambda p: p / "absent", None, "does not exist"),
-    "imagenet: no train/val": ("imagenet", lambda p: p, lambda d: (d / "train").mkdir(), "no train/ and val/"),
+    "imagenet: no train/val": (
+        "imagenet",
+        lambda p: p,
+        lambda d: (d / "train").mkdir(),
+        "no train/ and val/",
+    ),
     "imagenet: flat val": ("imagenet", _imagenet, _flat_val, "is val/ still flat"),
-    "imagenet: class without images": ("imagenet", _imagenet,
-                                       lambda d: [f.unlink() for f in (d / "val" / WNIDS[0]).iterdir()],
-                                       "class without images"),
+    "imagenet: class without images": (
+        "imagenet",
+        _imagenet,
+        lambda d: [f.unlink() for f in (d / "val" / WNIDS[0]).iterdir()],
+        "class without images",
+    ),
 }
 
 
@@ -243,7 +340,12 @@ def test_bad_data_gives_one_error_naming_path_layout_and_remedy(tmp_path, case):
     message = str(caught.value)
     assert expected in message
     assert str(tmp_path) in message and "Expected" in message
-    assert "--download" in message or "--data-dir" in message or "Replace" in message or "Resize" in message
+    assert (
+        "--download" in message
+        or "--data-dir" in message
+        or "Replace" in message
+        or "Resize" in message
+    )
 
 
 def test_imagenet_cannot_be_downloaded(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import assert_has_epoch_metrics, computed, fresh_store, tiny_config
 from mlflow import MlflowClient
 from torch import nn
 
@@ -19,9 +20,8 @@ import benchbnn
 from benchbnn.core import names
 from benchbnn.core.binary import BinaryLinear, split_parameters
 from benchbnn.core.config import RunConfig
-from benchbnn.train.engine import canonical_config, l2_parameters, train
 from benchbnn.core.errors import BenchbnnError, HyperparameterError
-from engine_support import assert_has_epoch_metrics, computed, fresh_store, tiny_config
+from benchbnn.train.engine import canonical_config, l2_parameters, train
 
 
 @pytest.fixture
@@ -41,8 +41,12 @@ def test_same_seed_gives_identical_metrics(store, tmp_path):
     """PBop is included on purpose: its random flips come from a generator seeded by the run.
     Seed 0 is an ordinary seed (not "unseeded"): two runs with it agree exactly."""
     runs = [
-        train(tiny_config(optimizer="pbop", seed=seed, hparams={"scaler": 1e4}), quiet=True,
-              tracking_uri=store, checkpoint_dir=tmp_path / f"ck{i}")
+        train(
+            tiny_config(optimizer="pbop", seed=seed, hparams={"scaler": 1e4}),
+            quiet=True,
+            tracking_uri=store,
+            checkpoint_dir=tmp_path / f"ck{i}",
+        )
         for i, seed in enumerate((0, 0, 1))
     ]
     assert all(r.status == "FINISHED" for r in runs)
@@ -71,7 +75,8 @@ class Recorder:
         self.calls.append(("epoch_start", epoch))
         summary = run.checkpoint_dir / "last.json"
         self.saved_before_epoch.append(
-            json.loads(summary.read_text())["epoch"] if summary.exists() else None)
+            json.loads(summary.read_text())["epoch"] if summary.exists() else None
+        )
 
     @benchbnn.hookimpl
     def benchbnn_step_end(self, run, step, logs):
@@ -91,8 +96,13 @@ class Recorder:
 
 def test_lifecycle_hooks_run_in_order(store, tmp_path):
     recorder = Recorder()
-    result = train(tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck",
-                   plugins=[recorder])
+    result = train(
+        tiny_config(),
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "ck",
+        plugins=[recorder],
+    )
     spe = recorder.steps_per_epoch
     expected = [("run_start", True, 0, 1)]
     for epoch in (1, 2):
@@ -126,8 +136,9 @@ def test_result_holds_epoch_and_run_metrics(store, tmp_path):
 
 def test_a_finished_checkpoint_resumes_into_the_same_run(store, tmp_path):
     first = train(tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck")
-    again = train(tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck",
-                  resume=True)
+    again = train(
+        tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck", resume=True
+    )
     assert again.run_id == first.run_id and again.status == "FINISHED"
     assert again.history == first.history
     client = MlflowClient(store)
@@ -198,11 +209,16 @@ def test_unknown_device_is_bad_input(tmp_path):
 
 
 def test_canonical_config_types_values_and_writes_schedules_as_data():
-    typed = tiny_config(hparams={"gamma": 1e-7, "unbiased": True},
-                        schedules={"threshold": {"schedule": "polynomial", "start": 1e-5,
-                                                 "end": 1e-8, "power": 1.0}})
-    written = tiny_config(hparams={"gamma": "1e-7", "unbiased": "true"},
-                          schedules={"threshold": "polynomial:1e-5:1e-8"})
+    typed = tiny_config(
+        hparams={"gamma": 1e-7, "unbiased": True},
+        schedules={
+            "threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8, "power": 1.0}
+        },
+    )
+    written = tiny_config(
+        hparams={"gamma": "1e-7", "unbiased": "true"},
+        schedules={"threshold": "polynomial:1e-5:1e-8"},
+    )
     assert canonical_config(written) == canonical_config(typed) == typed
     assert canonical_config(written).config_hash() == typed.config_hash()
     assert canonical_config(typed.to_dict()) == typed
@@ -214,15 +230,22 @@ def test_canonical_config_types_values_and_writes_schedules_as_data():
 
 
 def test_l2_applies_to_full_precision_conv_and_linear_weights_only():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
-                          BinaryLinear(4 * 6 * 6, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        BinaryLinear(4 * 6 * 6, 8),
+        nn.BatchNorm1d(8),
+        nn.Linear(8, 10),
+    )
     _, real = split_parameters(model)
     assert [id(p) for p in l2_parameters(model, real)] == [id(model[0].weight), id(model[5].weight)]
 
 
 def test_xnornet_l2_covers_its_first_and_last_layers():
-    model = benchbnn.get_architecture("xnornet").build(num_classes=10, in_channels=3,
-                                                       image_size=32, width=0.0625)
+    model = benchbnn.get_architecture("xnornet").build(
+        num_classes=10, in_channels=3, image_size=32, width=0.0625
+    )
     _, real = split_parameters(model)
     chosen = l2_parameters(model, real)
     assert len(chosen) == 2
@@ -239,13 +262,25 @@ class _Norms:
 
 def test_l2_shrinks_the_full_precision_weights(store, tmp_path):
     data = {"train_size": 256, "test_size": 64}
-    base = dict(dataset="synthetic", arch="xnornet", optimizer="bop",
-                arch_options={"width": 0.0625}, dataset_options=data, epochs=1, batch_size=64)
+    base = dict(
+        dataset="synthetic",
+        arch="xnornet",
+        optimizer="bop",
+        arch_options={"width": 0.0625},
+        dataset_options=data,
+        epochs=1,
+        batch_size=64,
+    )
     norms = []
     for l2 in (0.0, 10.0):
         probe = _Norms()
-        result = train(RunConfig(**base, l2=l2), quiet=True, tracking_uri=store,
-                       checkpoint_dir=tmp_path / f"l2-{l2}", plugins=[probe])
+        result = train(
+            RunConfig(**base, l2=l2),
+            quiet=True,
+            tracking_uri=store,
+            checkpoint_dir=tmp_path / f"l2-{l2}",
+            plugins=[probe],
+        )
         assert result.finished
         norms.append(probe.norms)
     assert len(norms[0]) == len(norms[1]) == 2

@@ -14,12 +14,12 @@ import sys
 
 import pytest
 import torch
+from engine_support import computed, fresh_store
 from mlflow import MlflowClient
 
 from benchbnn.core import names
-from engine_support import computed, fresh_store
 
-PROBE = '''
+PROBE = """
 import os
 import torch
 import torch.distributed as dist
@@ -47,7 +47,7 @@ def benchbnn_run_end(run, result):
         "status": result.status, "history": result.history,
         "state": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
     }, os.path.join(os.environ["PROBE_OUT"], f"rank{run.rank}.pt"))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -58,12 +58,40 @@ def test_two_gloo_ranks_hold_identical_weights_after_every_step(tmp_path):
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PROBE_OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "benchbnn", "-p", "ddp_probe",
-        "run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidden=32",
-        "--optimizer", "pbop", "--set", "scaler=1e4", "--set", "gamma=1e-3", "--epochs", "2",
-        "--batch-size", "64", "--device", "cpu", "--tracking-uri", store,
-        "--checkpoint-dir", str(tmp_path / "ck"), "--quiet",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "benchbnn",
+        "-p",
+        "ddp_probe",
+        "run",
+        "--dataset",
+        "digits",
+        "--arch",
+        "bnn-mlp",
+        "--arch-option",
+        "hidden=32",
+        "--optimizer",
+        "pbop",
+        "--set",
+        "scaler=1e4",
+        "--set",
+        "gamma=1e-3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--tracking-uri",
+        store,
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--quiet",
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
+from engine_support import fresh_store, tiny_config
+
 from benchbnn.train.engine import train
 from benchbnn.train.progress import ProgressDisplay, epoch_table
-from engine_support import fresh_store, tiny_config
 
 
 class Terminal(io.StringIO):
@@ -17,8 +18,13 @@ class Terminal(io.StringIO):
 def test_live_line_epoch_lines_table_and_summary(tmp_path):
     out, tty = io.StringIO(), Terminal()
     display = ProgressDisplay(out=out, live=tty, interval=0.0)  # redraw on every step
-    result = train(tiny_config(), quiet=True, tracking_uri=fresh_store(tmp_path),
-                   checkpoint_dir=tmp_path / "ck", plugins=[display])
+    result = train(
+        tiny_config(),
+        quiet=True,
+        tracking_uri=fresh_store(tmp_path),
+        checkpoint_dir=tmp_path / "ck",
+        plugins=[display],
+    )
     live = [frame for frame in tty.getvalue().split("\r\x1b[2K") if frame]
     assert live[0].startswith("epoch 1/2 step 1/")
     for field in ("loss ", "top-1 ", "% pi_t ", " img/s"):
@@ -35,7 +41,12 @@ def test_live_line_epoch_lines_table_and_summary(tmp_path):
 def test_quiet_and_not_a_terminal(tmp_path):
     out, pipe = io.StringIO(), io.StringIO()
     display = ProgressDisplay(quiet=True, out=out, live=pipe, interval=0.0)
-    train(tiny_config(epochs=1), quiet=True, tracking_uri=fresh_store(tmp_path),
-          checkpoint_dir=tmp_path / "ck", plugins=[display])
+    train(
+        tiny_config(epochs=1),
+        quiet=True,
+        tracking_uri=fresh_store(tmp_path),
+        checkpoint_dir=tmp_path / "ck",
+        plugins=[display],
+    )
     assert pipe.getvalue() == ""  # no live line into a pipe or log
     assert len(out.getvalue().splitlines()) == 1 and out.getvalue().startswith("FINISHED")

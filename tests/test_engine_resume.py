@@ -17,13 +17,13 @@ import time
 
 import pytest
 import torch
+from engine_support import computed, fresh_store, tiny_config
 from mlflow import MlflowClient
 
 import benchbnn
 from benchbnn.train.engine import train
-from engine_support import computed, fresh_store, tiny_config
 
-PAUSE_PLUGIN = '''
+PAUSE_PLUGIN = """
 import time
 import benchbnn
 
@@ -31,7 +31,7 @@ import benchbnn
 def benchbnn_epoch_start(run, epoch):
     if epoch == 2:
         time.sleep(300)  # killed long before this ends
-'''
+"""
 
 HPARAMS = {"scaler": 1e4, "gamma": 1e-3}
 SCHEDULE = {"threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8, "power": 1.0}}
@@ -62,10 +62,32 @@ def _same(a, b) -> bool:
 
 
 def _cli_args(store: str, checkpoints) -> list[str]:
-    return ["run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidden=32",
-            "--optimizer", "pbop", "--set", "scaler=1e4", "--set", "gamma=1e-3",
-            "--schedule", "threshold=polynomial:1e-5:1e-8", "--epochs", "3", "--batch-size", "64",
-            "--tracking-uri", store, "--checkpoint-dir", str(checkpoints), "--quiet"]
+    return [
+        "run",
+        "--dataset",
+        "digits",
+        "--arch",
+        "bnn-mlp",
+        "--arch-option",
+        "hidden=32",
+        "--optimizer",
+        "pbop",
+        "--set",
+        "scaler=1e4",
+        "--set",
+        "gamma=1e-3",
+        "--schedule",
+        "threshold=polynomial:1e-5:1e-8",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--tracking-uri",
+        store,
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--quiet",
+    ]
 
 
 def _wait_for_checkpoint(summary, process, timeout: float = 240.0) -> None:
@@ -84,13 +106,24 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     store = fresh_store(tmp_path / "store")
     (tmp_path / "pause_at_epoch_two.py").write_text(PAUSE_PLUGIN)
     checkpoints = tmp_path / "ck"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(tmp_path), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as this process
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }  # the same arithmetic as this process
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchbnn", "-p", "pause_at_epoch_two",
-         *_cli_args(store, checkpoints)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "benchbnn",
+            "-p",
+            "pause_at_epoch_two",
+            *_cli_args(store, checkpoints),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for_checkpoint(checkpoints / "last.json", process)
@@ -103,10 +136,21 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert client.get_run(killed_run).info.status == "RUNNING"  # SIGKILL left no chance to end it
 
     resumed_state, whole_state = FinalState(), FinalState()
-    resumed = train(config(), tracking_uri=store, checkpoint_dir=checkpoints, resume=True,
-                    quiet=True, plugins=[resumed_state])
-    whole = train(config(), tracking_uri=store, checkpoint_dir=tmp_path / "whole", quiet=True,
-                  plugins=[whole_state])
+    resumed = train(
+        config(),
+        tracking_uri=store,
+        checkpoint_dir=checkpoints,
+        resume=True,
+        quiet=True,
+        plugins=[resumed_state],
+    )
+    whole = train(
+        config(),
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "whole",
+        quiet=True,
+        plugins=[whole_state],
+    )
 
     assert resumed.status == whole.status == "FINISHED"
     assert computed(resumed.history) == computed(whole.history)
@@ -119,5 +163,6 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     run = client.get_run(killed_run)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(killed_run, "test_top1")] == [1, 2, 3]
-    assert [m.value for m in client.get_metric_history(killed_run, "test_top1")] == \
-        pytest.approx([h["test_top1"] for h in whole.history])
+    assert [m.value for m in client.get_metric_history(killed_run, "test_top1")] == pytest.approx(
+        [h["test_top1"] for h in whole.history]
+    )

@@ -10,10 +10,8 @@ import random
 
 import pytest
 
-from benchbnn.core.config import RunConfig
-from benchbnn.train.runs import RunRecord
-from benchbnn.bench.results import build
 from benchbnn.bench.report import write, write_index
+from benchbnn.bench.results import build
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.bench.tables import (
     INDEX_MARKER,
@@ -24,33 +22,70 @@ from benchbnn.bench.tables import (
     render_markdown,
     to_data,
 )
+from benchbnn.core.config import RunConfig
+from benchbnn.train.runs import RunRecord
 
 BOP = SuiteEntry("bop", "bop", {"gamma": 1e-4, "threshold": 1e-8}, {})
 B2O = SuiteEntry(
-    "bop2ndorder-biased", "bop2ndorder", {"unbiased": False},
+    "bop2ndorder-biased",
+    "bop2ndorder",
+    {"unbiased": False},
     {"gamma": {"schedule": "polynomial", "start": 1e-2, "end": 1e-5, "power": 1.0}},
 )
 
 
 def make_suite(archs=("binarynet",), paper=None, target=None, val_fraction=0.0) -> Suite:
     return Suite(
-        name="demo", description="A demo suite\nfor tests.", dataset="cifar10", archs=tuple(archs),
-        arch_options={}, epochs=3, batch_size=50, seeds=(0, 1, 2), subset=None,
-        val_fraction=val_fraction, dataset_options={}, target_accuracy=target, baseline="bop",
-        entries=(BOP, B2O), paper=paper or {},
+        name="demo",
+        description="A demo suite\nfor tests.",
+        dataset="cifar10",
+        archs=tuple(archs),
+        arch_options={},
+        epochs=3,
+        batch_size=50,
+        seeds=(0, 1, 2),
+        subset=None,
+        val_fraction=val_fraction,
+        dataset_options={},
+        target_accuracy=target,
+        baseline="bop",
+        entries=(BOP, B2O),
+        paper=paper or {},
     )
 
 
 def plan_of(suite: Suite):
     return [
-        (entry, arch, RunConfig(dataset=suite.dataset, arch=arch, optimizer=entry.optimizer,
-                                hparams=dict(entry.hparams), epochs=suite.epochs, seed=seed))
-        for entry in suite.entries for arch in suite.archs for seed in suite.seeds
+        (
+            entry,
+            arch,
+            RunConfig(
+                dataset=suite.dataset,
+                arch=arch,
+                optimizer=entry.optimizer,
+                hparams=dict(entry.hparams),
+                epochs=suite.epochs,
+                seed=seed,
+            ),
+        )
+        for entry in suite.entries
+        for arch in suite.archs
+        for seed in suite.seeds
     ]
 
 
-def record(entry, arch, seed, train, test, status="FINISHED", failure=None, top5=None,
-           split="test", epochs=3):
+def record(
+    entry,
+    arch,
+    seed,
+    train,
+    test,
+    status="FINISHED",
+    failure=None,
+    top5=None,
+    split="test",
+    epochs=3,
+):
     """A run whose accuracies rise linearly to (train, test) at the last epoch, 2 s an epoch."""
     history = tuple(
         {
@@ -64,9 +99,15 @@ def record(entry, arch, seed, train, test, status="FINISHED", failure=None, top5
         for e in range(1, epochs + 1)
     )
     return RunRecord(
-        label=entry.label, optimizer=entry.optimizer, arch=arch, seed=seed,
-        config_hash=f"{entry.label}-{arch}-{seed}", status=status, run_id=f"run-{entry.label}-{seed}",
-        failure=failure, history=history,
+        label=entry.label,
+        optimizer=entry.optimizer,
+        arch=arch,
+        seed=seed,
+        config_hash=f"{entry.label}-{arch}-{seed}",
+        status=status,
+        run_id=f"run-{entry.label}-{seed}",
+        failure=failure,
+        history=history,
         run_metrics={"state_bytes_per_binary_weight": 4.0 if entry.optimizer == "bop" else 8.0},
         hardware="Test CPU, 2 cores, torch 2.x, device cpu",
     )
@@ -80,15 +121,19 @@ def table1_records(suite):
 
 
 def test_table1_layout_cells_are_mean_std_n_with_paper_and_difference():
-    paper = {"source": "Suarez-Ramirez et al. 2021, Table 1",
-             "bop": {"binarynet": {"train_top1": 96.7, "top1": 91.0}},
-             "bop2ndorder-biased": {"binarynet": {"train_top1": 98.1, "top1": 91.9}}}
+    paper = {
+        "source": "Suarez-Ramirez et al. 2021, Table 1",
+        "bop": {"binarynet": {"train_top1": 96.7, "top1": 91.0}},
+        "bop2ndorder-biased": {"binarynet": {"train_top1": 98.1, "top1": 91.9}},
+    }
     suite = make_suite(paper=paper)
     lb = build(suite, plan_of(suite), table1_records(suite), "benchbnn leaderboard demo")
     md = render_markdown(lb)
     assert "## Results (Table 1 layout)" in md
-    assert ("| Entry | Optimizer | Training accuracy (%) | Validation accuracy (%) | "
-            "Paper training (%) | Paper validation (%) | Δ vs bop (95% CI) |") in md
+    assert (
+        "| Entry | Optimizer | Training accuracy (%) | Validation accuracy (%) | "
+        "Paper training (%) | Paper validation (%) | Δ vs bop (95% CI) |"
+    ) in md
     # bop: train 96, 97, 98 -> 97.00 ± 1.00; test 90, 91, 92 -> 91.00 ± 1.00
     assert "| bop | bop | 97.00 ± 1.00 (3) | 91.00 ± 1.00 (3) | 96.7 | 91.0 | baseline |" in md
     # differences 1.0, 1.2, 1.8: mean 1.3333, sd 0.41633, half-width 4.303 * 0.41633 / sqrt 3
@@ -103,7 +148,9 @@ def test_table1_layout_cells_are_mean_std_n_with_paper_and_difference():
 
 def test_the_data_copy_recorded_with_the_runs_is_named():
     suite = make_suite()
-    records = [dataclasses.replace(r, data_note="CIFAR-10 (JPEG copy)") for r in table1_records(suite)]
+    records = [
+        dataclasses.replace(r, data_note="CIFAR-10 (JPEG copy)") for r in table1_records(suite)
+    ]
     lb = build(suite, plan_of(suite), records)
     assert "- Dataset: cifar10, read from CIFAR-10 (JPEG copy); " in render_markdown(lb)
     assert to_data(lb)["data_notes"] == ["CIFAR-10 (JPEG copy)"]
@@ -122,7 +169,12 @@ def test_details_show_time_state_and_time_to_target():
 
 
 def test_table2_layout_has_top1_and_top5_per_architecture():
-    paper = {"bop": {"xnornet": {"top1": 45.9, "top5": 70.0}, "birealnet18": {"top1": 56.6, "top5": 79.4}}}
+    paper = {
+        "bop": {
+            "xnornet": {"top1": 45.9, "top5": 70.0},
+            "birealnet18": {"top1": 56.6, "top5": 79.4},
+        }
+    }
     suite = make_suite(archs=("xnornet", "birealnet18"), paper=paper)
     records = [
         record(entry, arch, s, 60.0, base + s, top5=base + 20 + s)
@@ -133,8 +185,9 @@ def test_table2_layout_has_top1_and_top5_per_architecture():
     lb = build(suite, plan_of(suite), records)
     md = render_markdown(lb)
     assert "## Results (Table 2 layout)" in md
-    assert ("| Entry | Accuracy | xnornet | xnornet (paper) | birealnet18 | birealnet18 (paper) |"
-            in md)
+    assert (
+        "| Entry | Accuracy | xnornet | xnornet (paper) | birealnet18 | birealnet18 (paper) |" in md
+    )
     assert "| bop | Top-1 | 46.00 ± 1.00 (3) | 45.9 | 57.00 ± 1.00 (3) | 56.6 |" in md
     assert "|  | Top-5 | 66.00 ± 1.00 (3) | 70.0 | 77.00 ± 1.00 (3) | 79.4 |" in md
     assert "| bop2ndorder-biased | Top-1 | 47.00 ± 1.00 (3) | - | 58.00 ± 1.00 (3) | - |" in md
@@ -148,16 +201,29 @@ def test_table2_layout_has_top1_and_top5_per_architecture():
 def test_failed_and_missing_runs_are_shown_never_dropped():
     suite = make_suite()
     records = table1_records(suite)
-    records[5] = record(B2O, "binarynet", 2, 30.0, 10.0, status="FAILED",
-                        failure="diverged: training loss is nan at epoch 2")
+    records[5] = record(
+        B2O,
+        "binarynet",
+        2,
+        30.0,
+        10.0,
+        status="FAILED",
+        failure="diverged: training loss is nan at epoch 2",
+    )
     records = records[1:]  # bop seed 0 was never run
     lb = build(suite, plan_of(suite), records)
     md = render_markdown(lb)
     assert "- Runs: 4 finished, 1 failed, 1 not run; 0.5 min of training" in md
     assert "| bop2ndorder-biased | bop2ndorder | 98.00 ± 0.00 (2) | 91.60 ± 0.85 (2) |" in md
-    assert "2/3; 1 failed: diverged: training loss is nan at epoch 2 (seed 2)" in md and "2/3; 1 not run (seed 0)" in md
+    assert (
+        "2/3; 1 failed: diverged: training loss is nan at epoch 2 (seed 2)" in md
+        and "2/3; 1 not run (seed 0)" in md
+    )
     assert "## Runs without a result" in md
-    assert "| bop2ndorder-biased | binarynet | 2 | FAILED | diverged: training loss is nan at epoch 2 |" in md
+    assert (
+        "| bop2ndorder-biased | binarynet | 2 | FAILED | diverged: training loss is nan at epoch 2 |"
+        in md
+    )
     assert "| bop | binarynet | 0 | MISSING | not run |" in md
     # the one seed both entries finished (seed 1) is the only pair
     assert lb.row("bop2ndorder-biased", "binarynet").difference.seeds == (1,)
@@ -171,7 +237,8 @@ def test_failed_and_missing_runs_are_shown_never_dropped():
 def test_an_entry_whose_runs_all_failed_shows_dashes_and_reasons():
     suite = make_suite()
     records = table1_records(suite)[:3] + [
-        record(B2O, "binarynet", s, 10.0, 10.0, status="FAILED", failure="diverged") for s in range(3)
+        record(B2O, "binarynet", s, 10.0, 10.0, status="FAILED", failure="diverged")
+        for s in range(3)
     ]
     md = render_markdown(build(suite, plan_of(suite), records))
     assert "| bop2ndorder-biased | bop2ndorder | - | - | - |" in md
@@ -180,7 +247,9 @@ def test_an_entry_whose_runs_all_failed_shows_dashes_and_reasons():
 
 def test_validation_column_reads_the_held_out_split_when_the_suite_has_one():
     suite = make_suite(val_fraction=0.1)
-    records = [record(e, "binarynet", s, 90.0, 80.0 + s, split="val") for e in (BOP, B2O) for s in range(3)]
+    records = [
+        record(e, "binarynet", s, 90.0, 80.0 + s, split="val") for e in (BOP, B2O) for s in range(3)
+    ]
     md = render_markdown(build(suite, plan_of(suite), records))
     assert "validation (0.1 of the training split held out)" in md
     assert "81.00 ± 1.00 (3)" in md
@@ -199,8 +268,13 @@ def test_same_runs_give_byte_identical_files_whatever_their_order():
 
 def test_csv_has_one_row_per_entry_and_architecture_with_fixed_precision():
     suite = make_suite()
-    rows = list(csv.DictReader(io.StringIO(render_csv(build(suite, plan_of(suite), table1_records(suite))))))
-    assert [(r["entry"], r["arch"]) for r in rows] == [("bop", "binarynet"), ("bop2ndorder-biased", "binarynet")]
+    rows = list(
+        csv.DictReader(io.StringIO(render_csv(build(suite, plan_of(suite), table1_records(suite)))))
+    )
+    assert [(r["entry"], r["arch"]) for r in rows] == [
+        ("bop", "binarynet"),
+        ("bop2ndorder-biased", "binarynet"),
+    ]
     assert rows[0]["eval_top1_mean"] == "91.0000" and rows[0]["eval_top1_std"] == "1.0000"
     assert rows[1]["diff_excludes_zero"] == "true" and rows[0]["diff_top1_mean"] == ""
 
@@ -218,8 +292,14 @@ def test_write_creates_tables_and_plots(tmp_path):
     lb = build(suite, plan_of(suite), table1_records(suite))
     paths = write(lb, tmp_path / "leaderboards" / "demo")
     names = sorted(p.name for p in paths)
-    assert names == ["curves.png", "flips.png", "leaderboard.csv", "leaderboard.json",
-                     "leaderboard.md", "leaderboard.tex"]
+    assert names == [
+        "curves.png",
+        "flips.png",
+        "leaderboard.csv",
+        "leaderboard.json",
+        "leaderboard.md",
+        "leaderboard.tex",
+    ]
     assert all(p.stat().st_size > 0 for p in paths)
     assert (tmp_path / "leaderboards" / "demo" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -230,10 +310,15 @@ def test_index_lists_suites_with_headline_rows_and_definitions(tmp_path):
     path = write_index(tmp_path, defined={"demo": "A demo", "big-one": "GPU scale"})
     text = path.read_text()
     assert text.startswith(INDEX_MARKER)
-    assert "| [demo](demo/leaderboard.md) | cifar10 | binarynet | 3 epochs, 3 seeds, 6/6 runs finished |" in text
+    assert (
+        "| [demo](demo/leaderboard.md) | cifar10 | binarynet | 3 epochs, 3 seeds, 6/6 runs finished |"
+        in text
+    )
     assert "| big-one | - | - | definition only: `benchbnn compare big-one` |" in text
     # ranked by validation top-1: the biased entry (92.33) before bop (91.00)
     assert text.index("| 1 | bop2ndorder-biased |") < text.index("| 2 | bop |")
-    again = render_index({"demo": json.loads((tmp_path / "demo" / "leaderboard.json").read_text())},
-                         {"demo": "A demo", "big-one": "GPU scale"})
+    again = render_index(
+        {"demo": json.loads((tmp_path / "demo" / "leaderboard.json").read_text())},
+        {"demo": "A demo", "big-one": "GPU scale"},
+    )
     assert again == text

@@ -95,8 +95,9 @@ V2 = [1.0, 1.0, 1.0, 12.25, 12.25, 1.0, 0.66015625]  # sqrt: 1, 1, 1, 3.5, 3.5, 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bop2ndorder_biased_two_steps_by_hand(implementation):
     w = param(W0)
-    opt = build("bop2ndorder", [w], implementation=implementation,
-                gamma=0.5, sigma=0.25, threshold=0.5)
+    opt = build(
+        "bop2ndorder", [w], implementation=implementation, gamma=0.5, sigma=0.25, threshold=0.5
+    )
     # Step 1: s = m / sqrt(v) = (0.5 g) / (0.5 |g|) = sign(g); index 2 has g = 0 so s = 0/1e-10.
     # w*s = [1, 1, 0, 1, 1, 1, -1]: index 6 points against its gradient and must not flip.
     step(opt, [w], G1)
@@ -116,8 +117,15 @@ def test_bop2ndorder_biased_two_steps_by_hand(implementation):
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_bop2ndorder_unbiased_two_steps_by_hand(implementation):
     w = param(W0)
-    opt = build("bop2ndorder", [w], implementation=implementation,
-                gamma=0.25, sigma=0.25, threshold=0.5, unbiased=True)
+    opt = build(
+        "bop2ndorder",
+        [w],
+        implementation=implementation,
+        gamma=0.25,
+        sigma=0.25,
+        threshold=0.5,
+        unbiased=True,
+    )
     # Step 1: s = (m/gamma) / sqrt(v/sigma) = g / |g| = sign(g), whatever gamma and sigma are.
     step(opt, [w], G1)
     assert values(opt.state[w]["m"]) == [0.5, 0.5, 0.0, 2.0, 2.0, -0.5, 0.25]
@@ -149,8 +157,16 @@ def test_pbop_step_one_with_probabilities_zero_and_one_by_hand(implementation):
     # gamma = 0.5, sigma = 0.25: s = w * sign(g) on step 1; p = clip(4 (s - 0.5), 0, 1) is 1 for
     # weights that agree with their gradient and 0 otherwise, so the coins are certain.
     w = param(W0)
-    opt = build("pbop", [w], implementation=implementation,
-                gamma=0.5, sigma=0.25, threshold=0.5, scaler=4.0, seed=3)
+    opt = build(
+        "pbop",
+        [w],
+        implementation=implementation,
+        gamma=0.5,
+        sigma=0.25,
+        threshold=0.5,
+        scaler=4.0,
+        seed=3,
+    )
     step(opt, [w], G1)
     assert values(w) == [-1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0]
     assert int(opt.flip_count) == 5
@@ -161,8 +177,16 @@ def test_pbop_flips_exactly_where_its_seeded_coin_says(implementation):
     # s = 1 for every weight (gradient agrees with sign), threshold 0.5, scaler 1: p = 0.5.
     n = 20_000
     w = torch.nn.Parameter(torch.ones(n))
-    opt = build("pbop", [w], implementation=implementation,
-                gamma=0.5, sigma=0.25, threshold=0.5, scaler=1.0, seed=1234)
+    opt = build(
+        "pbop",
+        [w],
+        implementation=implementation,
+        gamma=0.5,
+        sigma=0.25,
+        threshold=0.5,
+        scaler=1.0,
+        seed=1234,
+    )
     w.grad = torch.ones(n)
     opt.step()
     # The specification of the coins: the optimizer's generator, seeded with `seed`, draws one
@@ -291,9 +315,15 @@ def test_flip_statistics_are_device_tensors(name, device):
     assert opt.num_binary_weights == 200
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("bop", 4.0), ("bop2ndorder", 8.0), ("pbop", 8.0), ("adam-latent", 8.0),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("bop", 4.0),
+        ("bop2ndorder", 8.0),
+        ("pbop", 8.0),
+        ("adam-latent", 8.0),
+    ],
+)
 def test_state_bytes_per_binary_weight(name, expected):
     opt = build(name, [param([1.0] * 6), param([[1.0, 1.0]])], [param([0.0] * 100)])
     assert opt.state_bytes_per_binary_weight() == expected
@@ -361,8 +391,9 @@ def test_state_dict_round_trip_continues_identically(name, implementation):
     def fresh(seed):
         params = [torch.nn.Parameter(t.clone()) for t in init]
         extra = {"seed": seed} if name == "pbop" else {}
-        return params, build(name, params[:2], params[2:], implementation=implementation,
-                             **hparams, **extra)
+        return params, build(
+            name, params[:2], params[2:], implementation=implementation, **hparams, **extra
+        )
 
     params, opt = fresh(seed=11)
     _run(opt, params, grads[:3])
@@ -471,21 +502,24 @@ def test_unknown_optimizer_suggests_close_matches():
         benchbnn.get_optimizer("bop2ndordr")
 
 
-@pytest.mark.parametrize(("name", "hparams", "message"), [
-    ("bop", {"gama": 1e-4}, r"no hyperparameter 'gama'\. Did you mean 'gamma'"),
-    ("bop2ndorder", {"sigm": 1e-3}, r"Did you mean 'sigma'"),
-    ("bop", {"sigma": 1e-3}, r"Valid names: beta1, beta2, eps, gamma, lr, threshold"),
-    ("bop", {"gamma": 2.0}, r"'gamma'.* = 2\.0 is outside its valid range"),
-    ("bop2ndorder", {"threshold": -1e-6}, r"'threshold'.*outside its valid range"),
-    ("bop2ndorder", {"sigma": 0.0}, r"'sigma'.*outside its valid range"),
-    ("pbop", {"scaler": -1.0}, r"'scaler'.*outside its valid range"),
-    ("adam-latent", {"beta1": 1.0}, r"'beta1'.*outside its valid range"),
-    ("adam-latent", {"lr": float("nan")}, r"'lr'.*must be finite"),
-    ("bop", {"gamma": "fast"}, r"'gamma'.*must be a number, got 'fast'"),
-    ("bop2ndorder", {"unbiased": "maybe"}, r"'unbiased'.*must be true or false"),
-    ("pbop", {"seed": 1.5}, r"'seed'.*must be a whole number"),
-    ("bop", {"threshold": True}, r"'threshold'.*must be a number"),
-])
+@pytest.mark.parametrize(
+    ("name", "hparams", "message"),
+    [
+        ("bop", {"gama": 1e-4}, r"no hyperparameter 'gama'\. Did you mean 'gamma'"),
+        ("bop2ndorder", {"sigm": 1e-3}, r"Did you mean 'sigma'"),
+        ("bop", {"sigma": 1e-3}, r"Valid names: beta1, beta2, eps, gamma, lr, threshold"),
+        ("bop", {"gamma": 2.0}, r"'gamma'.* = 2\.0 is outside its valid range"),
+        ("bop2ndorder", {"threshold": -1e-6}, r"'threshold'.*outside its valid range"),
+        ("bop2ndorder", {"sigma": 0.0}, r"'sigma'.*outside its valid range"),
+        ("pbop", {"scaler": -1.0}, r"'scaler'.*outside its valid range"),
+        ("adam-latent", {"beta1": 1.0}, r"'beta1'.*outside its valid range"),
+        ("adam-latent", {"lr": float("nan")}, r"'lr'.*must be finite"),
+        ("bop", {"gamma": "fast"}, r"'gamma'.*must be a number, got 'fast'"),
+        ("bop2ndorder", {"unbiased": "maybe"}, r"'unbiased'.*must be true or false"),
+        ("pbop", {"seed": 1.5}, r"'seed'.*must be a whole number"),
+        ("bop", {"threshold": True}, r"'threshold'.*must be a number"),
+    ],
+)
 def test_bad_hyperparameters_raise_clear_errors(name, hparams, message):
     with pytest.raises(HyperparameterError, match=message):
         benchbnn.get_optimizer(name).build([param([1.0])], [], **hparams)
@@ -524,16 +558,32 @@ def test_bad_parameters_and_implementation_raise_clear_errors():
 class _MyBop(BinaryOptimizer):
     """The example of BinaryOptimizer's docstring, as a plugin author would write it."""
 
-    hparams = (benchbnn.HParam("threshold", 1e-8, low=0.0, high=1.0),
-               *benchbnn.optim.base.adam_hparams())
+    hparams = (
+        benchbnn.HParam("threshold", 1e-8, low=0.0, high=1.0),
+        *benchbnn.optim.base.adam_hparams(),
+    )
     state_buffers = ("m",)
     rule_keys = ("threshold",)
 
-    def __init__(self, binary_params, real_params=(), *, threshold=1e-8, lr=0.01, beta1=0.9,
-                 beta2=0.999, eps=1e-7, implementation=None):
-        super().__init__(binary_params, real_params, binary={"threshold": threshold},
-                         real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
-                         implementation=implementation)
+    def __init__(
+        self,
+        binary_params,
+        real_params=(),
+        *,
+        threshold=1e-8,
+        lr=0.01,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-7,
+        implementation=None,
+    ):
+        super().__init__(
+            binary_params,
+            real_params,
+            binary={"threshold": threshold},
+            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
+            implementation=implementation,
+        )
 
     @staticmethod
     def update(w, g, m, *, threshold):

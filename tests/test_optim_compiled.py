@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optim_support import build, gradient, rule_hparams, run_side_by_side
 
 import benchbnn
 import benchbnn.optim.base
 from benchbnn.optim.base import BinaryOptimizer, compile_unavailable_reason, flip_
-from optim_support import build, gradient, rule_hparams, run_side_by_side
 
 needs_compile = pytest.mark.skipif(
     compile_unavailable_reason("cpu") is not None,
@@ -29,8 +29,12 @@ RULES = [
 
 def _initial(name):
     torch.manual_seed(1)
-    tensors = [torch.randn(16, 3, 3, 3), torch.randn(100, 37), torch.randn(513),
-               torch.randn(9, 5).t()]  # the last one is not contiguous
+    tensors = [
+        torch.randn(16, 3, 3, 3),
+        torch.randn(100, 37),
+        torch.randn(513),
+        torch.randn(9, 5).t(),
+    ]  # the last one is not contiguous
     if name != "adam-latent":
         tensors = [torch.where(t >= 0, 1.0, -1.0) for t in tensors]
     return tensors
@@ -42,8 +46,15 @@ def _initial(name):
 def test_compiled_agrees_with_reference(name, hparams):
     init = _initial(name)
     torch.manual_seed(2)
-    grads = [[torch.randn(t.shape).t().contiguous().t() if not t.is_contiguous() else
-              torch.randn(t.shape) for t in init] for _ in range(4)]
+    grads = [
+        [
+            torch.randn(t.shape).t().contiguous().t()
+            if not t.is_contiguous()
+            else torch.randn(t.shape)
+            for t in init
+        ]
+        for _ in range(4)
+    ]
     run_side_by_side(name, hparams, [t.shape for t in init], grads, ("reference", "compiled"), init)
     # The comparison is only meaningful if weights flipped.
     params = [torch.nn.Parameter(t.clone()) for t in init]
@@ -62,12 +73,20 @@ def test_compiled_agrees_with_reference(name, hparams):
 @given(data=st.data())
 def test_compiled_agrees_with_reference_property(name, data):
     sizes = data.draw(st.lists(st.integers(2, 40), min_size=1, max_size=3))
-    grads = [[torch.tensor(data.draw(st.lists(gradient, min_size=n, max_size=n)))
-              for n in sizes] for _ in range(data.draw(st.integers(1, 3)))]
+    grads = [
+        [torch.tensor(data.draw(st.lists(gradient, min_size=n, max_size=n))) for n in sizes]
+        for _ in range(data.draw(st.integers(1, 3)))
+    ]
     values = st.sampled_from([-1.0, 1.0]) if name != "adam-latent" else st.floats(-2.0, 2.0)
     init = [torch.tensor(data.draw(st.lists(values, min_size=n, max_size=n))) for n in sizes]
-    run_side_by_side(name, data.draw(rule_hparams(name)), [t.shape for t in init], grads,
-                     ("reference", "compiled"), init)
+    run_side_by_side(
+        name,
+        data.draw(rule_hparams(name)),
+        [t.shape for t in init],
+        grads,
+        ("reference", "compiled"),
+        init,
+    )
 
 
 def _graphs() -> int:
@@ -104,8 +123,13 @@ class _HostReading(BinaryOptimizer):
     rule_keys = ("threshold",)
 
     def __init__(self, binary_params, real_params=(), *, threshold=0.0, implementation=None):
-        super().__init__(binary_params, real_params, binary={"threshold": threshold}, real={},
-                         implementation=implementation)
+        super().__init__(
+            binary_params,
+            real_params,
+            binary={"threshold": threshold},
+            real={},
+            implementation=implementation,
+        )
 
     @staticmethod
     def update(w, g, m, *, threshold):

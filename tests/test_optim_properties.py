@@ -6,12 +6,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
 from optim_support import build, gradient, rate, rule_hparams, run_side_by_side
 
 FLIP_OPTIMIZERS = ["bop", "bop2ndorder", "pbop"]
-SETTINGS = settings(max_examples=30, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -19,8 +17,10 @@ def gradient_steps(draw, n_min=1, n_max=40, steps_max=4, grad=gradient):
     n = draw(st.integers(n_min, n_max))
     steps = draw(st.integers(1, steps_max))
     signs = draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=n, max_size=n))
-    grads = [torch.tensor(draw(st.lists(grad, min_size=n, max_size=n)), dtype=torch.float32)
-             for _ in range(steps)]
+    grads = [
+        torch.tensor(draw(st.lists(grad, min_size=n, max_size=n)), dtype=torch.float32)
+        for _ in range(steps)
+    ]
     return torch.tensor(signs), grads
 
 
@@ -30,8 +30,12 @@ def gradient_steps(draw, n_min=1, n_max=40, steps_max=4, grad=gradient):
 def test_binary_weights_stay_plus_minus_one_and_flips_are_sign_changes(name, data):
     signs, grads = data.draw(gradient_steps())
     w = torch.nn.Parameter(signs.clone())
-    opt = build(name, [w], implementation=data.draw(st.sampled_from(["reference", "foreach"])),
-                **data.draw(rule_hparams(name)))
+    opt = build(
+        name,
+        [w],
+        implementation=data.draw(st.sampled_from(["reference", "foreach"])),
+        **data.draw(rule_hparams(name)),
+    )
     for g in grads:
         before = w.detach().clone()
         w.grad = g
@@ -64,8 +68,9 @@ def test_unbiased_equals_biased_with_threshold_scaled_by_gamma_over_sqrt_sigma(
 ):
     # With gradients well above 1e-10 the epsilon is negligible and
     # (m/gamma)/sqrt(v/sigma) > tau  <=>  m/sqrt(v) > tau * gamma / sqrt(sigma).
-    signs, grads = data.draw(gradient_steps(grad=st.floats(1e-2, 100.0).flatmap(
-        lambda x: st.sampled_from([x, -x]))))
+    signs, grads = data.draw(
+        gradient_steps(grad=st.floats(1e-2, 100.0).flatmap(lambda x: st.sampled_from([x, -x])))
+    )
     scaled = tau * gamma / sigma**0.5
     wu, wb = torch.nn.Parameter(signs.clone()), torch.nn.Parameter(signs.clone())
     unbiased = build("bop2ndorder", [wu], gamma=gamma, sigma=sigma, threshold=tau, unbiased=True)
@@ -90,8 +95,13 @@ def test_unbiased_step_one_flips_exactly_the_weights_agreeing_with_their_gradien
 ):
     signs, _ = data.draw(gradient_steps(steps_max=1))
     magnitude = st.floats(1e-5, 1e3)
-    g = torch.tensor([data.draw(st.one_of(st.just(0.0), magnitude, magnitude.map(lambda x: -x)))
-                      for _ in range(len(signs))], dtype=torch.float32)
+    g = torch.tensor(
+        [
+            data.draw(st.one_of(st.just(0.0), magnitude, magnitude.map(lambda x: -x)))
+            for _ in range(len(signs))
+        ],
+        dtype=torch.float32,
+    )
     w = torch.nn.Parameter(signs.clone())
     opt = build("bop2ndorder", [w], gamma=gamma, sigma=sigma, threshold=tau, unbiased=True)
     w.grad = g
@@ -105,8 +115,15 @@ def test_unbiased_step_one_flips_exactly_the_weights_agreeing_with_their_gradien
 def test_pbop_with_a_huge_scaler_is_bop2ndorder(data, gamma, sigma, tau):
     signs, grads = data.draw(gradient_steps())
     wp, wb = torch.nn.Parameter(signs.clone()), torch.nn.Parameter(signs.clone())
-    pbop = build("pbop", [wp], gamma=gamma, sigma=sigma, threshold=tau, scaler=1e30,
-                 seed=data.draw(st.integers(0, 1000)))
+    pbop = build(
+        "pbop",
+        [wp],
+        gamma=gamma,
+        sigma=sigma,
+        threshold=tau,
+        scaler=1e30,
+        seed=data.draw(st.integers(0, 1000)),
+    )
     bop2 = build("bop2ndorder", [wb], gamma=gamma, sigma=sigma, threshold=tau)
     for g in grads:
         wp.grad, wb.grad = g.clone(), g.clone()
@@ -153,11 +170,22 @@ def test_pbop_different_seeds_toss_different_coins():
 def test_foreach_agrees_with_reference(name, data):
     sizes = data.draw(st.lists(st.integers(1, 30), min_size=1, max_size=4))
     steps = data.draw(st.integers(1, 4))
-    grads = [[torch.tensor(data.draw(st.lists(gradient, min_size=n, max_size=n)))
-              for n in sizes] for _ in range(steps)]
+    grads = [
+        [torch.tensor(data.draw(st.lists(gradient, min_size=n, max_size=n))) for n in sizes]
+        for _ in range(steps)
+    ]
     hparams = data.draw(rule_hparams(name))
-    init = [torch.tensor(data.draw(st.lists(st.sampled_from([-1.0, 1.0]) if name != "adam-latent"
-                                            else st.floats(-2.0, 2.0), min_size=n, max_size=n)))
-            for n in sizes]
+    init = [
+        torch.tensor(
+            data.draw(
+                st.lists(
+                    st.sampled_from([-1.0, 1.0]) if name != "adam-latent" else st.floats(-2.0, 2.0),
+                    min_size=n,
+                    max_size=n,
+                )
+            )
+        )
+        for n in sizes
+    ]
     assume(all(t.numel() for t in init))
     run_side_by_side(name, hparams, [t.shape for t in init], grads, ("reference", "foreach"), init)

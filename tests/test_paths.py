@@ -14,8 +14,20 @@ from benchbnn.cli import main as cli_main
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
 
-RUN = ["run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidden=16",
-       "--optimizer", "bop", "--epochs", "1", "--quiet"]
+RUN = [
+    "run",
+    "--dataset",
+    "digits",
+    "--arch",
+    "bnn-mlp",
+    "--arch-option",
+    "hidden=16",
+    "--optimizer",
+    "bop",
+    "--epochs",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.mark.parametrize(
@@ -27,7 +39,9 @@ RUN = ["run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidd
     ],
     ids=["tracking-uri", "checkpoint-dir", "compare-out"],
 )
-def test_unwritable_location_is_bad_input_and_nothing_starts(argv, flag, tmp_path, monkeypatch, capsys):
+def test_unwritable_location_is_bad_input_and_nothing_starts(
+    argv, flag, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     if "--tracking-uri" not in argv:
         argv = argv + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]

@@ -96,7 +96,11 @@ def test_clash_with_a_builtin_names_the_builtin_distribution():
         (_spec(hparams=(benchbnn.HParam("momentum", 0.9),)), "does not accept"),
         (_spec(hparams=(benchbnn.HParam("lr", 20.0, low=0.0, high=10.0),)), "default out of range"),
         (
-            _spec(hparams=(benchbnn.HParam("lr", 0.1, low=0.0, high=1.0, search=(1e-3, 10.0), log=True),)),
+            _spec(
+                hparams=(
+                    benchbnn.HParam("lr", 0.1, low=0.0, high=1.0, search=(1e-3, 10.0), log=True),
+                )
+            ),
             "leaves its valid range",
         ),
     ],
@@ -172,13 +176,18 @@ def test_plugins_json_lists_distributions_and_hyperparameters(capsys):
     optimizers = {o["name"]: o for p in dist["plugins"] for o in p.get("optimizers", [])}
     assert set(optimizers) >= {"bop", "bop2ndorder", "pbop", "adam-latent"}
     assert {h["name"] for h in optimizers["bop2ndorder"]["hyperparameters"]} >= {
-        "gamma", "sigma", "threshold", "unbiased", "lr",
+        "gamma",
+        "sigma",
+        "threshold",
+        "unbiased",
+        "lr",
     }
 
 
 def test_local_module_with_dash_p(tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_local_plugin.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "my_local_plugin.py").write_text(
+        textwrap.dedent(
+            """
         import torch
         import benchbnn
 
@@ -189,7 +198,8 @@ def test_local_module_with_dash_p(tmp_path, monkeypatch, capsys):
         def benchbnn_optimizers():
             return [benchbnn.OptimizerSpec("local-sgd", _factory, (benchbnn.HParam("lr", 0.1),))]
         """
-    ))
+        )
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         assert cli_main(["-p", "my_local_plugin", "plugins"]) == 0
@@ -211,9 +221,22 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "benchbnn-example-o
 
 def _pip_install_target(source: Path, target: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -231,7 +254,9 @@ def test_installed_third_party_package_is_discovered(tmp_path):
     )
     assert listing.returncode == 0, listing.stderr
     data = json.loads(listing.stdout)
-    (dist,) = [d for d in data["distributions"] if d["distribution"] == "benchbnn-example-optimizer"]
+    (dist,) = [
+        d for d in data["distributions"] if d["distribution"] == "benchbnn-example-optimizer"
+    ]
     assert dist["version"] == "0.1.0"
     names = [o["name"] for p in dist["plugins"] for o in p.get("optimizers", [])]
     assert names == ["momentum-flip"]
@@ -247,6 +272,7 @@ def test_installed_third_party_package_is_discovered(tmp_path):
     assert built.stdout.split() == ["[-1.0,", "-1.0]", "1"]
     disabled = _run(
         "import benchbnn; print(sorted(benchbnn.list_optimizers()))",
-        target, BENCHBNN_DISABLE_PLUGIN_AUTOLOAD="1",
+        target,
+        BENCHBNN_DISABLE_PLUGIN_AUTOLOAD="1",
     )
     assert "momentum-flip" not in disabled.stdout and "'bop'" in disabled.stdout

@@ -6,15 +6,28 @@ import json
 import re
 
 import pytest
+from engine_support import fresh_store
 from mlflow import MlflowClient
 
-from benchbnn.core import names
 from benchbnn.cli import main
+from benchbnn.core import names
 from benchbnn.core.config import RunConfig
-from engine_support import fresh_store
 
-BASE = ["run", "--dataset", "digits", "--arch", "bnn-mlp", "--arch-option", "hidden=32",
-        "--optimizer", "bop2ndorder", "--epochs", "2", "--batch-size", "64"]
+BASE = [
+    "run",
+    "--dataset",
+    "digits",
+    "--arch",
+    "bnn-mlp",
+    "--arch-option",
+    "hidden=32",
+    "--optimizer",
+    "bop2ndorder",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+]
 
 
 @pytest.fixture
@@ -34,20 +47,28 @@ def _only_run(uri: str):
 
 def test_quiet_run_prints_one_summary_line_and_exits_0(workdir, capsys):
     uri = fresh_store(workdir)  # ./mlflow.db: the default location
-    code = main([*BASE, "--set", "gamma=1e-4", "--schedule", "threshold=polynomial:1e-5:1e-8",
-                 "--quiet"])
+    code = main(
+        [*BASE, "--set", "gamma=1e-4", "--schedule", "threshold=polynomial:1e-5:1e-8", "--quiet"]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert len(out.splitlines()) == 1 and out.startswith("FINISHED")
     assert "test top-1" in out and "2/2 epochs" in out
-    client, run = _only_run(uri)
+    _client, run = _only_run(uri)
     assert run.info.status == "FINISHED" and run.info.run_id in out
     # the command line's configuration has the same hash as the same configuration as data
-    same = RunConfig(dataset="digits", arch="bnn-mlp", optimizer="bop2ndorder",
-                     hparams={"gamma": 1e-4}, arch_options={"hidden": [32]}, epochs=2,
-                     batch_size=64, schedules={"threshold": {"schedule": "polynomial",
-                                                             "start": 1e-5, "end": 1e-8,
-                                                             "power": 1.0}})
+    same = RunConfig(
+        dataset="digits",
+        arch="bnn-mlp",
+        optimizer="bop2ndorder",
+        hparams={"gamma": 1e-4},
+        arch_options={"hidden": [32]},
+        epochs=2,
+        batch_size=64,
+        schedules={
+            "threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8, "power": 1.0}
+        },
+    )
     config_hash = run.data.tags[names.TAG_CONFIG_HASH]
     assert config_hash == same.config_hash()
     assert (workdir / ".benchbnn" / "checkpoints" / config_hash / "last.pt").is_file()
@@ -67,9 +88,21 @@ def test_run_prints_epochs_table_and_summary(workdir, capsys):
 
 def test_divergence_exits_1_with_one_line(workdir, capsys):
     uri = fresh_store(workdir)
-    code = main([*BASE, "--optimizer", "bop", "--set", "lr=10", "--set", "beta2=0", "--set",
-                 "eps=0", "--quiet"])
-    out, err = capsys.readouterr()
+    code = main(
+        [
+            *BASE,
+            "--optimizer",
+            "bop",
+            "--set",
+            "lr=10",
+            "--set",
+            "beta2=0",
+            "--set",
+            "eps=0",
+            "--quiet",
+        ]
+    )
+    _out, err = capsys.readouterr()
     assert code == 1
     assert err.startswith("benchbnn: failed: training diverged") and len(err.splitlines()) == 1
     assert _only_run(uri)[1].info.status == "FAILED"
@@ -94,7 +127,7 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(workdir, capsys, ext
     blocked = workdir / "a-file"
     blocked.write_text("")
     code = main([*BASE, *[e.format(blocked=blocked) for e in extra]])
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("benchbnn: error: ")
     assert re.search(message, err), err

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 import benchbnn
 from benchbnn.core.errors import BenchbnnError, HyperparameterError
 from benchbnn.optim.schedules import (
-    Constant, Cosine, Exponential, Polynomial, Schedule, Step, apply_schedules, parse_schedule,
+    Constant,
+    Cosine,
+    Exponential,
+    Polynomial,
+    Schedule,
+    Step,
+    apply_schedules,
+    parse_schedule,
     validate_schedules,
 )
 
@@ -25,7 +32,8 @@ def test_polynomial_is_linear_from_start_to_end_over_the_run():
     assert gamma.value(0, SPE, TOTAL) == 1e-2
     assert gamma.value(TOTAL - 1, SPE, TOTAL) == 1e-5
     assert gamma.value((TOTAL - 1) // 2, SPE, TOTAL) == pytest.approx(
-        1e-5 + (1e-2 - 1e-5) * (1 - ((TOTAL - 1) // 2) / (TOTAL - 1)), rel=1e-12)
+        1e-5 + (1e-2 - 1e-5) * (1 - ((TOTAL - 1) // 2) / (TOTAL - 1)), rel=1e-12
+    )
     assert gamma.value(TOTAL + 10, SPE, TOTAL) == 1e-5  # past the end it stays at the end
 
 
@@ -77,7 +85,11 @@ def test_data_and_string_forms_are_the_same_schedule():
     assert schedule.to_dict() == data
     assert schedule.describe() == "polynomial:1e-05:1e-08" == str(schedule)
     assert parse_schedule("step:1e-4:0.1:100").to_dict() == {
-        "schedule": "step", "start": 1e-4, "factor": 0.1, "every_epochs": 100.0}
+        "schedule": "step",
+        "start": 1e-4,
+        "factor": 0.1,
+        "every_epochs": 100.0,
+    }
     assert parse_schedule(" Cosine : 1 : 2 ") == Cosine(1.0, 2.0)
     assert parse_schedule(schedule) is schedule
 
@@ -102,8 +114,12 @@ def test_every_schedule_round_trips_through_both_forms(schedule: Schedule):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    kind=st.sampled_from(["polynomial", "cosine"]), start=finite, end=finite,
-    power=st.floats(0.1, 5.0), total=st.integers(2, 10_000), data=st.data(),
+    kind=st.sampled_from(["polynomial", "cosine"]),
+    start=finite,
+    end=finite,
+    power=st.floats(0.1, 5.0),
+    total=st.integers(2, 10_000),
+    data=st.data(),
 )
 def test_polynomial_and_cosine_move_monotonically_between_start_and_end(
     kind, start, end, power, total, data
@@ -118,15 +134,31 @@ def test_polynomial_and_cosine_move_monotonically_between_start_and_end(
     assert schedule.value(0, 7, total) == start and schedule.value(total - 1, 7, total) == end
 
 
-@pytest.mark.parametrize("bad", [
-    "poly:1:2", "polynomial:1", "polynomial:a:b", "cosine:1:2:3", "step:1:0.1", "step:1:0:5",
-    "step:1:0.1:0", "exponential:1:-2:5", "polynomial:1:2:0", "constant:inf", "", ":",
-    {"start": 1.0}, {"schedule": "linear", "start": 1.0, "end": 2.0},
-    {"schedule": "cosine", "start": 1.0},
-    {"schedule": "polynomial", "start": 1, "end": 2, "powr": 1},
-    {"schedule": "constant", "value": "x"}, {"schedule": "cosine", "start": True, "end": 1.0},
-    [1.0, 2.0], None,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "poly:1:2",
+        "polynomial:1",
+        "polynomial:a:b",
+        "cosine:1:2:3",
+        "step:1:0.1",
+        "step:1:0:5",
+        "step:1:0.1:0",
+        "exponential:1:-2:5",
+        "polynomial:1:2:0",
+        "constant:inf",
+        "",
+        ":",
+        {"start": 1.0},
+        {"schedule": "linear", "start": 1.0, "end": 2.0},
+        {"schedule": "cosine", "start": 1.0},
+        {"schedule": "polynomial", "start": 1, "end": 2, "powr": 1},
+        {"schedule": "constant", "value": "x"},
+        {"schedule": "cosine", "start": True, "end": 1.0},
+        [1.0, 2.0],
+        None,
+    ],
+)
 def test_malformed_schedules_say_what_is_accepted(bad):
     with pytest.raises(BenchbnnError) as info:
         parse_schedule(bad)
@@ -150,25 +182,43 @@ def test_evaluation_position_is_checked():
 
 def test_validate_schedules_parses_names_of_the_optimizer():
     spec = benchbnn.get_optimizer("bop2ndorder")
-    parsed = validate_schedules(spec, {
-        "gamma": "polynomial:1e-2:1e-5",
-        "sigma": {"schedule": "polynomial", "start": 1e-7, "end": 1e-2},
-        "threshold": "polynomial:1e-7:1e-2", "lr": "polynomial:1e-2:1e-3",
-    })
+    parsed = validate_schedules(
+        spec,
+        {
+            "gamma": "polynomial:1e-2:1e-5",
+            "sigma": {"schedule": "polynomial", "start": 1e-7, "end": 1e-2},
+            "threshold": "polynomial:1e-7:1e-2",
+            "lr": "polynomial:1e-2:1e-3",
+        },
+    )
     assert parsed["sigma"] == Polynomial(1e-7, 1e-2)
     assert set(parsed) == {"gamma", "sigma", "threshold", "lr"}
 
 
-@pytest.mark.parametrize(("name", "schedules", "message"), [
-    ("bop2ndorder", {"gama": "constant:1e-3"}, r"no such hyperparameter.*Did you mean 'gamma'"),
-    ("bop", {"sigma": "constant:1e-3"}, r"'bop' has no such hyperparameter.*Schedulable: beta1"),
-    ("bop2ndorder", {"unbiased": "constant:1"}, r"cannot schedule 'unbiased'.*not a real number"),
-    ("pbop", {"seed": "constant:1"}, r"cannot schedule 'seed'"),
-    ("bop", {"gamma": "polynomial:1e-4:2.0"},
-     r"polynomial:0.0001:2 for 'gamma'.*outside its valid range"),
-    ("adam-latent", {"lr": "cosine:-1:0"}, r"'lr'.*outside its valid range"),
-    ("bop", {"gamma": "polynomial:1e-4"}, r"should look like polynomial:START:END\[:POWER\]"),
-])
+@pytest.mark.parametrize(
+    ("name", "schedules", "message"),
+    [
+        ("bop2ndorder", {"gama": "constant:1e-3"}, r"no such hyperparameter.*Did you mean 'gamma'"),
+        (
+            "bop",
+            {"sigma": "constant:1e-3"},
+            r"'bop' has no such hyperparameter.*Schedulable: beta1",
+        ),
+        (
+            "bop2ndorder",
+            {"unbiased": "constant:1"},
+            r"cannot schedule 'unbiased'.*not a real number",
+        ),
+        ("pbop", {"seed": "constant:1"}, r"cannot schedule 'seed'"),
+        (
+            "bop",
+            {"gamma": "polynomial:1e-4:2.0"},
+            r"polynomial:0.0001:2 for 'gamma'.*outside its valid range",
+        ),
+        ("adam-latent", {"lr": "cosine:-1:0"}, r"'lr'.*outside its valid range"),
+        ("bop", {"gamma": "polynomial:1e-4"}, r"should look like polynomial:START:END\[:POWER\]"),
+    ],
+)
 def test_validate_schedules_errors(name, schedules, message):
     with pytest.raises(BenchbnnError, match=message):
         validate_schedules(benchbnn.get_optimizer(name), schedules)
@@ -210,5 +260,6 @@ def test_exponential_and_step_agree_at_period_boundaries():
     for periods in range(4):
         s = periods * 3 * 7
         assert Exponential(2.0, 0.5, 3).value(s, 7, 100) == pytest.approx(
-            Step(2.0, 0.5, 3).value(s, 7, 100))
+            Step(2.0, 0.5, 3).value(s, 7, 100)
+        )
     assert math.isclose(Step(1.0, 10.0, 0.5).value(7, 2, 100), 1e7)

@@ -61,7 +61,9 @@ def test_a_worse_entry_excludes_zero_from_below():
 
 
 def test_only_seeds_on_both_sides_are_paired():
-    d = paired_difference({0: 5.0, 1: 7.0, 5: 100.0, 2: float("nan")}, {0: 4.0, 1: 5.0, 2: 1.0, 9: 0.0})
+    d = paired_difference(
+        {0: 5.0, 1: 7.0, 5: 100.0, 2: float("nan")}, {0: 4.0, 1: 5.0, 2: 1.0, 9: 0.0}
+    )
     assert d.seeds == (0, 1)
     assert d.mean == pytest.approx(1.5)
     assert paired_difference({0: 1.0}, {1: 1.0}) is None

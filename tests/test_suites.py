@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 
 import benchbnn
+from benchbnn.bench.suite_checks import SuiteError
+from benchbnn.bench.suite_file import load_suite, parse_suite
+from benchbnn.bench.suites import Suite
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
-from benchbnn.bench.suite_checks import SuiteError
-from benchbnn.bench.suites import Suite
-from benchbnn.bench.suite_file import load_suite, parse_suite
 
-BUILT_IN = ["quick", "cifar10-cpu", "cifar10-binarynet", "cifar10-base-point",
-            "imagenet-xnornet-birealnet"]
+BUILT_IN = [
+    "quick",
+    "cifar10-cpu",
+    "cifar10-binarynet",
+    "cifar10-base-point",
+    "imagenet-xnornet-birealnet",
+]
 
 MINIMAL = """\
 name = "tiny"
@@ -88,12 +93,20 @@ def test_quick_runs_every_built_in_optimizer_on_digits_with_three_seeds():
 def test_table1_suite_has_the_authors_settings_and_paper_values():
     suite = load_suite("cifar10-binarynet")
     assert (suite.dataset, suite.archs, suite.epochs, suite.batch_size) == (
-        "cifar10", ("binarynet",), 500, 50)
+        "cifar10",
+        ("binarynet",),
+        500,
+        50,
+    )
     biased = suite.entry("bop2ndorder-biased")
     assert biased.hparams == {"unbiased": False}
     poly = {k: (v["start"], v["end"]) for k, v in biased.schedules.items()}
-    assert poly == {"threshold": (1e-5, 1e-8), "gamma": (1e-2, 1e-5), "sigma": (1e-7, 1e-2),
-                    "lr": (1e-2, 1e-3)}
+    assert poly == {
+        "threshold": (1e-5, 1e-8),
+        "gamma": (1e-2, 1e-5),
+        "sigma": (1e-7, 1e-2),
+        "lr": (1e-2, 1e-3),
+    }
     assert suite.entry("bop2ndorder-unbiased").hparams == {"unbiased": True}
     bop = suite.entry("bop")
     assert bop.hparams["threshold"] == 1e-8
@@ -119,8 +132,13 @@ def test_base_point_suite_matches_section_5_1():
     suite = load_suite("cifar10-base-point")
     assert (suite.epochs, suite.batch_size) == (100, 100)
     for label, unbiased in (("bop2ndorder-unbiased", True), ("bop2ndorder-biased", False)):
-        assert suite.entry(label).hparams == {"gamma": 1e-7, "sigma": 1e-3, "threshold": 1e-6,
-                                              "lr": 0.01, "unbiased": unbiased}
+        assert suite.entry(label).hparams == {
+            "gamma": 1e-7,
+            "sigma": 1e-3,
+            "threshold": 1e-6,
+            "lr": 0.01,
+            "unbiased": unbiased,
+        }
     assert set(suite.tune["bop2ndorder"]) == {"gamma", "sigma", "threshold"}
 
 
@@ -129,7 +147,9 @@ def test_cpu_suite_says_what_was_cut():
     assert suite.arch_options == {"width": 0.25} and suite.subset and suite.epochs < 10
     assert len(suite.seeds) == 2
     assert "cut" in suite.description
-    assert [e.label for e in suite.entries] == [e.label for e in load_suite("cifar10-binarynet").entries]
+    assert [e.label for e in suite.entries] == [
+        e.label for e in load_suite("cifar10-binarynet").entries
+    ]
 
 
 @pytest.mark.slow
@@ -144,9 +164,21 @@ def test_built_in_suites_load_after_a_non_editable_install_from_any_directory(tm
         shutil.copy(repo / name, source / name)
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
-         "--target", str(site), str(source)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     script = (
         "import benchbnn.bench.suite_file as s, benchbnn_plugins;"
@@ -154,7 +186,11 @@ def test_built_in_suites_load_after_a_non_editable_install_from_any_directory(tm
         "print(suite.path.is_file(), suite.path.parent.parent)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr
@@ -170,19 +206,25 @@ def test_minimal_suite_defaults_and_expansion():
     assert suite.seeds == (0, 1) and suite.batch_size == 100 and suite.subset is None
     plan = suite.run_configs()
     assert [(e.label, a, c.seed) for e, a, c in plan] == [
-        ("bop", "bnn-mlp", 0), ("bop", "bnn-mlp", 1), ("b2o", "bnn-mlp", 0), ("b2o", "bnn-mlp", 1)]
+        ("bop", "bnn-mlp", 0),
+        ("bop", "bnn-mlp", 1),
+        ("b2o", "bnn-mlp", 0),
+        ("b2o", "bnn-mlp", 1),
+    ]
     b2o = plan[2][2]
     assert isinstance(b2o, RunConfig)
     assert b2o.hparams == {"gamma": 1e-4, "unbiased": True}
-    assert b2o.schedules == {"threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8,
-                                           "power": 1.0}}
+    assert b2o.schedules == {
+        "threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8, "power": 1.0}
+    }
     assert b2o.arch_options == {"hidden": [32]} and b2o.epochs == 2
 
 
 def test_compact_and_table_schedules_give_the_same_config_hash():
     table = MINIMAL.replace(
         'threshold = "polynomial:1e-5:1e-8"',
-        'threshold = { schedule = "polynomial", start = 1e-5, end = 1e-8 }')
+        'threshold = { schedule = "polynomial", start = 1e-5, end = 1e-8 }',
+    )
     a, b = parse(MINIMAL).run_configs(), parse(table).run_configs()
     assert [c.config_hash() for *_, c in a] == [c.config_hash() for *_, c in b]
 
@@ -194,7 +236,9 @@ def test_integer_written_float_hyperparameter_hashes_like_the_float():
 
 
 def test_nested_arrays_on_their_own_lines_are_not_taken_for_tables():
-    text = MINIMAL.replace("hidden = [32]", "hidden = [\n  [32],\n]").replace("gamma = 1e-4", "gama = 1e-4")
+    text = MINIMAL.replace("hidden = [32]", "hidden = [\n  [32],\n]").replace(
+        "gamma = 1e-4", "gama = 1e-4"
+    )
     assert "line 20, key entries[2].hparams.gama" in error_of(text)
 
 
@@ -204,8 +248,12 @@ def test_seed_counts_lists_epochs_and_overrides():
     assert [c.seed for *_, c in suite.run_configs(seeds=3)][:3] == [3, 7, 8]
     assert [c.seed for *_, c in suite.run_configs(seeds=1)][:1] == [3]
     assert [c.seed for *_, c in suite.run_configs(seeds=[5])] == [5, 5]
-    configs = suite.run_configs(epochs=1, overrides={"subset": 100, "arch_options": {"hidden": [8]}})
-    assert {(c.epochs, c.subset, tuple(c.arch_options["hidden"])) for *_, c in configs} == {(1, 100, (8,))}
+    configs = suite.run_configs(
+        epochs=1, overrides={"subset": 100, "arch_options": {"hidden": [8]}}
+    )
+    assert {(c.epochs, c.subset, tuple(c.arch_options["hidden"])) for *_, c in configs} == {
+        (1, 100, (8,))
+    }
     with pytest.raises(BenchbnnError, match="cannot override 'epoch'.*Did you mean 'epochs'"):
         suite.run_configs(overrides={"epoch": 1})
     with pytest.raises(BenchbnnError, match="positive integer"):
@@ -233,7 +281,7 @@ def test_optimizers_filter_keep_the_baseline_and_add_missing_optimizers():
 
 
 def test_malformed_toml_reports_the_line():
-    text = MINIMAL.replace('epochs = 2', 'epochs = = 2')
+    text = MINIMAL.replace("epochs = 2", "epochs = = 2")
     message = error_of(text)
     assert message.startswith("suite /suites/tiny.toml, line 4, column")
     assert "invalid TOML" in message
@@ -242,21 +290,47 @@ def test_malformed_toml_reports_the_line():
 @pytest.mark.parametrize(
     "old, new, line, key, fragment",
     [
-        ('optimizer = "bop2ndorder"', 'optimizer = "bop2ndordr"', 16, "entries[2].optimizer",
-         "unknown optimizer 'bop2ndordr'. Did you mean 'bop2ndorder'"),
-        ("gamma = 1e-4", "gama = 1e-4", 18, "entries[2].hparams.gama",
-         "has no hyperparameter 'gama'. Did you mean 'gamma'"),
+        (
+            'optimizer = "bop2ndorder"',
+            'optimizer = "bop2ndordr"',
+            16,
+            "entries[2].optimizer",
+            "unknown optimizer 'bop2ndordr'. Did you mean 'bop2ndorder'",
+        ),
+        (
+            "gamma = 1e-4",
+            "gama = 1e-4",
+            18,
+            "entries[2].hparams.gama",
+            "has no hyperparameter 'gama'. Did you mean 'gamma'",
+        ),
         ("gamma = 1e-4", "gamma = -1.0", 18, "entries[2].hparams.gamma", "outside its valid range"),
-        ("unbiased = true", 'unbiased = "maybe"', 19, "entries[2].hparams.unbiased", "true or false"),
+        (
+            "unbiased = true",
+            'unbiased = "maybe"',
+            19,
+            "entries[2].hparams.unbiased",
+            "true or false",
+        ),
         ("epochs = 2", "epochs = 2.5", 4, "epochs", "positive integer"),
         ("seeds = 2", "sedes = 2", 5, "sedes", "unknown key 'sedes'. Did you mean 'seeds'"),
         ('arch = "bnn-mlp"', 'arch = "bnn-mpl"', 3, "arch", "unknown architecture 'bnn-mpl'"),
         ('dataset = "digits"', 'dataset = "digit"', 2, "dataset", "unknown dataset 'digit'"),
         ("hidden = [32]", "hiden = [32]", 8, "arch_options.hiden", "has no option 'hiden'"),
-        ('threshold = "polynomial:1e-5:1e-8"', 'treshold = "polynomial:1e-5:1e-8"', 21,
-         "entries[2].schedules.treshold", "treshold"),
-        ('threshold = "polynomial:1e-5:1e-8"', 'threshold = "polynomal:1e-5:1e-8"', 21,
-         "entries[2].schedules.threshold", "polynomal"),
+        (
+            'threshold = "polynomial:1e-5:1e-8"',
+            'treshold = "polynomial:1e-5:1e-8"',
+            21,
+            "entries[2].schedules.treshold",
+            "treshold",
+        ),
+        (
+            'threshold = "polynomial:1e-5:1e-8"',
+            'threshold = "polynomal:1e-5:1e-8"',
+            21,
+            "entries[2].schedules.threshold",
+            "polynomal",
+        ),
     ],
 )
 def test_bad_values_name_file_line_and_key(old, new, line, key, fragment):
@@ -273,18 +347,22 @@ def test_missing_baseline_label_is_reported_with_close_matches():
 
 
 def test_duplicate_labels_missing_entries_and_missing_keys():
-    assert "label 'bop' is used by two entries" in error_of(MINIMAL.replace('label = "b2o"', 'label = "bop"'))
+    assert "label 'bop' is used by two entries" in error_of(
+        MINIMAL.replace('label = "b2o"', 'label = "bop"')
+    )
     assert "missing [[entries]]" in error_of(MINIMAL.split("[[entries]]")[0])
     assert "missing key 'dataset'" in error_of(MINIMAL.replace('dataset = "digits"\n', ""))
-    assert "not both" in error_of(MINIMAL.replace('arch = "bnn-mlp"', 'arch = "bnn-mlp"\narchs = ["bnn-mlp"]'))
+    assert "not both" in error_of(
+        MINIMAL.replace('arch = "bnn-mlp"', 'arch = "bnn-mlp"\narchs = ["bnn-mlp"]')
+    )
 
 
 def test_paper_and_tune_tables_are_checked():
-    message = error_of(MINIMAL + '\n[paper.bopp]\ntop1 = 90.0\n')
+    message = error_of(MINIMAL + "\n[paper.bopp]\ntop1 = 90.0\n")
     assert "key paper.bopp" in message and "Did you mean 'bop'" in message
-    message = error_of(MINIMAL + '\n[paper.bop]\ntop_1 = 90.0\n')
+    message = error_of(MINIMAL + "\n[paper.bop]\ntop_1 = 90.0\n")
     assert "paper.bop" in message
-    message = error_of(MINIMAL + '\n[tune.bop]\ngama = [1e-5, 1e-3]\n')
+    message = error_of(MINIMAL + "\n[tune.bop]\ngama = [1e-5, 1e-3]\n")
     assert re.search(r"line \d+, key tune\.bop\.gama: .*Did you mean 'gamma'", message)
     suite = parse(MINIMAL + '\n[paper]\nsource = "x"\n[paper.bop]\ntop1 = 90.0\n')
     assert suite.paper == {"source": "x", "bop": {"bnn-mlp": {"top1": 90.0}}}

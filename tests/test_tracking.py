@@ -13,17 +13,17 @@ import signal
 from pathlib import Path
 
 import pytest
+from engine_support import assert_has_epoch_metrics, fresh_store
+from engine_support import tiny_config as tiny
 from mlflow import MlflowClient
 
 import benchbnn
 from benchbnn.core import names
 from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.names import EPOCH_METRICS, RUN_METRICS
 from benchbnn.train.engine import train
-from benchbnn.core.errors import BenchbnnError
 from benchbnn.train.tracking import check_tracking_location, ensure_experiment, resolve_tracking_uri
-from engine_support import assert_has_epoch_metrics, fresh_store
-from engine_support import tiny_config as tiny
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,27 @@ def tracked(store, tmp_path_factory):
     client = MlflowClient(store)
     experiment = ensure_experiment(client, "tracking-test", store)  # artifacts beside the store
     parent = client.create_run(experiment, run_name="parent").info.run_id
-    cfg = tiny(hparams={"gamma": 1e-4}, val_fraction=0.2,
-               schedules={"threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8}})
-    result = train(cfg, tracking_uri=store, experiment="tracking-test", quiet=True,
-                   checkpoint_dir=tmp_path_factory.mktemp("ck"), tags={"benchbnn.suite": "unit"},
-                   parent_run_id=parent, run_name="tracked", log_every=5)
+    cfg = tiny(
+        hparams={"gamma": 1e-4},
+        val_fraction=0.2,
+        schedules={"threshold": {"schedule": "polynomial", "start": 1e-5, "end": 1e-8}},
+    )
+    result = train(
+        cfg,
+        tracking_uri=store,
+        experiment="tracking-test",
+        quiet=True,
+        checkpoint_dir=tmp_path_factory.mktemp("ck"),
+        tags={"benchbnn.suite": "unit"},
+        parent_run_id=parent,
+        run_name="tracked",
+        log_every=5,
+    )
     return client, cfg, result, parent
 
 
 def test_run_ends_finished_with_its_name_and_parent(tracked):
-    client, cfg, result, parent = tracked
+    client, _cfg, result, parent = tracked
     run = client.get_run(result.run_id)
     assert result.status == run.info.status == "FINISHED"
     assert run.info.run_name == "tracked"
@@ -54,7 +65,7 @@ def test_run_ends_finished_with_its_name_and_parent(tracked):
 
 
 def test_params_hold_the_whole_configuration(tracked):
-    client, cfg, result, _ = tracked
+    client, _cfg, result, _ = tracked
     params = client.get_run(result.run_id).data.params
     assert params["dataset"] == "digits" and params["arch"] == "bnn-mlp"
     assert params["optimizer"] == "bop2ndorder"
@@ -86,7 +97,7 @@ def test_tags_record_provenance(tracked):
 
 
 def test_epoch_metrics_are_logged_per_epoch(tracked):
-    client, cfg, result, _ = tracked
+    client, _cfg, result, _ = tracked
     assert [h["epoch"] for h in result.history] == [1, 2]
     for entry in result.history:
         assert_has_epoch_metrics(entry, val=True)
@@ -103,7 +114,7 @@ def test_epoch_metrics_are_logged_per_epoch(tracked):
 
 
 def test_flip_ratio_is_sampled_per_step(tracked):
-    client, cfg, result, _ = tracked
+    client, _cfg, result, _ = tracked
     from benchbnn.data.pipeline import build_loaders
 
     per_epoch = len(build_loaders("digits", batch_size=64, seed=0, val_fraction=0.2).train)
@@ -113,7 +124,7 @@ def test_flip_ratio_is_sampled_per_step(tracked):
 
 
 def test_run_metrics_are_logged(tracked):
-    client, cfg, result, _ = tracked
+    client, _cfg, result, _ = tracked
     metrics = client.get_run(result.run_id).data.metrics
     assert result.metrics["binary_weights"] == 64 * 32 + 32 * 10
     assert result.metrics["real_parameters"] == 2 * (32 + 10)  # batch-norm scale and shift
@@ -138,7 +149,7 @@ def test_artifacts_are_config_metrics_and_curves(tracked, tmp_path):
 
 def test_artifacts_of_a_local_store_live_beside_it(tracked, store):
     client, _, result, _ = tracked
-    root = Path(store[len("sqlite:///"):]).parent
+    root = Path(store[len("sqlite:///") :]).parent
     artifacts = client.get_run(result.run_id).info.artifact_uri
     assert artifacts.startswith((root / "mlartifacts").as_uri())
 
@@ -156,12 +167,18 @@ class _StopAfterFirstEpoch:
 
 def test_a_plugin_that_raises_ends_the_run_killed(store, tmp_path):
     with pytest.raises(_Stop):
-        train(tiny(seed=1), tracking_uri=store, quiet=True, checkpoint_dir=tmp_path,
-              plugins=[_StopAfterFirstEpoch()])
+        train(
+            tiny(seed=1),
+            tracking_uri=store,
+            quiet=True,
+            checkpoint_dir=tmp_path,
+            plugins=[_StopAfterFirstEpoch()],
+        )
     client = MlflowClient(store)
     run = client.search_runs(
         [client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id],
-        filter_string="params.seed = '1'")[0]
+        filter_string="params.seed = '1'",
+    )[0]
     assert run.info.status == "KILLED"
     assert "pruned" in run.data.tags[names.TAG_FAILURE]
     # the stopped epoch's metrics, including the plugin's extra one, are still tracked
@@ -179,12 +196,18 @@ class _SigtermAtStep:
 def test_sigterm_ends_the_run_killed(store, tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(seed=2), tracking_uri=store, quiet=True, checkpoint_dir=tmp_path,
-              plugins=[_SigtermAtStep()])
+        train(
+            tiny(seed=2),
+            tracking_uri=store,
+            quiet=True,
+            checkpoint_dir=tmp_path,
+            plugins=[_SigtermAtStep()],
+        )
     client = MlflowClient(store)
     run = client.search_runs(
         [client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id],
-        filter_string="params.seed = '2'")[0]
+        filter_string="params.seed = '2'",
+    )[0]
     assert run.info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is restored
 

@@ -16,15 +16,22 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import benchbnn
-from benchbnn.tune import search_space as spaces
-from benchbnn.tune import studies
-from benchbnn.tune import tuning
 from benchbnn.core.errors import BenchbnnError, HyperparameterError
 from benchbnn.core.specs import HParam, OptimizerSpec
+from benchbnn.tune import search_space as spaces
+from benchbnn.tune import studies, tuning
 
 
-def _factory(binary_params, real_params, gamma=1e-4, sigma=1e-3, threshold=1e-6, unbiased=False,
-             lr=0.01, steps=3):
+def _factory(
+    binary_params,
+    real_params,
+    gamma=1e-4,
+    sigma=1e-3,
+    threshold=1e-6,
+    unbiased=False,
+    lr=0.01,
+    steps=3,
+):
     raise AssertionError("never built in these tests")
 
 
@@ -55,14 +62,17 @@ def test_declared_search_space_is_the_plugins():
 
 
 def test_suite_table_narrows_fixes_adds_and_drops():
-    space = spaces.search_space(SPEC, {
-        "gamma": [1e-6, 1e-4],
-        "sigma": {"grid": [1e-3, 1e-2]},
-        "threshold": 1e-7,
-        "unbiased": False,
-        "lr": {"low": 0.001, "high": 0.1, "log": True},
-        "steps": [2, 5],
-    })
+    space = spaces.search_space(
+        SPEC,
+        {
+            "gamma": [1e-6, 1e-4],
+            "sigma": {"grid": [1e-3, 1e-2]},
+            "threshold": 1e-7,
+            "unbiased": False,
+            "lr": {"low": 0.001, "high": 0.1, "log": True},
+            "steps": [2, 5],
+        },
+    )
     assert sorted(space.params) == ["gamma", "lr", "sigma", "steps"]
     assert (space.params["gamma"].low, space.params["gamma"].high) == (1e-6, 1e-4)
     assert space.params["sigma"].grid == (1e-3, 1e-2)
@@ -75,16 +85,19 @@ def test_suite_table_narrows_fixes_adds_and_drops():
     assert "gamma" not in dropped.params and dropped.fixed == {"unbiased": True}
 
 
-@pytest.mark.parametrize("table, message", [
-    ({"gama": [1e-6, 1e-4]}, "Did you mean 'gamma'"),
-    ({"gamma": [1e-4, 1e-6]}, "is empty"),
-    ({"gamma": [1e-6, 2.0]}, "outside its valid range"),
-    ({"gamma": [1e-6, 1e-5, 1e-4]}, "a range is [low, high]"),
-    ({"gamma": {"low": 1e-6}}, "give both low and high"),
-    ({"gamma": {"low": 1e-6, "high": 1e-4, "step": 2}}, "unknown key"),
-    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "must be positive"),
-    ({"unbiased": {"low": 0, "high": 1}}, "has no range"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"gama": [1e-6, 1e-4]}, "Did you mean 'gamma'"),
+        ({"gamma": [1e-4, 1e-6]}, "is empty"),
+        ({"gamma": [1e-6, 2.0]}, "outside its valid range"),
+        ({"gamma": [1e-6, 1e-5, 1e-4]}, "a range is [low, high]"),
+        ({"gamma": {"low": 1e-6}}, "give both low and high"),
+        ({"gamma": {"low": 1e-6, "high": 1e-4, "step": 2}}, "unknown key"),
+        ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "must be positive"),
+        ({"unbiased": {"low": 0, "high": 1}}, "has no range"),
+    ],
+)
 def test_bad_tune_tables_are_clear_errors(table, message):
     with pytest.raises(HyperparameterError) as info:
         spaces.search_space(SPEC, table, source="suite 'x', table [tune.toy-bop]")
@@ -93,8 +106,9 @@ def test_bad_tune_tables_are_clear_errors(table, message):
 
 
 def test_grid_uses_powers_of_ten_on_log_ranges():
-    space = spaces.search_space(SPEC, {"gamma": [1e-7, 1e-5], "sigma": [3e-4, 5e-2],
-                                       "threshold": 1e-6, "unbiased": [False]})
+    space = spaces.search_space(
+        SPEC, {"gamma": [1e-7, 1e-5], "sigma": [3e-4, 5e-2], "threshold": 1e-6, "unbiased": [False]}
+    )
     assert space.grid() == {"gamma": [1e-7, 1e-6, 1e-5], "sigma": [1e-3, 1e-2]}
     assert space.grid_size() == 6
 
@@ -115,12 +129,23 @@ def test_powers_of_ten_lie_in_the_range_and_are_exact(k, span, a, b):
 
 
 def test_linear_and_integer_grids():
-    space = spaces.search_space(SPEC, {"gamma": False, "sigma": False, "threshold": False,
-                                       "unbiased": [False], "lr": [0.0, 1.0], "steps": [1, 50]})
+    space = spaces.search_space(
+        SPEC,
+        {
+            "gamma": False,
+            "sigma": False,
+            "threshold": False,
+            "unbiased": [False],
+            "lr": [0.0, 1.0],
+            "steps": [1, 50],
+        },
+    )
     assert space.grid()["lr"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert space.grid()["steps"] == [1, 13, 26, 38, 50]
-    small = spaces.search_space(SPEC, {"gamma": False, "sigma": False, "threshold": False,
-                                       "unbiased": [False], "steps": [2, 5]})
+    small = spaces.search_space(
+        SPEC,
+        {"gamma": False, "sigma": False, "threshold": False, "unbiased": [False], "steps": [2, 5]},
+    )
     assert small.grid() == {"steps": [2, 3, 4, 5]}
 
 
@@ -166,8 +191,9 @@ def test_tpe_arguments_are_pinned():
 
 @pytest.mark.parametrize("kind", ["tpe", "random", "grid"])
 def test_samplers_are_reproducible_and_seeded(kind):
-    space = spaces.search_space(SPEC, {"gamma": [1e-7, 1e-5], "sigma": [1e-3, 1e-2],
-                                       "threshold": 1e-6, "unbiased": [False]})
+    space = spaces.search_space(
+        SPEC, {"gamma": [1e-7, 1e-5], "sigma": [1e-3, 1e-2], "threshold": 1e-6, "unbiased": [False]}
+    )
     with studies.quiet_optuna():
         a = _sampled(studies.make_sampler(kind, space, seed=1), space)
         b = _sampled(studies.make_sampler(kind, space, seed=1), space)
@@ -183,19 +209,26 @@ def test_two_workers_with_one_seed_draw_different_points():
     """Workers started together with the same --sampler-seed must not repeat each other."""
     space = spaces.search_space(SPEC)
     storage = optuna.storages.InMemoryStorage()
-    a = optuna.create_study(storage=storage, study_name="s",
-                            sampler=studies.make_sampler("random", space, seed=0))
-    b = optuna.load_study(storage=storage, study_name="s",
-                          sampler=studies.make_sampler("random", space, seed=0))
+    a = optuna.create_study(
+        storage=storage, study_name="s", sampler=studies.make_sampler("random", space, seed=0)
+    )
+    b = optuna.load_study(
+        storage=storage, study_name="s", sampler=studies.make_sampler("random", space, seed=0)
+    )
     assert space.sample(a.ask()) != space.sample(b.ask())
     # ... which plain seeded samplers would do
     plain = [optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)) for _ in range(2)]
     assert space.sample(plain[0].ask()) == space.sample(plain[1].ask())
 
 
-@pytest.mark.parametrize("kind, cls", [("median", optuna.pruners.MedianPruner),
-                                       ("hyperband", optuna.pruners.HyperbandPruner),
-                                       ("none", optuna.pruners.NopPruner)])
+@pytest.mark.parametrize(
+    "kind, cls",
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
 def test_pruners(kind, cls):
     assert isinstance(studies.make_pruner(kind, epochs=8), cls)
 
@@ -237,10 +270,13 @@ def test_journal_is_shared_by_processes(tmp_path):
     assert len(trials) == 6 and len({t.number for t in trials}) == 6
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql+psycopg2://nobody:secret@127.0.0.1:1/nodb",
-    "sqlite:////nonexistent-dir/deeper/optuna.db",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://nobody:secret@127.0.0.1:1/nodb",
+        "sqlite:////nonexistent-dir/deeper/optuna.db",
+    ],
+)
 def test_unreachable_storage_is_one_clear_line(url):
     with pytest.raises(BenchbnnError) as info:
         studies.open_storage(url)
@@ -287,8 +323,11 @@ def test_counts_follow_the_budget_rules():
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=1.0))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
-                                              user_attrs={studies.ATTR_FAILURE: "diverged"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL, user_attrs={studies.ATTR_FAILURE: "diverged"}
+        )
+    )
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # lost
     study.ask()
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING))
@@ -298,8 +337,12 @@ def test_counts_follow_the_budget_rules():
 
 
 def test_trials_of_dead_local_workers_are_failed_and_queued_again(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     token = studies.worker_token(int(dead.stdout))
     storage = studies.open_storage(str(tmp_path / "optuna.journal"))
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
@@ -328,10 +371,19 @@ def test_optuna_dashboard_opens_the_default_storage(tmp_path):
     app = optuna_dashboard.wsgi(str(path))  # what `optuna-dashboard tuning/optuna.journal` opens
     assert callable(app)
     responses = []
-    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "",
-                "SERVER_NAME": "x", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
-                "wsgi.input": None, "SERVER_PROTOCOL": "HTTP/1.1"},
-               lambda status, headers, exc_info=None: responses.append(status))
+    body = app(
+        {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/api/studies",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "x",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": None,
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        },
+        lambda status, headers, exc_info=None: responses.append(status),
+    )
     assert responses[0].startswith("200")
     assert b"watched" in b"".join(body)
 
@@ -360,15 +412,19 @@ def test_best_trial_hparams_reads_the_best_complete_trial(tmp_path, monkeypatch)
     assert "'benchbnn tune quick --optimizer bop'" in str(info.value)
     gamma = optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True)
     for value, g in ((80.0, 1e-3), (90.0, 1e-4), (90.0, 1e-5)):  # ties: the earlier trial
-        study.add_trial(optuna.trial.create_trial(value=value, params={"gamma": g},
-                                                  distributions={"gamma": gamma}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, params={"gamma": g}, distributions={"gamma": gamma}
+            )
+        )
     found = tuning.best_trial_hparams("quick", "bop")
     assert (found.trial_number, found.value, found.study_name) == (2, 90.0, "quick-bop")
     assert found.hparams == {"threshold": 1e-6, "gamma": 1e-4} and found.params == {"gamma": 1e-4}
     # an entry's own study comes first when it exists
     own = optuna.create_study(storage=storage, study_name="quick-bop-fast", direction="maximize")
-    own.add_trial(optuna.trial.create_trial(value=1.0, params={"gamma": 1e-2},
-                                            distributions={"gamma": gamma}))
+    own.add_trial(
+        optuna.trial.create_trial(value=1.0, params={"gamma": 1e-2}, distributions={"gamma": gamma})
+    )
     assert tuning.best_trial_hparams("quick", "bop", entry="fast").study_name == "quick-bop-fast"
     assert tuning.best_trial_hparams("quick", "bop", entry="slow").study_name == "quick-bop"
     with pytest.raises(BenchbnnError, match="no tuning study 'other'"):

@@ -10,15 +10,15 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from tuning_support import fresh_tracking_uri, one_torch_thread, write_suite
 
 import benchbnn
-from benchbnn.core import names
-from benchbnn.tune import tuning
 from benchbnn.cli import main as cli_main
-from benchbnn.core.names import TAG_STUDY, TAG_TRIAL
+from benchbnn.core import names
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.names import TAG_STUDY, TAG_TRIAL
 from benchbnn.train.tracking import client_for
-from tuning_support import fresh_tracking_uri, one_torch_thread, write_suite
+from benchbnn.tune import tuning
 
 TrialState = optuna.trial.TrialState
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
@@ -35,10 +35,19 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     suite = write_suite(root)
     uri = fresh_tracking_uri(root)
-    result = tuning.tune(str(suite), "bop2ndorder", trials=3, sampler="random", pruner="none",
-                         out=root / "out", tracking_uri=uri, quiet=True)
-    return SimpleNamespace(root=root, suite=suite, uri=uri, result=result,
-                           journal=root / "out" / "optuna.journal")
+    result = tuning.tune(
+        str(suite),
+        "bop2ndorder",
+        trials=3,
+        sampler="random",
+        pruner="none",
+        out=root / "out",
+        tracking_uri=uri,
+        quiet=True,
+    )
+    return SimpleNamespace(
+        root=root, suite=suite, uri=uri, result=result, journal=root / "out" / "optuna.journal"
+    )
 
 
 def test_a_study_trains_its_trials_on_a_validation_split(study):
@@ -65,7 +74,8 @@ def test_mlflow_parent_and_nested_trial_runs(study):
     trials = _trials(study.journal, "tiny-bop2ndorder")
     storage = tuning.open_storage(str(study.journal), create=False)
     parent_id = optuna.load_study(study_name="tiny-bop2ndorder", storage=storage).user_attrs[
-        tuning.ATTR_PARENT]
+        tuning.ATTR_PARENT
+    ]
     assert parent_id == study.result.parent_run_id
     parent = client.get_run(parent_id)
     assert parent.data.tags[names.TAG_ROLE] == "study"
@@ -101,22 +111,62 @@ def test_best_configuration_is_printed_recorded_and_readable(study):
 def test_a_study_with_another_search_space_is_refused(study, capsys):
     (study.root / "other").mkdir(exist_ok=True)
     other = write_suite(study.root / "other", tune="gamma = [1e-7, 1e-4]\nlr = false\n")
-    code = cli_main(["tune", str(other), "--optimizer", "bop2ndorder", "--trials", "4",
-                     "--out", str(study.root / "out"), "--tracking-uri", study.uri])
+    code = cli_main(
+        [
+            "tune",
+            str(other),
+            "--optimizer",
+            "bop2ndorder",
+            "--trials",
+            "4",
+            "--out",
+            str(study.root / "out"),
+            "--tracking-uri",
+            study.uri,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "study 'tiny-bop2ndorder'" in err and "different search space" in err
     assert "--study NAME" in err
     assert len(_trials(study.journal, "tiny-bop2ndorder")) == 3  # nothing was run
-    code = cli_main(["tune", str(study.suite), "--optimizer", "bop2ndorder", "--epochs", "3",
-                     "--out", str(study.root / "out"), "--tracking-uri", study.uri])
+    code = cli_main(
+        [
+            "tune",
+            str(study.suite),
+            "--optimizer",
+            "bop2ndorder",
+            "--epochs",
+            "3",
+            "--out",
+            str(study.root / "out"),
+            "--tracking-uri",
+            study.uri,
+        ]
+    )
     assert code == 2 and "different protocol" in capsys.readouterr().err
 
 
 def test_rerunning_the_command_continues_the_study(study, capsys):
-    code = cli_main(["tune", str(study.suite), "--optimizer", "bop2ndorder", "--trials", "5",
-                     "--sampler", "random", "--pruner", "none", "--quiet",
-                     "--out", str(study.root / "out"), "--tracking-uri", study.uri])
+    code = cli_main(
+        [
+            "tune",
+            str(study.suite),
+            "--optimizer",
+            "bop2ndorder",
+            "--trials",
+            "5",
+            "--sampler",
+            "random",
+            "--pruner",
+            "none",
+            "--quiet",
+            "--out",
+            str(study.root / "out"),
+            "--tracking-uri",
+            study.uri,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "5/5 trials counted" in out and "2 run by this worker" in out
@@ -125,15 +175,35 @@ def test_rerunning_the_command_continues_the_study(study, capsys):
     client = client_for(study.uri)
     parents = client.search_runs(
         [client.get_experiment_by_name("benchbnn").experiment_id],
-        filter_string=f"tags.`{names.TAG_ROLE}` = 'study'")
+        filter_string=f"tags.`{names.TAG_ROLE}` = 'study'",
+    )
     assert [p.info.run_id for p in parents] == [study.result.parent_run_id]  # the same parent
     for t in trials[3:]:
         run = client.get_run(t.user_attrs[tuning.ATTR_RUN_ID])
         assert run.data.tags["mlflow.parentRunId"] == study.result.parent_run_id
     # asking for what the study already has runs nothing
-    assert cli_main(["tune", str(study.suite), "--optimizer", "bop2ndorder", "--trials", "4",
-                     "--sampler", "random", "--pruner", "none", "--quiet",
-                     "--out", str(study.root / "out"), "--tracking-uri", study.uri]) == 0
+    assert (
+        cli_main(
+            [
+                "tune",
+                str(study.suite),
+                "--optimizer",
+                "bop2ndorder",
+                "--trials",
+                "4",
+                "--sampler",
+                "random",
+                "--pruner",
+                "none",
+                "--quiet",
+                "--out",
+                str(study.root / "out"),
+                "--tracking-uri",
+                study.uri,
+            ]
+        )
+        == 0
+    )
     assert "0 run by this worker" in capsys.readouterr().out
 
 
@@ -141,9 +211,16 @@ def test_rerunning_the_command_continues_the_study(study, capsys):
 def test_hopeless_trials_are_pruned(tmp_path):
     wide = "gamma = [1e-9, 1e-2]\nsigma = [1e-3, 1e-2]\nthreshold = 1e-6\nlr = false\n"
     suite = write_suite(tmp_path, name="prune", epochs=2, tune=wide)
-    result = tuning.tune(str(suite), "bop2ndorder", trials=6, sampler="random", pruner="median",
-                         out=tmp_path / "out", tracking_uri=fresh_tracking_uri(tmp_path),
-                         quiet=True)
+    result = tuning.tune(
+        str(suite),
+        "bop2ndorder",
+        trials=6,
+        sampler="random",
+        pruner="median",
+        out=tmp_path / "out",
+        tracking_uri=fresh_tracking_uri(tmp_path),
+        quiet=True,
+    )
     trials = _trials(tmp_path / "out" / "optuna.journal", "prune-bop2ndorder")
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.params, t.intermediate_values) for t in trials]
@@ -178,26 +255,43 @@ def _exploding_factory(binary_params, real_params, gamma=1e-4, blowup=1.0):
 class _ExplodingPlugin:
     @benchbnn.hookimpl
     def benchbnn_optimizers(self):
-        return [benchbnn.OptimizerSpec(
-            name="exploding-bop", factory=_exploding_factory,
-            hparams=(benchbnn.HParam("gamma", 1e-4, low=0.0, high=1.0),
-                     benchbnn.HParam("blowup", 1.0, low=1.0, high=1e9, search=(1.0, 1e6),
-                                     log=True)),
-        )]
+        return [
+            benchbnn.OptimizerSpec(
+                name="exploding-bop",
+                factory=_exploding_factory,
+                hparams=(
+                    benchbnn.HParam("gamma", 1e-4, low=0.0, high=1.0),
+                    benchbnn.HParam("blowup", 1.0, low=1.0, high=1e9, search=(1.0, 1e6), log=True),
+                ),
+            )
+        ]
 
 
 @pytest.mark.usefixtures("clean_registry")
 def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path):
     benchbnn.register_plugin(_ExplodingPlugin(), name="exploding")
-    suite = write_suite(tmp_path, name="explode", epochs=1,
-                        extra="[tune.exploding-bop]\nblowup = { grid = [1.0, 1e6] }\n")
+    suite = write_suite(
+        tmp_path,
+        name="explode",
+        epochs=1,
+        extra="[tune.exploding-bop]\nblowup = { grid = [1.0, 1e6] }\n",
+    )
     uri = fresh_tracking_uri(tmp_path)
-    result = tuning.tune(str(suite), "exploding-bop", sampler="grid", pruner="none",
-                         out=tmp_path / "out", tracking_uri=uri, quiet=True)
+    result = tuning.tune(
+        str(suite),
+        "exploding-bop",
+        sampler="grid",
+        pruner="none",
+        out=tmp_path / "out",
+        tracking_uri=uri,
+        quiet=True,
+    )
     assert result.target == 2 and result.counts.done == 2
     assert (result.counts.complete, result.counts.failed) == (1, 1)
-    trials = {t.params["blowup"]: t for t in _trials(tmp_path / "out" / "optuna.journal",
-                                                     "explode-exploding-bop")}
+    trials = {
+        t.params["blowup"]: t
+        for t in _trials(tmp_path / "out" / "optuna.journal", "explode-exploding-bop")
+    }
     assert trials[1e6].state == TrialState.FAIL
     assert "diverged" in trials[1e6].user_attrs[tuning.ATTR_FAILURE]
     assert trials[1.0].state == TrialState.COMPLETE
@@ -209,17 +303,33 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path):
 # --- bad input ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/optuna"],
-     "cannot open the Optuna storage postgresql+psycopg2://u:***@127.0.0.1:1/optuna"),
-    (["--trials", "0"], "--trials must be at least 1"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
-    (["--entry", "bop"], "uses optimizer 'bop', not 'bop2ndorder'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/optuna"],
+            "cannot open the Optuna storage postgresql+psycopg2://u:***@127.0.0.1:1/optuna",
+        ),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--entry", "bop"], "uses optimizer 'bop', not 'bop2ndorder'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, message):
     suite = write_suite(tmp_path)
-    code = cli_main(["tune", str(suite), "--optimizer", "bop2ndorder", "--out", str(tmp_path / "o"),
-                     "--tracking-uri", fresh_tracking_uri(tmp_path), *args])
+    code = cli_main(
+        [
+            "tune",
+            str(suite),
+            "--optimizer",
+            "bop2ndorder",
+            "--out",
+            str(tmp_path / "o"),
+            "--tracking-uri",
+            fresh_tracking_uri(tmp_path),
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert message in err
@@ -227,8 +337,18 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, message
 
 def test_an_unknown_hyperparameter_in_the_suites_tune_table(tmp_path, capsys):
     suite = write_suite(tmp_path, tune="gama = [1e-6, 1e-4]\n")
-    code = cli_main(["tune", str(suite), "--optimizer", "bop2ndorder",
-                     "--out", str(tmp_path / "o"), "--tracking-uri", fresh_tracking_uri(tmp_path)])
+    code = cli_main(
+        [
+            "tune",
+            str(suite),
+            "--optimizer",
+            "bop2ndorder",
+            "--out",
+            str(tmp_path / "o"),
+            "--tracking-uri",
+            fresh_tracking_uri(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "gama" in err and "gamma" in err

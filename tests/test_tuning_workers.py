@@ -18,9 +18,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from tuning_support import fresh_tracking_uri, write_suite
 
 from benchbnn.tune import tuning
-from tuning_support import fresh_tracking_uri, write_suite
 
 pytestmark = pytest.mark.slow
 TrialState = optuna.trial.TrialState
@@ -29,10 +29,29 @@ HEARTBEAT_S = 2  # a silent worker's trial is failed after 3 beats (6 s)
 
 def _worker(suite: Path, storage: str, tracking: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "benchbnn", "tune", str(suite), "--optimizer", "bop2ndorder",
-               "--sampler", "grid", "--pruner", "none", "--storage", storage,
-               "--heartbeat", str(HEARTBEAT_S), "--tracking-uri", tracking, "--out", str(out),
-               "--quiet", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "benchbnn",
+        "tune",
+        str(suite),
+        "--optimizer",
+        "bop2ndorder",
+        "--sampler",
+        "grid",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--heartbeat",
+        str(HEARTBEAT_S),
+        "--tracking-uri",
+        tracking,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -65,9 +84,12 @@ def _victims_trials(storage: str, pid: int, started: bool = False) -> list[int]:
         running = _study(storage, "pgkill-bop2ndorder").get_trials(states=(TrialState.RUNNING,))
     except KeyError:  # the study is still being created
         return []
-    return [t.number for t in running
-            if f":{pid}:" in t.user_attrs.get(tuning.ATTR_WORKER, "")
-            and (not started or t.user_attrs.get(tuning.ATTR_RUN_ID))]
+    return [
+        t.number
+        for t in running
+        if f":{pid}:" in t.user_attrs.get(tuning.ATTR_WORKER, "")
+        and (not started or t.user_attrs.get(tuning.ATTR_RUN_ID))
+    ]
 
 
 def _grid_points(trials) -> list[tuple]:
@@ -90,7 +112,8 @@ def test_two_workers_share_one_study_and_run_each_grid_point_once(tmp_path, post
     assert len(counted) == 6  # the grid: gamma 1e-6, 1e-5, 1e-4 x sigma 1e-3, 1e-2
     assert all(t.state == TrialState.COMPLETE for t in counted)
     assert sorted(_grid_points(counted)) == sorted(
-        (("gamma", g), ("sigma", s)) for g in (1e-6, 1e-5, 1e-4) for s in (1e-3, 1e-2))
+        (("gamma", g), ("sigma", s)) for g in (1e-6, 1e-5, 1e-4) for s in (1e-3, 1e-2)
+    )
     for t in trials:  # a trial that lost a race with the other worker never trained
         if t.user_attrs.get(tuning.ATTR_SURPLUS):
             assert t.state == TrialState.FAIL and tuning.ATTR_RUN_ID not in t.user_attrs
@@ -109,8 +132,12 @@ def storage_url(request, tmp_path):
 
 def test_a_killed_worker_loses_nothing(tmp_path, storage_url):
     storage = storage_url
-    suite = write_suite(tmp_path, name="pgkill", epochs=8,
-                        tune="gamma = [1e-6, 1e-3]\nsigma = 1e-3\nthreshold = 1e-6\nlr = false\n")
+    suite = write_suite(
+        tmp_path,
+        name="pgkill",
+        epochs=8,
+        tune="gamma = [1e-6, 1e-3]\nsigma = 1e-3\nthreshold = 1e-6\nlr = false\n",
+    )
     tracking = fresh_tracking_uri(tmp_path)
     victim_out, survivor_out = tmp_path / "victim", tmp_path / "survivor"
     victim = _worker(suite, storage, tracking, victim_out)
@@ -139,8 +166,11 @@ def test_a_killed_worker_loses_nothing(tmp_path, storage_url):
     assert {t.params["gamma"] for t in complete} == {1e-6, 1e-5, 1e-4, 1e-3}
     retried = [t for t in complete if t.system_attrs.get("failed_trial") == victim_trial]
     assert len(retried) == 1 and retried[0].params == trials[victim_trial].params
-    others = [t for t in trials.values() if t.state not in (TrialState.COMPLETE,)
-              and t.number != victim_trial]
+    others = [
+        t
+        for t in trials.values()
+        if t.state not in (TrialState.COMPLETE,) and t.number != victim_trial
+    ]
     assert all(t.user_attrs.get(tuning.ATTR_SURPLUS) for t in others)
     assert "4/4 trials counted" in _log(survivor_out)
 

@@ -50,8 +50,9 @@ lr = false
 """
 
 
-def write_suite(directory: Path, name: str = "tiny", epochs: int = 2, tune: str = DEFAULT_TUNE,
-                extra: str = "") -> Path:
+def write_suite(
+    directory: Path, name: str = "tiny", epochs: int = 2, tune: str = DEFAULT_TUNE, extra: str = ""
+) -> Path:
     path = Path(directory) / f"{name}.toml"
     path.write_text(TINY_SUITE.format(name=name, epochs=epochs, tune=tune, extra=extra))
     return path

@@ -20,24 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchbnn.core.config import RunConfig
-
-from benchbnn.core.names import DEFAULT_EXPERIMENT, TAG_ENTRY, TAG_SUITE
-from benchbnn.core.errors import BenchbnnError
-from benchbnn.core.names import FAILED, FINISHED, TAG_DATA_NOTE, TAG_HARDWARE
-from benchbnn.bench.report import Written, write_from_store
-from benchbnn.train.runs import find_runs
-from benchbnn.bench.suites import Suite, SuiteEntry
+from benchbnn.bench.report import Written, default_out, write_from_store
 from benchbnn.bench.suite_file import load_suite
-from benchbnn.bench.report import default_out
-from benchbnn.core.names import TAG_FAILURE
+from benchbnn.bench.suites import Suite, SuiteEntry
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.names import (
+    DEFAULT_EXPERIMENT,
+    FAILED,
+    FINISHED,
+    TAG_DATA_NOTE,
+    TAG_ENTRY,
+    TAG_FAILURE,
+    TAG_HARDWARE,
+    TAG_SUITE,
+)
 from benchbnn.core.paths import writable_dir
 from benchbnn.core.plugins import get_dataset
 from benchbnn.train.checkpoint import FILENAME, default_dir
-from benchbnn.train.engine import canonical_config
-from benchbnn.train.engine import train
-from benchbnn.train.tracking import check_tracking_location, resolve_tracking_uri
-from benchbnn.train.tracking import client_for
+from benchbnn.train.engine import canonical_config, train
+from benchbnn.train.runs import find_runs
+from benchbnn.train.tracking import check_tracking_location, client_for, resolve_tracking_uri
 
 #: What compare does with a planned run.
 REUSE, RECORDED_FAILURE, RESUME, TRAIN = "reuse", "failed", "resume", "train"
@@ -66,7 +69,10 @@ class PlannedRun:
         what = f"{self.entry.label} / {self.arch} / seed {self.config.seed}"
         run = f" (run {self.run_id[:8]})" if self.run_id else ""
         verb = {
-            REUSE: "reuse   ", RECORDED_FAILURE: "failed  ", RESUME: "resume  ", TRAIN: "train   ",
+            REUSE: "reuse   ",
+            RECORDED_FAILURE: "failed  ",
+            RESUME: "resume  ",
+            TRAIN: "train   ",
         }[self.action]
         detail = f": {self.reason}" if self.reason else ""
         return f"  {verb}{what}{run}{detail}"
@@ -119,7 +125,9 @@ def check_data(suite: Suite, data_dir: str | Path | None) -> None:
         if split not in spec.splits:
             continue
         try:
-            dataset = spec.load(root=root, split=split, augment=False, **dict(suite.dataset_options))
+            dataset = spec.load(
+                root=root, split=split, augment=False, **dict(suite.dataset_options)
+            )
             size = len(dataset)
         except BenchbnnError as exc:
             raise BenchbnnError(f"suite {suite.name!r}: {exc}") from None
@@ -187,7 +195,7 @@ def plan_runs(
     client = client_for(uri)
     try:
         found = client.get_experiment_by_name(experiment)
-    except Exception as exc:  # noqa: BLE001 - any store failure gets the same advice
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchbnnError(
             f"cannot open tracking store {uri}: {first}; pass --tracking-uri with a reachable, "
@@ -204,25 +212,43 @@ def plan_runs(
             continue
         if status == FAILED:
             if retry_failed:  # from scratch: its checkpoint holds the diverged state
-                planned.append(PlannedRun(entry, arch, config, TRAIN, reason="retrying a failed run"))
+                planned.append(
+                    PlannedRun(entry, arch, config, TRAIN, reason="retrying a failed run")
+                )
                 continue
             reason = best.data.tags.get(TAG_FAILURE, "failed")
             planned.append(
-                PlannedRun(entry, arch, config, RECORDED_FAILURE, best.info.run_id,
-                           reason.splitlines()[0][:120])
+                PlannedRun(
+                    entry,
+                    arch,
+                    config,
+                    RECORDED_FAILURE,
+                    best.info.run_id,
+                    reason.splitlines()[0][:120],
+                )
             )
             continue
         checkpoint = default_dir(config_hash, checkpoint_dir) / FILENAME
         if checkpoint.is_file():
-            planned.append(PlannedRun(entry, arch, config, RESUME, best.info.run_id if best else None,
-                                      "from its last checkpoint"))
+            planned.append(
+                PlannedRun(
+                    entry,
+                    arch,
+                    config,
+                    RESUME,
+                    best.info.run_id if best else None,
+                    "from its last checkpoint",
+                )
+            )
         else:
             planned.append(PlannedRun(entry, arch, config, TRAIN))
     return planned
 
 
 def _summary_line(suite: Suite, planned: Sequence[PlannedRun]) -> str:
-    counts = {a: sum(p.action == a for p in planned) for a in (REUSE, RECORDED_FAILURE, RESUME, TRAIN)}
+    counts = {
+        a: sum(p.action == a for p in planned) for a in (REUSE, RECORDED_FAILURE, RESUME, TRAIN)
+    }
     shape = (
         f"{len(suite.entries)} entries x {len(suite.archs)} architecture"
         f"{'s' if len(suite.archs) != 1 else ''} x {len(suite.seeds)} seeds"
@@ -284,7 +310,9 @@ def compare(
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_location(uri)
 
-    writable_dir(Path(out) if out is not None else default_out(expanded), "the leaderboard", "--out")
+    writable_dir(
+        Path(out) if out is not None else default_out(expanded), "the leaderboard", "--out"
+    )
     planned = plan_runs(plan, uri, experiment, retry_failed, checkpoint_dir)
     say(_summary_line(expanded, planned))
     if not quiet:
@@ -294,13 +322,32 @@ def compare(
     if data_note:
         tags[TAG_DATA_NOTE] = data_note
     results = _train_missing(
-        expanded, planned, data_root, uri, experiment, device, checkpoint_dir, quiet,
-        tuple(plugins), tags, say,
+        expanded,
+        planned,
+        data_root,
+        uri,
+        experiment,
+        device,
+        checkpoint_dir,
+        quiet,
+        tuple(plugins),
+        tags,
+        say,
     )
     written = write_from_store(
-        base, seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides,
-        tracking_uri=uri, experiment=experiment, out=out, tuned=bool(tuned), study=study,
-        plots=plots, index=index, original=original or base,
+        base,
+        seeds=seeds,
+        epochs=epochs,
+        optimizers=optimizers,
+        overrides=overrides,
+        tracking_uri=uri,
+        experiment=experiment,
+        out=out,
+        tuned=bool(tuned),
+        study=study,
+        plots=plots,
+        index=index,
+        original=original or base,
     )
     say(f"leaderboard written to {written.paths[0].parent}")
     return CompareResult(expanded, tuple(planned), tuple(results), written, tuple(tuned))
@@ -334,13 +381,16 @@ def _train_missing(
             resume=p.action == RESUME,
             quiet=quiet,
             checkpoint_dir=default_dir(p.config.config_hash(), checkpoint_dir)
-            if checkpoint_dir is not None else None,
+            if checkpoint_dir is not None
+            else None,
             plugins=plugins,
             tags={**tags, TAG_ENTRY: p.entry.label},
             run_name=name,
         )
         if result.status != FINISHED:
             reason = (result.error or result.status).splitlines()[0]
-            say(f"[{i}/{len(todo)}] {name}: {result.status} ({reason}); shown as such in the leaderboard")
+            say(
+                f"[{i}/{len(todo)}] {name}: {result.status} ({reason}); shown as such in the leaderboard"
+            )
         results.append(result)
     return results

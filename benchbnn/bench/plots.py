@@ -15,7 +15,6 @@ from benchbnn.core.figures import colors, new_figure, save_png
 from benchbnn.train.runs import RunRecord
 
 
-
 def _mean_curve(records: Sequence[RunRecord], metric: str) -> tuple[list[int], list[float]]:
     by_epoch: dict[int, list[float]] = {}
     for r in records:
@@ -50,8 +49,10 @@ def plot_curves(lb: Leaderboard, path: Path) -> Path:
     for ax, arch in zip(axes, lb.suite.archs):
         for color, entry in zip(palette, lb.suite.entries):
             done = [r for r in lb.row(entry.label, arch).records if r.finished]
-            for name, style, suffix in (("train_top1", "-", "train"),
-                                        (metric, "--", lb.suite.eval_split)):
+            for name, style, suffix in (
+                ("train_top1", "-", "train"),
+                (metric, "--", lb.suite.eval_split),
+            ):
                 x, y = _mean_curve(done, name)
                 if x:
                     ax.plot(x, y, style, color=color, label=f"{entry.label} ({suffix})")
@@ -84,5 +85,3 @@ def plot_flips(lb: Leaderboard, path: Path) -> Path:
         if ax.has_data():
             ax.legend(fontsize=7)
     return save_png(fig, path)
-
-

@@ -16,8 +16,8 @@ from typing import Any
 
 from benchbnn.bench.plots import plot_curves, plot_flips
 from benchbnn.bench.results import Leaderboard, build
-from benchbnn.bench.suites import Suite
 from benchbnn.bench.suite_file import load_suite
+from benchbnn.bench.suites import Suite
 from benchbnn.bench.tables import (
     INDEX_FILE,
     INDEX_MARKER,
@@ -74,7 +74,9 @@ def write_index(root: str | Path, defined: Mapping[str, str] | None = None) -> P
         results[data["suite"]] = data
     if defined is None:
         registry = get_registry()
-        defined = {name: registry.get("suite", name).description for name in registry.names("suite")}
+        defined = {
+            name: registry.get("suite", name).description for name in registry.names("suite")
+        }
     path = root / INDEX_FILE
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(render_index(results, defined), encoding="utf-8")
@@ -92,8 +94,11 @@ def command_line(
     study: str | None = None,
 ) -> str:
     """The command that reproduces a protocol (stored in the files, so no paths or URIs)."""
-    parts = ["benchbnn", verb, suite.name if suite.path is None or _is_registered(suite) else
-             suite.path.name]
+    parts = [
+        "benchbnn",
+        verb,
+        suite.name if suite.path is None or _is_registered(suite) else suite.path.name,
+    ]
     if seeds is not None:
         parts += ["--seeds", str(seeds) if isinstance(seeds, int) else ",".join(map(str, seeds))]
     if epochs is not None:
@@ -102,7 +107,10 @@ def command_line(
         if key == "subset":
             parts += ["--subset", str(value)]
         else:
-            parts += ["--override", f"{key}={json.dumps(value, sort_keys=True, separators=(',', ':'))}"]
+            parts += [
+                "--override",
+                f"{key}={json.dumps(value, sort_keys=True, separators=(',', ':'))}",
+            ]
     if optimizers:
         names = optimizers if isinstance(optimizers, str) else ",".join(optimizers)
         parts += ["--optimizers", names]
@@ -161,9 +169,20 @@ def leaderboard(
     """
     base = load_suite(suite) if isinstance(suite, (str, Path)) else suite
     return write_from_store(
-        base, seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides,
-        tracking_uri=tracking_uri, experiment=experiment, out=out, tuned=tuned, study=study,
-        plots=plots, index=index, require_runs=True, original=original or base,
+        base,
+        seeds=seeds,
+        epochs=epochs,
+        optimizers=optimizers,
+        overrides=overrides,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        out=out,
+        tuned=tuned,
+        study=study,
+        plots=plots,
+        index=index,
+        require_runs=True,
+        original=original or base,
     )
 
 
@@ -188,7 +207,9 @@ def write_from_store(
     ``tuned``/``study`` only go into the regenerate command; ``original`` is the suite before
     tuning, for describing the changes)."""
     plan = suite.run_configs(seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides)
-    expanded = suite.expanded(seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides)
+    expanded = suite.expanded(
+        seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides
+    )
     records = collect_records(plan, tracking_uri, experiment)
     if require_runs and not records:
         raise BenchbnnError(

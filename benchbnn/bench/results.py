@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from benchbnn.bench.stats import PairedDifference, Summary, paired_difference, summarize, time_to_target
+from benchbnn.bench.stats import (
+    PairedDifference,
+    Summary,
+    paired_difference,
+    summarize,
+    time_to_target,
+)
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.train.runs import RunRecord
 
@@ -103,7 +109,9 @@ def build(
             runs = tuple(
                 found.get(
                     (entry.label, arch, config.seed),
-                    RunRecord(entry.label, entry.optimizer, arch, config.seed, config.config_hash()),
+                    RunRecord(
+                        entry.label, entry.optimizer, arch, config.seed, config.config_hash()
+                    ),
                 )
                 for e, a, config in plan
                 if e.label == entry.label and a == arch
@@ -117,11 +125,11 @@ def build(
     return Leaderboard(suite, tuple(rows), hardware, command, tuple(changes), notes)
 
 
-def _row(suite: Suite, entry: SuiteEntry, arch: str, runs: tuple[RunRecord, ...], metric: str) -> Row:
+def _row(
+    suite: Suite, entry: SuiteEntry, arch: str, runs: tuple[RunRecord, ...], metric: str
+) -> Row:
     done = [r for r in runs if r.finished]
-    times = [
-        summarize(row.get("epoch_time_s") for row in r.history) for r in done
-    ]
+    times = [summarize(row.get("epoch_time_s") for row in r.history) for r in done]
     state = [r.run_metrics.get("state_bytes_per_binary_weight") for r in done]
     state = [s for s in state if s is not None]
     reached = []

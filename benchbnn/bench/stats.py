@@ -79,10 +79,7 @@ def paired_difference(
     Only seeds present (and finite) on both sides form pairs; None when no pair exists.
     """
     seeds = tuple(
-        sorted(
-            s for s in values
-            if s in baseline and _finite(values[s]) and _finite(baseline[s])
-        )
+        sorted(s for s in values if s in baseline and _finite(values[s]) and _finite(baseline[s]))
     )
     if not seeds:
         return None
@@ -92,7 +89,9 @@ def paired_difference(
     if summary.n == 1:
         return PairedDifference(summary.mean, None, None, 1, seeds)
     half = t_critical(summary.n - 1, confidence) * summary.std / math.sqrt(summary.n)
-    return PairedDifference(summary.mean, summary.mean - half, summary.mean + half, summary.n, seeds)
+    return PairedDifference(
+        summary.mean, summary.mean - half, summary.mean + half, summary.n, seeds
+    )
 
 
 def _finite(value: float | None) -> bool:

@@ -48,8 +48,10 @@ def _canonical_hparams(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, 
 
     spec = get_optimizer(optimizer)
     spec.resolve(**hparams)  # raises on unknown names or bad values
-    return {name: spec.hparam(name).coerce(value, f"optimizer {optimizer!r}")
-            for name, value in sorted(hparams.items())}
+    return {
+        name: spec.hparam(name).coerce(value, f"optimizer {optimizer!r}")
+        for name, value in sorted(hparams.items())
+    }
 
 
 class ValueChecker:
@@ -90,7 +92,11 @@ class ValueChecker:
     def number(
         self, value: Any, path: Path_, low: float | None = None, high: float | None = None
     ) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise self.fail(path, f"must be a number, got {value!r}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.fail(path, f"must lie in [{low}, {high}], got {value!r}")
@@ -115,7 +121,9 @@ class ValueChecker:
         if isinstance(value, (list, tuple)) and value:
             for i, seed in enumerate(value):
                 if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                    raise self.fail(path + (i,), f"seeds must be non-negative integers, got {seed!r}")
+                    raise self.fail(
+                        path + (i,), f"seeds must be non-negative integers, got {seed!r}"
+                    )
             if len(set(value)) != len(value):
                 raise self.fail(path, f"seeds must be distinct, got {list(value)}")
             return tuple(value)
@@ -156,8 +164,11 @@ class ValueChecker:
                         f"architecture {arch!r} has no option {key!r}"
                         f"{_did_you_mean(key, spec.options)} "
                         f"Options: {', '.join(sorted(spec.options)) or 'none'}."
-                        + (" Use [per_arch.NAME.arch_options] for one architecture."
-                           if len(archs) > 1 else ""),
+                        + (
+                            " Use [per_arch.NAME.arch_options] for one architecture."
+                            if len(archs) > 1
+                            else ""
+                        ),
                     )
                 self.like(value, spec.options[key], path + (key,))
 
@@ -186,8 +197,9 @@ class ValueChecker:
             ok = True
         if not ok:
             raise self.fail(
-                path, f"must be of type {type(default).__name__} like its default {default!r}, "
-                f"got {value!r}"
+                path,
+                f"must be of type {type(default).__name__} like its default {default!r}, "
+                f"got {value!r}",
             )
 
     # --- the whole file ---------------------------------------------------------------------

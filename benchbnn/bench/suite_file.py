@@ -43,8 +43,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchbnn.bench.suite_checks import Path_, SuiteError, ValueChecker, _canonical_hparams, _did_you_mean
-from benchbnn.bench.suites import _ENTRY_KEYS, _PER_ARCH_KEYS, _TOP_KEYS, PAPER_METRICS, Suite, SuiteEntry
+from benchbnn.bench.suite_checks import (
+    Path_,
+    SuiteError,
+    ValueChecker,
+    _canonical_hparams,
+    _did_you_mean,
+)
+from benchbnn.bench.suites import (
+    _ENTRY_KEYS,
+    _PER_ARCH_KEYS,
+    _TOP_KEYS,
+    PAPER_METRICS,
+    Suite,
+    SuiteEntry,
+)
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.plugins import get_suite
 from benchbnn.core.specs import check_name
@@ -115,7 +128,9 @@ class _LineIndex:
     """Where each key of a TOML text is written (tomllib reports positions only for syntax)."""
 
     _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_\-.\"' ]+?)\s*\]\]?\s*(#.*)?$")
-    _ASSIGN = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+    _ASSIGN = re.compile(
+        r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*="
+    )
 
     def __init__(self, text: str):
         self.lines: dict[Path_, int] = {}
@@ -207,10 +222,13 @@ class _SuiteReader(ValueChecker):
             epochs=self.positive_int(data.get("epochs", 10), ("epochs",)),
             batch_size=self.positive_int(data.get("batch_size", 100), ("batch_size",)),
             seeds=self.seeds(data.get("seeds", 1), ("seeds",)),
-            subset=None if data.get("subset") is None else self.positive_int(data["subset"], ("subset",)),
+            subset=None
+            if data.get("subset") is None
+            else self.positive_int(data["subset"], ("subset",)),
             val_fraction=self.fraction(data.get("val_fraction", 0.0), ("val_fraction",)),
             dataset_options=dataset_options,
-            target_accuracy=None if target is None
+            target_accuracy=None
+            if target is None
             else self.number(target, ("target_accuracy",), 0.0, 100.0),
             baseline=baseline,
             entries=entries,
@@ -231,7 +249,9 @@ class _SuiteReader(ValueChecker):
         archs = data["archs"]
         if not isinstance(archs, list) or not archs:
             raise self.fail(("archs",), f"must be a non-empty list of architectures, got {archs!r}")
-        names = tuple(self.plugin("architecture", a, ("archs", i)).name for i, a in enumerate(archs))
+        names = tuple(
+            self.plugin("architecture", a, ("archs", i)).name for i, a in enumerate(archs)
+        )
         if len(set(names)) != len(names):
             raise self.fail(("archs",), f"lists an architecture twice: {list(names)}")
         return names
@@ -335,8 +355,9 @@ class _SuiteReader(ValueChecker):
                 continue
             if label not in labels:
                 raise self.fail(
-                    path, f"{label!r} is not an entry label{_did_you_mean(label, labels)} "
-                    f"Labels: {', '.join(labels)} (or 'source')."
+                    path,
+                    f"{label!r} is not an entry label{_did_you_mean(label, labels)} "
+                    f"Labels: {', '.join(labels)} (or 'source').",
                 )
             table = self.table(table, path)
             if len(archs) == 1 and all(k in PAPER_METRICS for k in table):

@@ -23,18 +23,40 @@ from benchbnn.core.plugins import get_optimizer
 PAPER_METRICS = ("train_top1", "train_top5", "top1", "top5")
 
 _TOP_KEYS = (
-    "name", "description", "dataset", "arch", "archs", "arch_options", "epochs", "batch_size",
-    "seeds", "subset", "val_fraction", "l2", "dataset_options", "baseline", "target_accuracy",
-    "per_arch", "paper", "tune", "entries",
+    "name",
+    "description",
+    "dataset",
+    "arch",
+    "archs",
+    "arch_options",
+    "epochs",
+    "batch_size",
+    "seeds",
+    "subset",
+    "val_fraction",
+    "l2",
+    "dataset_options",
+    "baseline",
+    "target_accuracy",
+    "per_arch",
+    "paper",
+    "tune",
+    "entries",
 )
 _ENTRY_KEYS = ("label", "optimizer", "note", "hparams", "schedules")
 _PER_ARCH_KEYS = ("epochs", "batch_size", "l2", "arch_options")
 #: Keys that :meth:`Suite.override` accepts.
 OVERRIDE_KEYS = (
-    "epochs", "batch_size", "seeds", "subset", "val_fraction", "l2", "arch_options",
-    "dataset_options", "target_accuracy",
+    "epochs",
+    "batch_size",
+    "seeds",
+    "subset",
+    "val_fraction",
+    "l2",
+    "arch_options",
+    "dataset_options",
+    "target_accuracy",
 )
-
 
 
 @dataclass(frozen=True)
@@ -134,13 +156,16 @@ class Suite:
             changes["seeds"] = checker.seeds(data["seeds"], ("seeds",))
         if "subset" in data:
             changes["subset"] = (
-                None if data["subset"] is None else checker.positive_int(data["subset"], ("subset",))
+                None
+                if data["subset"] is None
+                else checker.positive_int(data["subset"], ("subset",))
             )
         if data.get("val_fraction") is not None:
             changes["val_fraction"] = checker.fraction(data["val_fraction"], ("val_fraction",))
         if "target_accuracy" in data:
             changes["target_accuracy"] = (
-                None if data["target_accuracy"] is None
+                None
+                if data["target_accuracy"] is None
                 else checker.number(data["target_accuracy"], ("target_accuracy",), 0.0, 100.0)
             )
         if data.get("arch_options"):

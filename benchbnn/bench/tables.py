@@ -15,12 +15,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from benchbnn.core.names import FAILED, FINISHED, MISSING
 from benchbnn.bench.results import Leaderboard, Row
-from benchbnn.train.runs import RunRecord
 from benchbnn.bench.stats import Summary
 from benchbnn.bench.suites import Suite, SuiteEntry
-
+from benchbnn.core.names import FAILED, FINISHED, MISSING
+from benchbnn.train.runs import RunRecord
 
 # --- formatting helpers -----------------------------------------------------------------------
 
@@ -176,7 +175,12 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
         header += [f"Δ vs {suite.baseline} (95% CI)"]
         rows = []
         for row in lb.rows:
-            cells = [row.entry.label, row.entry.optimizer, cell(row.train_top1), cell(row.eval_top1)]
+            cells = [
+                row.entry.label,
+                row.entry.optimizer,
+                cell(row.train_top1),
+                cell(row.eval_top1),
+            ]
             if paper:
                 cells += [fmt(row.paper.get("train_top1"), 1), fmt(row.paper.get("top1"), 1)]
             rows.append(cells + [difference_text(row)])
@@ -200,15 +204,25 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
 def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     suite = lb.suite
     target = suite.target_accuracy
-    header = ["Entry", "Architecture", f"Δ top-1 vs {suite.baseline} (95% CI)",
-              "Time / epoch (s)", "State bytes / binary weight"]
+    header = [
+        "Entry",
+        "Architecture",
+        f"Δ top-1 vs {suite.baseline} (95% CI)",
+        "Time / epoch (s)",
+        "State bytes / binary weight",
+    ]
     if target is not None:
         header += [f"Epochs to {target:g}%", f"Seconds to {target:g}%"]
     header += ["Runs finished"]
     rows = []
     for row in lb.rows:
-        cells = [row.entry.label, row.arch, difference_text(row), cell(row.epoch_time),
-                 fmt(row.state_bytes, 1)]
+        cells = [
+            row.entry.label,
+            row.arch,
+            difference_text(row),
+            cell(row.epoch_time),
+            fmt(row.state_bytes, 1),
+        ]
         if target is not None:
             cells += list(target_text(row, suite))
         rows.append(cells + [runs_text(row)])
@@ -229,8 +243,11 @@ def render_markdown(lb: Leaderboard) -> str:
         "- Budget: " + "; ".join(budget_lines(suite)) + ".",
         "- Hardware: " + ("; ".join(lb.hardware) if lb.hardware else "not recorded") + ".",
         f"- Baseline: {suite.baseline}."
-        + (f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.eval_name}."
-           if suite.target_accuracy is not None else ""),
+        + (
+            f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.eval_name}."
+            if suite.target_accuracy is not None
+            else ""
+        ),
         f"- Runs: {_run_counts(lb)}; {_compute_time(lb)}.",
     ]
     if lb.changes:
@@ -269,7 +286,9 @@ def render_markdown(lb: Leaderboard) -> str:
 def total_seconds(lb: Leaderboard) -> float:
     """Training and evaluation time of every tracked epoch of the suite's runs."""
     return math.fsum(
-        row.get("epoch_time_s", 0.0) for r in lb.records for row in r.history
+        row.get("epoch_time_s", 0.0)
+        for r in lb.records
+        for row in r.history
         if math.isfinite(row.get("epoch_time_s", 0.0))
     )
 
@@ -292,13 +311,38 @@ def _run_counts(lb: Leaderboard) -> str:
 # --- CSV --------------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
-    "suite", "entry", "optimizer", "arch", "runs", "finished", "failed", "not_finished",
-    "train_top1_mean", "train_top1_std", "train_top5_mean", "train_top5_std",
-    "eval_top1_mean", "eval_top1_std", "eval_top5_mean", "eval_top5_std", "n",
-    "paper_train_top1", "paper_top1", "paper_top5",
-    "diff_top1_mean", "diff_top1_low", "diff_top1_high", "diff_pairs", "diff_excludes_zero",
-    "epoch_time_s_mean", "epoch_time_s_std", "state_bytes_per_binary_weight",
-    "target_accuracy", "target_reached", "epochs_to_target_mean", "seconds_to_target_mean",
+    "suite",
+    "entry",
+    "optimizer",
+    "arch",
+    "runs",
+    "finished",
+    "failed",
+    "not_finished",
+    "train_top1_mean",
+    "train_top1_std",
+    "train_top5_mean",
+    "train_top5_std",
+    "eval_top1_mean",
+    "eval_top1_std",
+    "eval_top5_mean",
+    "eval_top5_std",
+    "n",
+    "paper_train_top1",
+    "paper_top1",
+    "paper_top5",
+    "diff_top1_mean",
+    "diff_top1_low",
+    "diff_top1_high",
+    "diff_pairs",
+    "diff_excludes_zero",
+    "epoch_time_s_mean",
+    "epoch_time_s_std",
+    "state_bytes_per_binary_weight",
+    "target_accuracy",
+    "target_reached",
+    "epochs_to_target_mean",
+    "seconds_to_target_mean",
     "problems",
 )
 
@@ -312,43 +356,47 @@ def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
     for row in lb.rows:
         d = row.difference
         failed = sum(r.status == FAILED for r in row.records)
-        rows.append({
-            "suite": lb.suite.name,
-            "entry": row.entry.label,
-            "optimizer": row.entry.optimizer,
-            "arch": row.arch,
-            "runs": str(len(row.records)),
-            "finished": str(row.finished),
-            "failed": str(failed),
-            "not_finished": str(len(row.records) - row.finished - failed),
-            "train_top1_mean": _num(row.train_top1 and row.train_top1.mean),
-            "train_top1_std": _num(row.train_top1 and row.train_top1.std),
-            "train_top5_mean": _num(row.train_top5 and row.train_top5.mean),
-            "train_top5_std": _num(row.train_top5 and row.train_top5.std),
-            "eval_top1_mean": _num(row.eval_top1 and row.eval_top1.mean),
-            "eval_top1_std": _num(row.eval_top1 and row.eval_top1.std),
-            "eval_top5_mean": _num(row.eval_top5 and row.eval_top5.mean),
-            "eval_top5_std": _num(row.eval_top5 and row.eval_top5.std),
-            "n": str(row.eval_top1.n if row.eval_top1 else 0),
-            "paper_train_top1": _num(row.paper.get("train_top1"), 1),
-            "paper_top1": _num(row.paper.get("top1"), 1),
-            "paper_top5": _num(row.paper.get("top5"), 1),
-            "diff_top1_mean": _num(d and d.mean),
-            "diff_top1_low": _num(d and d.low),
-            "diff_top1_high": _num(d and d.high),
-            "diff_pairs": str(d.n) if d else "",
-            "diff_excludes_zero": ("true" if d.excludes_zero else "false") if d else "",
-            "epoch_time_s_mean": _num(row.epoch_time and row.epoch_time.mean, 3),
-            "epoch_time_s_std": _num(row.epoch_time and row.epoch_time.std, 3),
-            "state_bytes_per_binary_weight": _num(row.state_bytes, 2),
-            "target_accuracy": _num(lb.suite.target_accuracy, 2),
-            "target_reached": str(row.target_reached) if lb.suite.target_accuracy is not None else "",
-            "epochs_to_target_mean": _num(row.target_epochs and row.target_epochs.mean, 2),
-            "seconds_to_target_mean": _num(row.target_seconds and row.target_seconds.mean, 2),
-            "problems": "; ".join(
-                f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
-            ),
-        })
+        rows.append(
+            {
+                "suite": lb.suite.name,
+                "entry": row.entry.label,
+                "optimizer": row.entry.optimizer,
+                "arch": row.arch,
+                "runs": str(len(row.records)),
+                "finished": str(row.finished),
+                "failed": str(failed),
+                "not_finished": str(len(row.records) - row.finished - failed),
+                "train_top1_mean": _num(row.train_top1 and row.train_top1.mean),
+                "train_top1_std": _num(row.train_top1 and row.train_top1.std),
+                "train_top5_mean": _num(row.train_top5 and row.train_top5.mean),
+                "train_top5_std": _num(row.train_top5 and row.train_top5.std),
+                "eval_top1_mean": _num(row.eval_top1 and row.eval_top1.mean),
+                "eval_top1_std": _num(row.eval_top1 and row.eval_top1.std),
+                "eval_top5_mean": _num(row.eval_top5 and row.eval_top5.mean),
+                "eval_top5_std": _num(row.eval_top5 and row.eval_top5.std),
+                "n": str(row.eval_top1.n if row.eval_top1 else 0),
+                "paper_train_top1": _num(row.paper.get("train_top1"), 1),
+                "paper_top1": _num(row.paper.get("top1"), 1),
+                "paper_top5": _num(row.paper.get("top5"), 1),
+                "diff_top1_mean": _num(d and d.mean),
+                "diff_top1_low": _num(d and d.low),
+                "diff_top1_high": _num(d and d.high),
+                "diff_pairs": str(d.n) if d else "",
+                "diff_excludes_zero": ("true" if d.excludes_zero else "false") if d else "",
+                "epoch_time_s_mean": _num(row.epoch_time and row.epoch_time.mean, 3),
+                "epoch_time_s_std": _num(row.epoch_time and row.epoch_time.std, 3),
+                "state_bytes_per_binary_weight": _num(row.state_bytes, 2),
+                "target_accuracy": _num(lb.suite.target_accuracy, 2),
+                "target_reached": str(row.target_reached)
+                if lb.suite.target_accuracy is not None
+                else "",
+                "epochs_to_target_mean": _num(row.target_epochs and row.target_epochs.mean, 2),
+                "seconds_to_target_mean": _num(row.target_seconds and row.target_seconds.mean, 2),
+                "problems": "; ".join(
+                    f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
+                ),
+            }
+        )
     return rows
 
 
@@ -363,8 +411,16 @@ def render_csv(lb: Leaderboard) -> str:
 # --- LaTeX ------------------------------------------------------------------------------------
 
 _TEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 
 
@@ -386,29 +442,33 @@ def render_latex(lb: Leaderboard) -> str:
     caption = (
         tex_escape(f"{suite.name}: {suite.dataset}, " + "; ".join(budget_lines(suite)) + ".")
         + r" Mean $\pm$ std over seeds ($n$ finished runs); validation column: "
-        + tex_escape(lb.eval_name) + "."
+        + tex_escape(lb.eval_name)
+        + "."
     )
     if lb.layout == "table1":
         caption += (
             r" $^{*}$: the 95\% interval of the difference to "
-            + tex_escape(suite.baseline) + ", paired by seed, excludes zero."
+            + tex_escape(suite.baseline)
+            + ", paired by seed, excludes zero."
         )
-    return "\n".join([
-        "% generated by benchbnn; needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
-        r"\toprule",
-        " & ".join(header) + r" \\",
-        r"\midrule",
-        *body,
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\caption{" + caption + "}",
-        r"\label{tab:benchbnn-" + lb.suite.name + "}",
-        r"\end{table}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "% generated by benchbnn; needs \\usepackage{booktabs}",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
+            r"\toprule",
+            " & ".join(header) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\caption{" + caption + "}",
+            r"\label{tab:benchbnn-" + lb.suite.name + "}",
+            r"\end{table}",
+            "",
+        ]
+    )
 
 
 # --- JSON -------------------------------------------------------------------------------------
@@ -442,40 +502,50 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
                 "epochs": _summary(row.target_epochs),
                 "seconds": _summary(row.target_seconds),
             }
-        rows.append({
-            "entry": row.entry.label,
-            "optimizer": row.entry.optimizer,
-            "arch": row.arch,
-            "baseline": row.is_baseline,
-            "hparams": dict(row.entry.hparams),
-            "schedules": {k: dict(v) for k, v in row.entry.schedules.items()},
-            "train_top1": _summary(row.train_top1),
-            "train_top5": _summary(row.train_top5),
-            "eval_top1": _summary(row.eval_top1),
-            "eval_top5": _summary(row.eval_top5),
-            "paper": dict(row.paper),
-            "difference_top1": None if d is None else {
-                "mean": d.mean, "low": d.low, "high": d.high, "pairs": d.n,
-                "seeds": list(d.seeds), "excludes_zero": d.excludes_zero,
-            },
-            "epoch_time_s": _summary(row.epoch_time),
-            "state_bytes_per_binary_weight": row.state_bytes,
-            "time_to_target": reached,
-            "runs": [
-                {
-                    "seed": r.seed,
-                    "status": r.status if not (r.status == FINISHED and not r.finished) else "EMPTY",
-                    "config_hash": r.config_hash,
-                    "run_id": r.run_id,
-                    "reason": None if r.finished else r.outcome(),
-                    "epochs": len(r.history),
-                    "train_top1": r.final("train_top1"),
-                    "eval_top1": r.final(metric + "1"),
-                    "eval_top5": r.final(metric + "5"),
-                }
-                for r in sorted(row.records, key=lambda r: r.seed)
-            ],
-        })
+        rows.append(
+            {
+                "entry": row.entry.label,
+                "optimizer": row.entry.optimizer,
+                "arch": row.arch,
+                "baseline": row.is_baseline,
+                "hparams": dict(row.entry.hparams),
+                "schedules": {k: dict(v) for k, v in row.entry.schedules.items()},
+                "train_top1": _summary(row.train_top1),
+                "train_top5": _summary(row.train_top5),
+                "eval_top1": _summary(row.eval_top1),
+                "eval_top5": _summary(row.eval_top5),
+                "paper": dict(row.paper),
+                "difference_top1": None
+                if d is None
+                else {
+                    "mean": d.mean,
+                    "low": d.low,
+                    "high": d.high,
+                    "pairs": d.n,
+                    "seeds": list(d.seeds),
+                    "excludes_zero": d.excludes_zero,
+                },
+                "epoch_time_s": _summary(row.epoch_time),
+                "state_bytes_per_binary_weight": row.state_bytes,
+                "time_to_target": reached,
+                "runs": [
+                    {
+                        "seed": r.seed,
+                        "status": r.status
+                        if not (r.status == FINISHED and not r.finished)
+                        else "EMPTY",
+                        "config_hash": r.config_hash,
+                        "run_id": r.run_id,
+                        "reason": None if r.finished else r.outcome(),
+                        "epochs": len(r.history),
+                        "train_top1": r.final("train_top1"),
+                        "eval_top1": r.final(metric + "1"),
+                        "eval_top5": r.final(metric + "5"),
+                    }
+                    for r in sorted(row.records, key=lambda r: r.seed)
+                ],
+            }
+        )
     data = {
         "suite": suite.name,
         "description": " ".join(suite.description.split()),
@@ -514,13 +584,16 @@ def render_json(lb: Leaderboard) -> str:
     return json.dumps(to_data(lb), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-
 def protocol_changes(original: Suite, used: Suite) -> list[str]:
     """How the protocol the runs used differs from the suite file, in words."""
     changes = []
     for arch in used.archs:
-        for what, get in (("epochs", Suite.epochs_for), ("batch size", Suite.batch_size_for),
-                          ("L2", Suite.l2_for), ("options", Suite.arch_options_for)):
+        for what, get in (
+            ("epochs", Suite.epochs_for),
+            ("batch size", Suite.batch_size_for),
+            ("L2", Suite.l2_for),
+            ("options", Suite.arch_options_for),
+        ):
             before, after = get(original, arch), get(used, arch)
             if before != after:
                 changes.append(f"{arch} {what} {_value_text(before)} -> {_value_text(after)}")
@@ -547,8 +620,6 @@ def protocol_changes(original: Suite, used: Suite) -> list[str]:
     return changes
 
 
-
-
 # --- the index of all suites ------------------------------------------------------------------
 
 INDEX_FILE = "README.md"
@@ -569,7 +640,9 @@ def _headline(data: Mapping[str, Any]) -> list[str]:
 
     ranked = sorted(by_entry, key=lambda label: (-score(label), label))
     header = ["Rank", "Entry"] + [f"{a} top-1 (%)" for a in archs]
-    header += [f"Δ vs {data['baseline']}" if len(archs) == 1 else f"Δ vs {data['baseline']} ({archs[0]})"]
+    header += [
+        f"Δ vs {data['baseline']}" if len(archs) == 1 else f"Δ vs {data['baseline']} ({archs[0]})"
+    ]
     lines = []
     for rank, label in enumerate(ranked, start=1):
         rows = by_entry[label]
@@ -635,7 +708,8 @@ def render_index(results: Mapping[str, Mapping[str, Any]], defined: Mapping[str,
             out += [data["description"], ""]
         out.append(
             f"Validation column: {data['eval_name']}. Hardware: "
-            + ("; ".join(data["hardware"]) or "not recorded") + "."
+            + ("; ".join(data["hardware"]) or "not recorded")
+            + "."
         )
         out.append("")
         out += _headline(data)
@@ -651,5 +725,3 @@ def _budget_summary(data: Mapping[str, Any]) -> str:
         f"{'/'.join(map(str, epochs))} epochs, {len(data['seeds'])} seeds, "
         f"{done}/{len(runs)} runs finished"
     )
-
-

@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"benchbnn {__version__}")
     parser.add_argument(
-        "-p", dest="plugin_modules", action="append", default=[], metavar="MODULE",
+        "-p",
+        dest="plugin_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="load MODULE as a plugin too (repeatable); see also BENCHBNN_PLUGINS",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -34,23 +34,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     add_suite_argument(parser)
-    parser.add_argument("--optimizers", metavar="O[,O...]",
-                        help="entries to sweep, by label or optimizer (default: every entry)")
-    parser.add_argument("--hparams", metavar="H[,H...]",
-                        help="hyperparameters to sweep (default: the log-scale search space)")
-    parser.add_argument("--factors", default="-2,-1,1,2", metavar="F[,F...]",
-                        help="powers of ten around the base value; write --factors=-1,1 "
-                             "(with =: the value starts with a minus) (default: -2,-1,1,2)")
-    parser.add_argument("--seeds", type=int, metavar="K",
-                        help="seeds per point (default: the suite's)")
+    parser.add_argument(
+        "--optimizers",
+        metavar="O[,O...]",
+        help="entries to sweep, by label or optimizer (default: every entry)",
+    )
+    parser.add_argument(
+        "--hparams",
+        metavar="H[,H...]",
+        help="hyperparameters to sweep (default: the log-scale search space)",
+    )
+    parser.add_argument(
+        "--factors",
+        default="-2,-1,1,2",
+        metavar="F[,F...]",
+        help="powers of ten around the base value; write --factors=-1,1 "
+        "(with =: the value starts with a minus) (default: -2,-1,1,2)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, metavar="K", help="seeds per point (default: the suite's)"
+    )
     parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
     parser.add_argument("--arch", metavar="A", help="architecture (default: the suite's first)")
     add_device_arguments(parser)
     add_tracking_uri_argument(parser)
-    parser.add_argument("--out", metavar="DIR",
-                        help="output directory (default: leaderboards/SUITE/ablation)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="train diverged points again instead of reporting them as diverged")
+    parser.add_argument(
+        "--out", metavar="DIR", help="output directory (default: leaderboards/SUITE/ablation)"
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train diverged points again instead of reporting them as diverged",
+    )
     parser.add_argument("--quiet", action="store_true", help="no training progress")
 
 
@@ -62,13 +77,24 @@ def main(args: argparse.Namespace) -> int:
     from benchbnn.tune.ablation import ablate
 
     result = ablate(
-        args.suite, optimizers=_names(args.optimizers), hparams=_names(args.hparams),
-        factors=args.factors, seeds=args.seeds, epochs=args.epochs, arch=args.arch,
-        data_dir=args.data_dir, tracking_uri=args.tracking_uri, out=args.out, device=args.device,
-        quiet=args.quiet, retry_failed=args.retry_failed,
+        args.suite,
+        optimizers=_names(args.optimizers),
+        hparams=_names(args.hparams),
+        factors=args.factors,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        arch=args.arch,
+        data_dir=args.data_dir,
+        tracking_uri=args.tracking_uri,
+        out=args.out,
+        device=args.device,
+        quiet=args.quiet,
+        retry_failed=args.retry_failed,
     )
     for s in result.spreads:
         if s.hparam == "all" and s.minimum is not None:
-            print(f"{s.label}: final accuracy {s.minimum:.2f}-{s.maximum:.2f}% over {s.points} "
-                  f"points (range {s.range:.2f}, std {s.std:.2f})")
+            print(
+                f"{s.label}: final accuracy {s.minimum:.2f}-{s.maximum:.2f}% over {s.points} "
+                f"points (range {s.range:.2f}, std {s.std:.2f})"
+            )
     return 0

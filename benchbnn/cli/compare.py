@@ -44,28 +44,46 @@ def override_value(text: str) -> tuple[str, Any]:
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that choose the runs (shared with ``benchbnn leaderboard``)."""
     add_suite_argument(parser)
-    parser.add_argument("--seeds", type=seeds_value, metavar="N|LIST",
-                        help="number of seeds (the suite's first N) or a list like 0,1,2")
-    parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
-    parser.add_argument("--subset", type=int, metavar="N",
-                        help="train on N images of the training split")
     parser.add_argument(
-        "--optimizers", metavar="A,B",
+        "--seeds",
+        type=seeds_value,
+        metavar="N|LIST",
+        help="number of seeds (the suite's first N) or a list like 0,1,2",
+    )
+    parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
+    parser.add_argument(
+        "--subset", type=int, metavar="N", help="train on N images of the training split"
+    )
+    parser.add_argument(
+        "--optimizers",
+        metavar="A,B",
         help="keep only these entries (labels or optimizer names; the baseline stays); an "
         "optimizer the suite lacks is added with its defaults; '+name' adds without filtering",
     )
     parser.add_argument(
-        "--override", action="append", default=[], type=override_value, metavar="KEY=VALUE",
+        "--override",
+        action="append",
+        default=[],
+        type=override_value,
+        metavar="KEY=VALUE",
         help="change another protocol key (batch_size, val_fraction, l2, target_accuracy, "
         "arch_options, dataset_options; VALUE as JSON), e.g. --override 'arch_options={\"width\": 0.25}'",
     )
     add_tracking_uri_argument(parser)
-    parser.add_argument("--experiment", default=None, metavar="NAME",
-                        help="MLflow experiment (default: benchbnn)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: leaderboards/<suite>/)")
-    parser.add_argument("--tuned", action="store_true",
-                        help="use each entry's best hyperparameters from its 'benchbnn tune' study")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage of the studies (with --tuned)")
+    parser.add_argument(
+        "--experiment", default=None, metavar="NAME", help="MLflow experiment (default: benchbnn)"
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: leaderboards/<suite>/)"
+    )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="use each entry's best hyperparameters from its 'benchbnn tune' study",
+    )
+    parser.add_argument(
+        "--storage", metavar="URL", help="Optuna storage of the studies (with --tuned)"
+    )
     parser.add_argument("--study", metavar="NAME", help="Optuna study name (with --tuned)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
 
@@ -109,13 +127,22 @@ def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protocol_arguments(parser)
     add_device_arguments(parser)
-    parser.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="where run checkpoints live (default: ./.benchbnn/checkpoints)")
-    parser.add_argument("--data-note", metavar="TEXT",
-                        help="which copy of the data this is, recorded with every run trained "
-                        "and named in the leaderboard (e.g. 'CIFAR-10 (JPEG copy)')")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="train again the runs recorded as failed instead of showing them")
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="where run checkpoints live (default: ./.benchbnn/checkpoints)",
+    )
+    parser.add_argument(
+        "--data-note",
+        metavar="TEXT",
+        help="which copy of the data this is, recorded with every run trained "
+        "and named in the leaderboard (e.g. 'CIFAR-10 (JPEG copy)')",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train again the runs recorded as failed instead of showing them",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
 
 

@@ -22,14 +22,27 @@ ORDER = 20
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", metavar="ARCH", help="architecture name (see 'benchbnn plugins')")
-    parser.add_argument("--image-size", type=int, default=32, metavar="N",
-                        help="input height and width (default 32; 224 for ImageNet layouts)")
-    parser.add_argument("--in-channels", type=int, default=3, metavar="C",
-                        help="input channels (default 3)")
-    parser.add_argument("--num-classes", type=int, default=10, metavar="K",
-                        help="number of classes (default 10)")
-    parser.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                        help="architecture option, e.g. width=0.5 (repeatable)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="input height and width (default 32; 224 for ImageNet layouts)",
+    )
+    parser.add_argument(
+        "--in-channels", type=int, default=3, metavar="C", help="input channels (default 3)"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=10, metavar="K", help="number of classes (default 10)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture option, e.g. width=0.5 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the breakdown as JSON")
 
 
@@ -50,15 +63,17 @@ def _output_shapes(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[
     shapes: dict[str, list[int]] = {}
     handles = []
     for name, module in model.named_modules():
+
         def record(_module: Any, _inputs: Any, output: Any, name: str = name) -> None:
             if isinstance(output, torch.Tensor):
                 shapes[name or "(model)"] = list(output.shape[1:])
+
         handles.append(module.register_forward_hook(record))
     try:
         model.eval()
         with torch.no_grad():
             model(torch.zeros((1, *input_size), device="meta"))
-    except Exception:  # noqa: BLE001 - shapes are a convenience; counts do not need them
+    except Exception:
         shapes.clear()
     finally:
         for handle in handles:
@@ -66,8 +81,13 @@ def _output_shapes(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[
     return shapes
 
 
-def describe(arch: str, image_size: int = 32, in_channels: int = 3, num_classes: int = 10,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(
+    arch: str,
+    image_size: int = 32,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The breakdown ``benchbnn describe`` prints, as data."""
     from benchbnn.core.binary import parameter_breakdown
     from benchbnn.core.plugins import get_architecture
@@ -80,7 +100,7 @@ def describe(arch: str, image_size: int = 32, in_channels: int = 3, num_classes:
             model = spec.build(**build, **options)
     except BenchbnnError:
         raise
-    except Exception:  # noqa: BLE001 - a plugin whose construction needs real tensors
+    except Exception:
         model = spec.build(**build, **options)
     breakdown = parameter_breakdown(model)
     shapes = _output_shapes(model, (in_channels, image_size, image_size))
@@ -101,33 +121,53 @@ def _format_options(options: dict[str, Any]) -> str:
 
 def _print_table(data: dict[str, Any]) -> None:
     c, h, w = data["input"]
-    print(f"{data['arch']}: {c}x{h}x{w} input, {data['num_classes']} classes, "
-          f"options: {_format_options(data['options'])}")
+    print(
+        f"{data['arch']}: {c}x{h}x{w} input, {data['num_classes']} classes, "
+        f"options: {_format_options(data['options'])}"
+    )
     print(f"  binary weights          {data['binary_weights']:>14,}  (1 bit each)")
     print(f"  real-valued parameters  {data['real_parameters']:>14,}  (trainable, 32 bits)")
     if data["frozen_parameters"]:
         print(f"  frozen parameters       {data['frozen_parameters']:>14,}  (32 bits)")
     print(f"  real-valued state       {data['state']:>14,}  (batch-norm statistics, 32 bits)")
     print(f"  trainable parameters    {data['trainable_parameters']:>14,}")
-    print(f"  size                    {data['size_mb']:>14.2f}  MB (2^20 bytes; "
-          f"{data['float32_size_mb']:.2f} MB in float32, {data['compression']:.1f}x smaller)")
+    print(
+        f"  size                    {data['size_mb']:>14.2f}  MB (2^20 bytes; "
+        f"{data['float32_size_mb']:.2f} MB in float32, {data['compression']:.1f}x smaller)"
+    )
     print()
     rows = [("layer", "type", "output", "binary", "real")]
     for row in data["layers"]:
         output = "x".join(map(str, row["output"])) if row.get("output") else "-"
-        rows.append((row["name"], row["type"], output, f"{row['binary_weights']:,}",
-                     f"{row['real_parameters'] + row['frozen_parameters']:,}"))
+        rows.append(
+            (
+                row["name"],
+                row["type"],
+                output,
+                f"{row['binary_weights']:,}",
+                f"{row['real_parameters'] + row['frozen_parameters']:,}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  " + "  ".join(
-            cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(r)
-        ))
+        print(
+            "  "
+            + "  ".join(
+                cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i])
+                for i, cell in enumerate(r)
+            )
+        )
 
 
 def main(args: argparse.Namespace) -> int:
     options = dict(parse_option(text) for text in args.options)
-    data = describe(args.arch, image_size=args.image_size, in_channels=args.in_channels,
-                    num_classes=args.num_classes, options=options)
+    data = describe(
+        args.arch,
+        image_size=args.image_size,
+        in_channels=args.in_channels,
+        num_classes=args.num_classes,
+        options=options,
+    )
     if args.json:
         print(json.dumps(data, indent=2, default=str))
     else:

@@ -50,60 +50,119 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     add_suite_argument(parser)
     parser.add_argument("--optimizer", required=True, metavar="O", help="the optimizer to tune")
-    parser.add_argument("--trials", type=int, metavar="N",
-                        help=f"total trials the study should have (default {DEFAULT_TRIALS}; "
-                             f"grid: the grid size)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                        help="tpe (multivariate, constant liar), grid (powers of ten on log "
-                             "ranges) or random (default: tpe)")
-    parser.add_argument("--pruner", choices=PRUNERS, default="median",
-                        help="stop hopeless trials early: median (below the median of earlier "
-                             "trials at the same epoch, after 3 trials and the first quarter of "
-                             "the epochs), hyperband (reduction factor 3) or none "
-                             "(default: median)")
-    parser.add_argument("--storage", metavar="URL",
-                        help="Optuna storage: a journal file path or a database URL "
-                             "(default: $BENCHBNN_TUNE_STORAGE, else TUNE_DIR/optuna.journal)")
-    parser.add_argument("--study", metavar="NAME",
-                        help="study name (default: SUITE-OPTIMIZER[-ENTRY])")
-    parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                        help="score each trial by the mean over K seeds (default 1)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help=f"total trials the study should have (default {DEFAULT_TRIALS}; grid: the grid size)",
+    )
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="tpe (multivariate, constant liar), grid (powers of ten on log "
+        "ranges) or random (default: tpe)",
+    )
+    parser.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default="median",
+        help="stop hopeless trials early: median (below the median of earlier "
+        "trials at the same epoch, after 3 trials and the first quarter of "
+        "the epochs), hyperband (reduction factor 3) or none "
+        "(default: median)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: a journal file path or a database URL "
+        "(default: $BENCHBNN_TUNE_STORAGE, else TUNE_DIR/optuna.journal)",
+    )
+    parser.add_argument(
+        "--study", metavar="NAME", help="study name (default: SUITE-OPTIMIZER[-ENTRY])"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="score each trial by the mean over K seeds (default 1)",
+    )
     parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
-    parser.add_argument("--entry", metavar="LABEL",
-                        help="the suite entry whose base point to start from (needed when "
-                             "several entries use the optimizer)")
+    parser.add_argument(
+        "--entry",
+        metavar="LABEL",
+        help="the suite entry whose base point to start from (needed when "
+        "several entries use the optimizer)",
+    )
     parser.add_argument("--arch", metavar="A", help="architecture (default: the suite's first)")
     add_device_arguments(parser)
     add_tracking_uri_argument(parser)
-    parser.add_argument("--out", metavar="TUNE_DIR",
-                        help="directory for the default storage and best.json (default: tuning)")
-    parser.add_argument("--sampler-seed", type=int, default=0, metavar="S",
-                        help="seed of the sampler; each trial draws from (S, trial number), so "
-                             "workers never repeat each other (default 0)")
-    parser.add_argument("--startup-trials", type=int, default=TPE_STARTUP_TRIALS, metavar="N",
-                        help=f"random trials before TPE models the results "
-                             f"(default {TPE_STARTUP_TRIALS})")
-    parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SECONDS",
-                        help="heartbeat interval on database storages; a trial silent for three "
-                             f"intervals is failed and retried (default {DEFAULT_HEARTBEAT_S})")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no per-epoch training progress: one summary line per trial run and the final result")
+    parser.add_argument(
+        "--out",
+        metavar="TUNE_DIR",
+        help="directory for the default storage and best.json (default: tuning)",
+    )
+    parser.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the sampler; each trial draws from (S, trial number), so "
+        "workers never repeat each other (default 0)",
+    )
+    parser.add_argument(
+        "--startup-trials",
+        type=int,
+        default=TPE_STARTUP_TRIALS,
+        metavar="N",
+        help=f"random trials before TPE models the results (default {TPE_STARTUP_TRIALS})",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="SECONDS",
+        help="heartbeat interval on database storages; a trial silent for three "
+        f"intervals is failed and retried (default {DEFAULT_HEARTBEAT_S})",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no per-epoch training progress: one summary line per trial run and the final result",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from benchbnn.tune.tuning import tune
 
     result = tune(
-        args.suite, args.optimizer, trials=args.trials, sampler=args.sampler, pruner=args.pruner,
-        storage=args.storage, study=args.study, seeds=args.seeds, epochs=args.epochs,
-        entry=args.entry, arch=args.arch, data_dir=args.data_dir, tracking_uri=args.tracking_uri,
-        out=args.out, device=args.device, quiet=args.quiet, sampler_seed=args.sampler_seed,
-        heartbeat=args.heartbeat, startup_trials=args.startup_trials,
+        args.suite,
+        args.optimizer,
+        trials=args.trials,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        storage=args.storage,
+        study=args.study,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        entry=args.entry,
+        arch=args.arch,
+        data_dir=args.data_dir,
+        tracking_uri=args.tracking_uri,
+        out=args.out,
+        device=args.device,
+        quiet=args.quiet,
+        sampler_seed=args.sampler_seed,
+        heartbeat=args.heartbeat,
+        startup_trials=args.startup_trials,
     )
     c = result.counts
-    print(f"study {result.study_name!r}: {c.done}/{result.target} trials counted "
-          f"({c.complete} complete, {c.pruned} pruned, {c.failed} diverged); "
-          f"{result.trials_run} run by this worker")
+    print(
+        f"study {result.study_name!r}: {c.done}/{result.target} trials counted "
+        f"({c.complete} complete, {c.pruned} pruned, {c.failed} diverged); "
+        f"{result.trials_run} run by this worker"
+    )
     if result.best is not None:
         print(f"best: {result.best.describe()}")
         if result.best_path is not None:

@@ -204,8 +204,16 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         dtype: Any = None,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            device=device,
+            dtype=dtype,
         )
         self._init_binary(input_quantizer, scale_weights)
 
@@ -319,9 +327,14 @@ def parameter_breakdown(model: nn.Module) -> dict[str, Any]:
     layers = []
     totals = {"binary_weights": 0, "real_parameters": 0, "frozen_parameters": 0, "state": 0}
     for name, module in model.named_modules():
-        row = {"name": name or "(model)", "type": type(module).__name__,
-               "binary_weights": 0, "real_parameters": 0, "frozen_parameters": 0,
-               "state": _state_size(module)}
+        row = {
+            "name": name or "(model)",
+            "type": type(module).__name__,
+            "binary_weights": 0,
+            "real_parameters": 0,
+            "frozen_parameters": 0,
+            "state": _state_size(module),
+        }
         for param in module.parameters(recurse=False):
             if id(param) in seen:
                 continue

@@ -41,14 +41,29 @@ TAG_BEST_PREFIX = "benchbnn.best."
 
 # --- metrics ---
 EPOCH_METRICS = (
-    "train_loss", "train_top1", "train_top5",
-    "val_loss", "val_top1", "val_top5",
-    "test_loss", "test_top1", "test_top5",
-    "epoch_time_s", "images_per_s", "flip_ratio", "flip_log_ratio", "lr",
+    "train_loss",
+    "train_top1",
+    "train_top5",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "epoch_time_s",
+    "images_per_s",
+    "flip_ratio",
+    "flip_log_ratio",
+    "lr",
 )
 STEP_METRICS = ("step_flip_log_ratio",)
 STEP_FLIP_METRIC = "step_flip_log_ratio"
-RUN_METRICS = ("binary_weights", "real_parameters", "state_bytes_per_binary_weight", "peak_memory_mb")
+RUN_METRICS = (
+    "binary_weights",
+    "real_parameters",
+    "state_bytes_per_binary_weight",
+    "peak_memory_mb",
+)
 
 # --- params and artifacts ---
 # MLflow params: the RunConfig fields by name (dataset, arch, optimizer, epochs, batch_size,

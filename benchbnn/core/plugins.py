@@ -170,7 +170,7 @@ class _Loader:
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
+            except Exception as exc:
                 self.fail(ep.name, distribution, f"failed to import {ep.value}: {exc!r}")
                 continue
             self.register(obj, ep.name, distribution, version)
@@ -182,7 +182,7 @@ class _Loader:
                 continue
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.fail(module_name, "local module", f"failed to import: {exc!r}")
                 continue
             self.register(module, module_name, "local module", "-")
@@ -208,12 +208,13 @@ class _Loader:
                 info = self.registry.plugins[impl.plugin_name]
                 try:
                     records = impl.function()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.fail(info.name, info.distribution, f"{hook_name}() raised {exc!r}")
                     continue
                 if not isinstance(records, (list, tuple)):
                     self.fail(
-                        info.name, info.distribution,
+                        info.name,
+                        info.distribution,
                         f"{hook_name}() must return a list of {record_type.__name__}, "
                         f"got {type(records).__name__}",
                     )
@@ -221,7 +222,8 @@ class _Loader:
                 for record in records:
                     if not isinstance(record, record_type):
                         self.fail(
-                            info.name, info.distribution,
+                            info.name,
+                            info.distribution,
                             f"{hook_name}() returned {record!r}, not a {record_type.__name__}",
                         )
                         continue
@@ -237,8 +239,11 @@ class _Loader:
                     table.pop(name, None)
                     self.registry.clashes[kind, name] = infos
                     both = " and ".join(f"{i.distribution} (plugin {i.name!r})" for i in infos)
-                    self.fail(infos[-1].name, infos[-1].distribution,
-                              f"{kind} name {name!r} is registered by {both}")
+                    self.fail(
+                        infos[-1].name,
+                        infos[-1].distribution,
+                        f"{kind} name {name!r} is registered by {both}",
+                    )
             self.registry.entries[kind] = table
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from benchbnn.core.errors import HyperparameterError, PluginError, did_you_mean
-from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError, HyperparameterError, PluginError, did_you_mean
 
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -295,7 +294,7 @@ class ArchitectureSpec:
 #: Augmentation operations the in-memory pipeline applies, vectorized per batch.
 AUGMENTATION_OPS = {
     "crop": "crop:P pads every side by P pixels (value 0 after normalization) and takes a random "
-            "crop of the original size",
+    "crop of the original size",
     "flip": "flip mirrors each image horizontally with probability 1/2",
 }
 
@@ -312,8 +311,10 @@ def parse_augmentation(text: str) -> tuple[tuple[str, int], ...]:
     for part in text.split(","):
         name, _, arg = part.strip().partition(":")
         if name not in AUGMENTATION_OPS:
-            raise ValueError(f"unknown augmentation {name!r} in {text!r}; known: "
-                             f"{'; '.join(AUGMENTATION_OPS.values())}")
+            raise ValueError(
+                f"unknown augmentation {name!r} in {text!r}; known: "
+                f"{'; '.join(AUGMENTATION_OPS.values())}"
+            )
         if name == "crop":
             if not arg.isdigit():
                 raise ValueError(f"augmentation {part.strip()!r} needs a padding: crop:P, P >= 0")
@@ -388,24 +389,30 @@ class DatasetSpec:
         std = std * channels if len(std) == 1 else std
         return [m * self.pixel_max for m in mean], [s * self.pixel_max for s in std]
 
-    def resolve_options(self, options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    def resolve_options(
+        self, options: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, Any], str]:
         """``(loader options with defaults filled in, augmentation text)``; unknown names raise."""
 
         owner = f"dataset {self.name!r}"
         given = dict(options or {})
         augmentation = given.pop("augmentation", self.augmentation)
         if not isinstance(augmentation, str):
-            raise BenchbnnError(f"{owner}: option 'augmentation' must be a string such as "
-                                f"'crop:4,flip' or 'none', got {augmentation!r}")
+            raise BenchbnnError(
+                f"{owner}: option 'augmentation' must be a string such as "
+                f"'crop:4,flip' or 'none', got {augmentation!r}"
+            )
         if self.in_memory:
             try:
                 parse_augmentation(augmentation)
             except ValueError as exc:
                 raise BenchbnnError(f"{owner}: {exc}") from None
         elif augmentation != self.augmentation and augmentation.strip().lower() not in ("", "none"):
-            raise BenchbnnError(f"{owner}: its loader fixes the augmentation "
-                                f"({self.augmentation or 'none'}); only 'none' can turn it off")
-        resolved = {k: v for k, v in self.options.items()}
+            raise BenchbnnError(
+                f"{owner}: its loader fixes the augmentation "
+                f"({self.augmentation or 'none'}); only 'none' can turn it off"
+            )
+        resolved = dict(self.options.items())
         for key, value in given.items():
             if key not in self.options:
                 valid = sorted([*self.options, *self.PIPELINE_OPTIONS])
@@ -429,7 +436,10 @@ class DatasetSpec:
             )
 
     def read_tensors(
-        self, root: str | Path | None = None, split: str = "train", download: bool = False,
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        download: bool = False,
         **options: Any,
     ):
         """The split as :class:`~benchbnn.data.tensors.ImageTensors` (``tensors`` data sets only)."""
@@ -443,8 +453,12 @@ class DatasetSpec:
         return data
 
     def load(
-        self, root: str | Path | None = None, split: str = "train", download: bool = False,
-        augment: bool | None = None, **options: Any,
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        download: bool = False,
+        augment: bool | None = None,
+        **options: Any,
     ):
         """A torch ``Dataset`` of ``(CxHxW float tensor, int label)`` for ``split``.
 
@@ -458,7 +472,6 @@ class DatasetSpec:
         if augmentation.strip().lower() in ("", "none"):
             augment = False
         if self.in_memory:
-
             data = self.read_tensors(root=root, split=split, download=download, **resolved)
             return data.as_dataset(self, augmentation if augment else "")
         return self.loader(root=root, split=split, download=download, augment=augment, **resolved)
@@ -490,7 +503,9 @@ class DatasetSpec:
             raise PluginError(f"{owner}: image_shape must be (C, H, W) positive ints")
         for label, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (0, 1, shape[0]):
-                raise PluginError(f"{owner}: {label} needs 1 or {shape[0]} values, got {len(values)}")
+                raise PluginError(
+                    f"{owner}: {label} needs 1 or {shape[0]} values, got {len(values)}"
+                )
         if any(not s > 0 for s in self.std) or not self.pixel_max > 0:
             raise PluginError(f"{owner}: std and pixel_max must be positive")
         if self.in_memory:

@@ -23,7 +23,9 @@ class AugmentParams:
     flips: torch.Tensor | None  # (n,) bool
 
     @classmethod
-    def draw(cls, ops: tuple[tuple[str, int], ...], n: int, generator: torch.Generator) -> AugmentParams:
+    def draw(
+        cls, ops: tuple[tuple[str, int], ...], n: int, generator: torch.Generator
+    ) -> AugmentParams:
         table = dict(ops)
         offsets = flips = None
         if "crop" in table:
@@ -33,7 +35,7 @@ class AugmentParams:
         return cls(offsets, flips)
 
     def take(self, positions: torch.Tensor, device: torch.device) -> AugmentParams:
-        pick = lambda t: None if t is None else t[positions].to(device, non_blocking=True)  # noqa: E731
+        pick = lambda t: None if t is None else t[positions].to(device, non_blocking=True)
         return AugmentParams(pick(self.offsets), pick(self.flips))
 
 
@@ -71,7 +73,9 @@ def transform_batch(
     gathered = flat.gather(2, source.reshape(batch, 1, -1).expand(batch, channels, -1))
     out = gathered.view(batch, channels, height, width).to(torch.float32).sub_(offset).div_(divisor)
     if offsets is not None and pad > 0:
-        outside = ((rows < 0) | (rows >= height))[:, :, None] | ((cols < 0) | (cols >= width))[:, None, :]
+        outside = ((rows < 0) | (rows >= height))[:, :, None] | ((cols < 0) | (cols >= width))[
+            :, None, :
+        ]
         out.masked_fill_(outside[:, None], 0.0)
     return out
 

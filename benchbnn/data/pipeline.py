@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
-from benchbnn.data.tensors import ImageTensors
 from benchbnn.core.errors import BenchbnnError, DataError
+from benchbnn.core.plugins import get_dataset
 from benchbnn.core.specs import DatasetSpec
 from benchbnn.data.augment import AugmentParams, Normalizer
-from benchbnn.core.plugins import get_dataset
+from benchbnn.data.tensors import ImageTensors
 
 #: Seed of the subset and validation splits: fixed, so they are the same for every run seed.
 SPLIT_SEED = 20210617
@@ -155,8 +155,17 @@ def _pipeline_threads() -> Iterator[None]:
 class _ShardedLoader:
     """What both loaders share: which positions of ``indices`` this rank reads in an epoch."""
 
-    def __init__(self, indices: torch.Tensor, *, batch_size: int, seed: int, train: bool,
-                 device: torch.device, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        train: bool,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.indices = indices
         self.batch_size = batch_size
         self.seed = seed
@@ -185,7 +194,9 @@ class _ShardedLoader:
     def _positions(self) -> torch.Tensor:
         if not self.train:
             return eval_positions(self.dataset_size, self.rank, self.world_size)
-        positions = train_positions(self.dataset_size, self.seed, self.epoch, self.rank, self.world_size)
+        positions = train_positions(
+            self.dataset_size, self.seed, self.epoch, self.rank, self.world_size
+        )
         return positions[: self.num_samples]
 
     def _augment_generator(self) -> torch.Generator:
@@ -200,12 +211,16 @@ class BatchLoader(_ShardedLoader):
     loaders do none of these (see the module docstring).
     """
 
-    def __init__(self, data: ImageTensors, indices: torch.Tensor, normalizer: Normalizer, **kwargs: Any):
+    def __init__(
+        self, data: ImageTensors, indices: torch.Tensor, normalizer: Normalizer, **kwargs: Any
+    ):
         super().__init__(indices, **kwargs)
         self.data = data
         self.normalizer = normalizer
 
-    def _batch(self, positions: torch.Tensor, params: AugmentParams | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(
+        self, positions: torch.Tensor, params: AugmentParams | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.indices[positions]
         x = self.data.images.index_select(0, index)
         y = self.data.labels.index_select(0, index)
@@ -219,7 +234,9 @@ class BatchLoader(_ShardedLoader):
         positions = self._positions()
         params = None
         if self.train and self.normalizer.ops:
-            params = AugmentParams.draw(self.normalizer.ops, self.dataset_size, self._augment_generator())
+            params = AugmentParams.draw(
+                self.normalizer.ops, self.dataset_size, self._augment_generator()
+            )
         for start in range(0, len(positions), self.batch_size):
             with _pipeline_threads():
                 batch = self._batch(positions[start : start + self.batch_size], params)
@@ -250,7 +267,7 @@ class _SeededItems(torch.utils.data.Dataset):
                 rng.set_state(state)
         except BenchbnnError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a decoder or transform failing on one file
+        except Exception as exc:
             samples = getattr(self.dataset, "samples", None)
             where = samples[index][0] if samples is not None else f"item {index}"
             raise DataError(f"cannot read {where}: {exc!r}") from None
@@ -284,8 +301,10 @@ class StreamLoader(_ShardedLoader):
             generator=derived_generator("workers", self.seed, self.epoch),  # not the global RNG
         )
         for x, y in loader:
-            yield (x.to(self.device, non_blocking=True),
-                   torch.as_tensor(y, dtype=torch.int64).to(self.device, non_blocking=True))
+            yield (
+                x.to(self.device, non_blocking=True),
+                torch.as_tensor(y, dtype=torch.int64).to(self.device, non_blocking=True),
+            )
 
 
 # --- the Dataset view of in-memory data (what DatasetSpec.load returns) -------------------------
@@ -309,13 +328,21 @@ class DataBundle:
     @property
     def sizes(self) -> dict[str, int]:
         """Images in each part over all ranks (before the training loader drops remainders)."""
-        return {"train": self.train.dataset_size,
-                "val": self.val.dataset_size if self.val is not None else 0,
-                "test": self.test.dataset_size}
+        return {
+            "train": self.train.dataset_size,
+            "val": self.val.dataset_size if self.val is not None else 0,
+            "test": self.test.dataset_size,
+        }
 
 
-def _check_arguments(batch_size: int, eval_batch_size: int, subset: int | None,
-                     val_fraction: float, rank: int, world_size: int) -> None:
+def _check_arguments(
+    batch_size: int,
+    eval_batch_size: int,
+    subset: int | None,
+    val_fraction: float,
+    rank: int,
+    world_size: int,
+) -> None:
     def positive_int(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BenchbnnError(f"{name} must be a positive whole number, got {value!r}")
@@ -331,8 +358,14 @@ def _check_arguments(batch_size: int, eval_batch_size: int, subset: int | None,
         raise BenchbnnError(f"rank {rank!r} is outside [0, {world_size})")
 
 
-def _select(labels: torch.Tensor | None, n: int, num_classes: int, subset: int | None,
-            val_fraction: float, dataset: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _select(
+    labels: torch.Tensor | None,
+    n: int,
+    num_classes: int,
+    subset: int | None,
+    val_fraction: float,
+    dataset: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(training indices, validation indices or None) into a training split of ``n`` images."""
     if labels is None:  # a Dataset without targets: split without stratification
         labels, num_classes = torch.zeros(n, dtype=torch.int64), 1
@@ -357,7 +390,9 @@ def default_num_workers() -> int:
         try:
             return max(0, int(configured))
         except ValueError:
-            raise BenchbnnError(f"BENCHBNN_NUM_WORKERS must be a whole number, got {configured!r}") from None
+            raise BenchbnnError(
+                f"BENCHBNN_NUM_WORKERS must be a whole number, got {configured!r}"
+            ) from None
     return min(8, os.cpu_count() or 1)
 
 
@@ -395,19 +430,30 @@ def build_loaders(
     if spec.in_memory:
         train_data = spec.read_tensors(data_dir, "train", download, **loader_options)
         test_data = spec.read_tensors(data_dir, "test", download, **loader_options)
-        if test_data.image_shape != train_data.image_shape or test_data.num_classes != train_data.num_classes:
-            raise DataError(f"dataset {spec.name!r}: train and test splits differ in image shape "
-                            f"or number of classes (data directory: {data_dir})")
+        if (
+            test_data.image_shape != train_data.image_shape
+            or test_data.num_classes != train_data.num_classes
+        ):
+            raise DataError(
+                f"dataset {spec.name!r}: train and test splits differ in image shape "
+                f"or number of classes (data directory: {data_dir})"
+            )
         num_classes, shape = train_data.num_classes, train_data.image_shape
-        train_idx, val_idx = _select(train_data.labels, len(train_data), num_classes, subset,
-                                     val_fraction, spec.name)
+        train_idx, val_idx = _select(
+            train_data.labels, len(train_data), num_classes, subset, val_fraction, spec.name
+        )
         channels = shape[0]
         train_norm = Normalizer(spec, augmentation, channels, device)
         eval_norm = Normalizer(spec, "", channels, device)
-        make = lambda data, idx, norm, bs, train: BatchLoader(  # noqa: E731
-            data, idx, norm, batch_size=bs, train=train, **common)
+        make = lambda data, idx, norm, bs, train: BatchLoader(
+            data, idx, norm, batch_size=bs, train=train, **common
+        )
         train = make(train_data, train_idx, train_norm, batch_size, True)
-        val = make(train_data, val_idx, eval_norm, eval_batch_size, False) if val_idx is not None else None
+        val = (
+            make(train_data, val_idx, eval_norm, eval_batch_size, False)
+            if val_idx is not None
+            else None
+        )
         test = make(test_data, torch.arange(len(test_data)), eval_norm, eval_batch_size, False)
         classes = train_data.classes
     else:
@@ -418,10 +464,13 @@ def build_loaders(
         num_classes = len(classes) or spec.num_classes
         targets = getattr(train_set, "targets", None)
         labels = torch.as_tensor(targets, dtype=torch.int64) if targets is not None else None
-        train_idx, val_idx = _select(labels, len(train_set), num_classes, subset, val_fraction, spec.name)
+        train_idx, val_idx = _select(
+            labels, len(train_set), num_classes, subset, val_fraction, spec.name
+        )
         workers = default_num_workers() if num_workers is None else num_workers
-        make = lambda ds, idx, bs, train: StreamLoader(  # noqa: E731
-            ds, idx, batch_size=bs, train=train, num_workers=workers, **common)
+        make = lambda ds, idx, bs, train: StreamLoader(
+            ds, idx, batch_size=bs, train=train, num_workers=workers, **common
+        )
         train = make(train_set, train_idx, batch_size, True)
         val = None
         if val_idx is not None:

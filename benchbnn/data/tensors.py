@@ -76,16 +76,16 @@ class ImageTensors:
         if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
             raise BenchbnnError(f"{owner}: labels must be an int64 tensor of shape (N,)")
         if images.shape[0] != labels.shape[0]:
-            raise BenchbnnError(
-                f"{owner}: {images.shape[0]} images but {labels.shape[0]} labels"
-            )
+            raise BenchbnnError(f"{owner}: {images.shape[0]} images but {labels.shape[0]} labels")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise BenchbnnError(
                 f"{owner}: labels must lie in [0, {self.num_classes}), found "
                 f"{int(labels.min())}..{int(labels.max())}"
             )
         if self.classes and len(self.classes) != self.num_classes:
-            raise BenchbnnError(f"{owner}: {len(self.classes)} class names for {self.num_classes} classes")
+            raise BenchbnnError(
+                f"{owner}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
 
     def as_dataset(self, spec: DatasetSpec, augmentation: str = "") -> TensorImageDataset:
         """A per-item torch ``Dataset`` view normalized (and augmented) as ``spec`` says."""
@@ -143,7 +143,7 @@ def source_identity(sources: Sequence[Path | str], base: Path | None) -> list[li
         if prefix is None:
             name = os.path.basename(path)
         elif path.startswith(prefix):
-            name = path[len(prefix):]
+            name = path[len(prefix) :]
         else:
             name = os.path.relpath(path, base)
         identity.append([name, stat.st_size, stat.st_mtime_ns])
@@ -152,9 +152,15 @@ def source_identity(sources: Sequence[Path | str], base: Path | None) -> list[li
 
 def cache_key(name: str, split: str, identity: list[list[Any]], version: Mapping[str, Any]) -> str:
     text = json.dumps(
-        {"format": CACHE_FORMAT_VERSION, "name": name, "split": split, "version": dict(version),
-         "sources": identity},
-        sort_keys=True, separators=(",", ":"),
+        {
+            "format": CACHE_FORMAT_VERSION,
+            "name": name,
+            "split": split,
+            "version": dict(version),
+            "sources": identity,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -191,8 +197,10 @@ def _read_entry(entry: Path) -> ImageTensors:
     if labels.shape != (images.shape[0],):
         raise ValueError("labels.npy does not match images.npy")
     return ImageTensors(
-        torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64, copy=False)),
-        int(meta["num_classes"]), tuple(meta.get("classes", ())),
+        torch.from_numpy(images),
+        torch.from_numpy(labels.astype(np.int64, copy=False)),
+        int(meta["num_classes"]),
+        tuple(meta.get("classes", ())),
     )
 
 
@@ -206,16 +214,22 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 def _write_entry(parent: Path, entry_name: str, data: ImageTensors, identity: list) -> Path:
     """Write ``data`` as ``parent/entry_name`` atomically: a temporary directory, then a rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-",
-                                dir=parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=parent)
+    )
     final = parent / entry_name
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; other users of the data may read it
         _save_array(tmp / "images.npy", data.images.numpy())
         _save_array(tmp / "labels.npy", data.labels.numpy())
-        meta = {"shape": list(data.images.shape), "num_classes": data.num_classes,
-                "classes": list(data.classes), "format": CACHE_FORMAT_VERSION,
-                "sources": len(identity), "created": time.time()}
+        meta = {
+            "shape": list(data.images.shape),
+            "num_classes": data.num_classes,
+            "classes": list(data.classes),
+            "format": CACHE_FORMAT_VERSION,
+            "sources": len(identity),
+            "created": time.time(),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)
@@ -232,10 +246,10 @@ def _remove_stale(parent: Path, prefix: str, keep: str) -> None:
     host = socket.gethostname()
     for path in parent.iterdir():
         name = path.name
-        if name != keep and name.startswith(prefix) and _KEY.fullmatch(name[len(prefix):]):
+        if name != keep and name.startswith(prefix) and _KEY.fullmatch(name[len(prefix) :]):
             shutil.rmtree(path, ignore_errors=True)
         elif name.startswith(_TMP_PREFIX):
-            parts = name[len(_TMP_PREFIX):].rsplit("-", 2)
+            parts = name[len(_TMP_PREFIX) :].rsplit("-", 2)
             dead = False
             if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
                 dead = not pid_alive(int(parts[1]))
@@ -288,7 +302,9 @@ def cached_tensors(
             return data
         _remove_stale(place, prefix, entry_name)
         return _read_entry(entry)
-    warnings.warn(f"no writable cache directory for {name} ({split}); set {CACHE_ENV}", stacklevel=2)
+    warnings.warn(
+        f"no writable cache directory for {name} ({split}); set {CACHE_ENV}", stacklevel=2
+    )
     return data
 
 
@@ -301,14 +317,20 @@ def list_image_folder(folder: Path) -> tuple[list[str], list[str], list[int]]:
     Label i is the i-th class in sorted order; files are sorted by name within a class. Paths
     are strings: data sets have tens of thousands of files and pathlib would dominate the time.
     """
-    classes = sorted(entry.name for entry in os.scandir(folder)
-                     if entry.is_dir() and not entry.name.startswith("."))
+    classes = sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
     files: list[str] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         directory = os.path.join(folder, cls)
-        names = sorted(entry.name for entry in os.scandir(directory)
-                       if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file())
+        names = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+        )
         files.extend([os.path.join(directory, n) for n in names])
         labels.extend([label] * len(names))
     return classes, files, labels
@@ -331,15 +353,19 @@ def decode_images(files: Sequence[Path | str], shape: tuple[int, int, int]) -> t
             with Image.open(path, formats=("PNG", "JPEG")) as image:
                 if image.size != (width, height):
                     raise data_error(
-                        f"image is {image.size[0]}x{image.size[1]}, not {width}x{height}", path,
-                        f"{width}x{height} images", "Resize the images or use the matching data set.",
+                        f"image is {image.size[0]}x{image.size[1]}, not {width}x{height}",
+                        path,
+                        f"{width}x{height} images",
+                        "Resize the images or use the matching data set.",
                     )
                 if image.mode != mode:
                     image = image.convert(mode)
                 view[i] = np.asarray(image)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
             raise data_error(
-                "cannot decode image (truncated or corrupt file?)", path,
-                "PNG or JPEG files", f"Replace the file or re-extract the data set ({exc}).",
+                "cannot decode image (truncated or corrupt file?)",
+                path,
+                "PNG or JPEG files",
+                f"Replace the file or re-extract the data set ({exc}).",
             ) from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()

@@ -40,9 +40,21 @@ from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.specs import HParam, resolve_hparams
 
 __all__ = [
-    "ADAM_BUFFERS", "BinaryOptimizer", "IMPLEMENTATIONS", "adam_", "adam_foreach_",
-    "adam_hparams", "adam_kwargs", "adam_step_size", "compile_unavailable_reason",
-    "counter_uniform", "ema_", "ema_foreach_", "flip_", "flip_above_foreach_", "sum_counts",
+    "ADAM_BUFFERS",
+    "IMPLEMENTATIONS",
+    "BinaryOptimizer",
+    "adam_",
+    "adam_foreach_",
+    "adam_hparams",
+    "adam_kwargs",
+    "adam_step_size",
+    "compile_unavailable_reason",
+    "counter_uniform",
+    "ema_",
+    "ema_foreach_",
+    "flip_",
+    "flip_above_foreach_",
+    "sum_counts",
 ]
 
 IMPLEMENTATIONS = ("reference", "foreach", "compiled")
@@ -124,8 +136,15 @@ def counter_uniform(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
 
 
 def adam_(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
-    beta1: Any, beta2: Any, eps: Any, step_size: Any,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    beta1: Any,
+    beta2: Any,
+    eps: Any,
+    step_size: Any,
 ) -> None:
     """One Adam step on one tensor, with Keras's epsilon placement.
 
@@ -142,8 +161,15 @@ def adam_(
 
 
 def adam_foreach_(
-    ps: list[torch.Tensor], gs: list[torch.Tensor], ms: list[torch.Tensor],
-    vs: list[torch.Tensor], *, beta1: float, beta2: float, eps: float, step_size: float,
+    ps: list[torch.Tensor],
+    gs: list[torch.Tensor],
+    ms: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step_size: float,
 ) -> None:
     """:func:`adam_` over lists of tensors with multi-tensor kernels (identical rounding)."""
     diff = torch._foreach_sub(gs, ms)
@@ -175,18 +201,37 @@ def adam_kwargs(group: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def adam_hparams(lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-7) -> tuple[HParam, ...]:
+def adam_hparams(
+    lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7
+) -> tuple[HParam, ...]:
     """The hyperparameters of the Adam part, with the papers' defaults unless told otherwise."""
     return (
-        HParam("lr", lr, low=0.0, high=10.0, search=(1e-4, 1e-1), log=True,
-               help="Adam learning rate of the real-valued parameters"),
-        HParam("beta1", beta1, low=0.0, high=0.9999,
-               help="Adam decay rate of the gradient average"),
-        HParam("beta2", beta2, low=0.0, high=0.999999,
-               help="Adam decay rate of the squared-gradient average"),
-        HParam("eps", eps, low=0.0, high=1.0,
-               help="Adam epsilon, added to sqrt(v) before bias correction (Keras placement)"),
+        HParam(
+            "lr",
+            lr,
+            low=0.0,
+            high=10.0,
+            search=(1e-4, 1e-1),
+            log=True,
+            help="Adam learning rate of the real-valued parameters",
+        ),
+        HParam(
+            "beta1", beta1, low=0.0, high=0.9999, help="Adam decay rate of the gradient average"
+        ),
+        HParam(
+            "beta2",
+            beta2,
+            low=0.0,
+            high=0.999999,
+            help="Adam decay rate of the squared-gradient average",
+        ),
+        HParam(
+            "eps",
+            eps,
+            low=0.0,
+            high=1.0,
+            help="Adam epsilon, added to sqrt(v) before bias correction (Keras placement)",
+        ),
     )
 
 
@@ -207,7 +252,7 @@ def compile_unavailable_reason(device: torch.device | str = "cpu") -> str | None
 
         if not dynamo.is_dynamo_supported():
             return f"torch.compile does not support Python {sys.version.split()[0]}"
-    except Exception as exc:  # noqa: BLE001 - any import problem means "unavailable"
+    except Exception as exc:
         return f"torch._dynamo cannot be imported ({exc})"
     if device.type == "cpu":
         compiler = os.environ.get("CXX") or "c++"
@@ -405,8 +450,10 @@ class BinaryOptimizer(torch.optim.Optimizer):
         """Bytes of optimizer state kept per binary weight (4.0 per float32 buffer)."""
         total = sum(
             self.state[p][name].nbytes
-            for group in self.param_groups if group["kind"] == "binary"
-            for p in group["params"] for name in self.state_buffers
+            for group in self.param_groups
+            if group["kind"] == "binary"
+            for p in group["params"]
+            for name in self.state_buffers
         )
         return total / max(self.num_binary_weights, 1)
 
@@ -476,27 +523,47 @@ class BinaryOptimizer(torch.optim.Optimizer):
             if group["kind"] == "binary":
                 per_tensor = self.tensor_kwargs(group)  # drawn every step, grads or not
                 if chosen:
-                    counts.append(self._run_group(
-                        chosen, type(self).update, type(self).update_foreach,
-                        self.state_buffers, self.rule_kwargs(group), per_tensor,
-                    ))
+                    counts.append(
+                        self._run_group(
+                            chosen,
+                            type(self).update,
+                            type(self).update_foreach,
+                            self.state_buffers,
+                            self.rule_kwargs(group),
+                            per_tensor,
+                        )
+                    )
             elif chosen:
-                self._run_group(chosen, adam_, adam_foreach_, ADAM_BUFFERS, adam_kwargs(group),
-                                None, compile_allowed=False)
+                self._run_group(
+                    chosen,
+                    adam_,
+                    adam_foreach_,
+                    ADAM_BUFFERS,
+                    adam_kwargs(group),
+                    None,
+                    compile_allowed=False,
+                )
         self.flip_count = sum_counts([c for c in counts if c is not None], self._device)
         return loss
 
     def _run_group(
-        self, chosen: list[tuple[int, torch.Tensor]], rule: Rule, rule_foreach: Rule | None,
-        buffer_names: Sequence[str], kwargs: dict[str, Any],
-        per_tensor: list[dict[str, Any]] | None, compile_allowed: bool = True,
+        self,
+        chosen: list[tuple[int, torch.Tensor]],
+        rule: Rule,
+        rule_foreach: Rule | None,
+        buffer_names: Sequence[str],
+        kwargs: dict[str, Any],
+        per_tensor: list[dict[str, Any]] | None,
+        compile_allowed: bool = True,
     ) -> torch.Tensor | None:
         for _, p in chosen:
             if p.grad.is_sparse:
                 raise BenchbnnError(f"{type(self).__name__} does not support sparse gradients")
         extra = [per_tensor[i] if per_tensor else {} for i, _ in chosen]
-        items = [(p, p.grad, [self.state[p][n] for n in buffer_names], e) for (_, p), e in
-                 zip(chosen, extra)]
+        items = [
+            (p, p.grad, [self.state[p][n] for n in buffer_names], e)
+            for (_, p), e in zip(chosen, extra)
+        ]
         mode = self.implementation
         if mode == "compiled" and not compile_allowed:
             mode = "foreach"
@@ -520,7 +587,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
             flat = [_flat_alias(t) for t in tensors]
             try:
                 counts.append(fn(*flat, **args, **extra))
-            except Exception as exc:  # noqa: BLE001 - compilation can fail for many reasons
+            except Exception as exc:
                 self._compile_failed = True
                 _warn_once(
                     f"benchbnn: torch.compile failed for {getattr(rule, '__qualname__', rule)} "

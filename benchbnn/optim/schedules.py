@@ -69,7 +69,7 @@ class Schedule:
     def describe(self) -> str:
         """The compact string form, e.g. ``polynomial:1e-05:1e-08`` (parses back equal)."""
         parts = [getattr(self, name) for name in self.positional]
-        defaults = [f.default for f in fields(self)][-self.optional:] if self.optional else []
+        defaults = [f.default for f in fields(self)][-self.optional :] if self.optional else []
         while defaults and parts and parts[-1] == defaults[-1]:
             parts.pop()
             defaults.pop()
@@ -332,7 +332,10 @@ def validate_schedules(spec: Any, schedules: Mapping[str, Any]) -> dict[str, Sch
 
 
 def apply_schedules(
-    optimizer: Any, schedules: Mapping[str, Schedule], step: int, steps_per_epoch: int,
+    optimizer: Any,
+    schedules: Mapping[str, Schedule],
+    step: int,
+    steps_per_epoch: int,
     total_steps: int,
 ) -> dict[str, float]:
     """Set ``group[name]`` to each schedule's value at ``step`` in every group that has ``name``.

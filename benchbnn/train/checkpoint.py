@@ -46,8 +46,11 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": {
-            "kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached),
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
         },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -101,7 +104,7 @@ def load(directory: Path, config_hash: str) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+    except Exception as exc:
         raise BenchbnnError(
             f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc}); delete it to "
             f"start over"

@@ -35,17 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchbnn.train import checkpoint
-from benchbnn.train import distributed
 from benchbnn.core import hookspecs
-from benchbnn.core.config import RunConfig
-from benchbnn.core.names import DEFAULT_EXPERIMENT, RUN_METRICS
-from benchbnn.core.errors import BenchbnnError, RunFailed
-from benchbnn.core.plugins import PROJECT, get_architecture, get_dataset, get_optimizer, get_registry
 from benchbnn.core.binary import set_latent_mode, split_parameters
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.names import DEFAULT_EXPERIMENT, RUN_METRICS
+from benchbnn.core.plugins import (
+    PROJECT,
+    get_architecture,
+    get_dataset,
+    get_optimizer,
+    get_registry,
+)
 from benchbnn.data.pipeline import build_loaders
-from benchbnn.optim.schedules import apply_schedules
-from benchbnn.optim.schedules import validate_schedules
+from benchbnn.optim.schedules import apply_schedules, validate_schedules
+from benchbnn.train import checkpoint, distributed
 from benchbnn.train.progress import ProgressDisplay
 from benchbnn.train.tracking import MlflowTracker
 
@@ -240,7 +244,8 @@ def l2_parameters(model: nn.Module, real_params: Iterable[nn.Parameter]) -> list
     real = {id(p) for p in real_params}
     layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     return [
-        m.weight for m in model.modules()
+        m.weight
+        for m in model.modules()
         if isinstance(m, layers) and isinstance(m.weight, nn.Parameter) and id(m.weight) in real
     ]
 
@@ -255,10 +260,18 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
         )
     per_rank = cfg.batch_size // run.world_size
     run.data = build_loaders(
-        cfg.dataset, data_dir=data_dir, batch_size=per_rank, seed=cfg.seed,
-        eval_batch_size=max(per_rank, EVAL_BATCH_SIZE), subset=cfg.subset,
-        val_fraction=cfg.val_fraction, download=download, rank=run.rank,
-        world_size=run.world_size, device=run.device, options=dict(cfg.dataset_options) or None,
+        cfg.dataset,
+        data_dir=data_dir,
+        batch_size=per_rank,
+        seed=cfg.seed,
+        eval_batch_size=max(per_rank, EVAL_BATCH_SIZE),
+        subset=cfg.subset,
+        val_fraction=cfg.val_fraction,
+        download=download,
+        rank=run.rank,
+        world_size=run.world_size,
+        device=run.device,
+        options=dict(cfg.dataset_options) or None,
     )
     run.steps_per_epoch = len(run.data.train)
     if run.steps_per_epoch < 1:
@@ -270,8 +283,12 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
     seed_everything(cfg.seed)
     channels, height, _ = run.data.image_shape
     arch = get_architecture(cfg.arch)
-    model = arch.build(num_classes=run.data.num_classes, in_channels=channels, image_size=height,
-                       **dict(cfg.arch_options))
+    model = arch.build(
+        num_classes=run.data.num_classes,
+        in_channels=channels,
+        image_size=height,
+        **dict(cfg.arch_options),
+    )
     run.model = model.to(run.device)
     spec = get_optimizer(cfg.optimizer)
     set_latent_mode(run.model, spec.latent_weights, clip=run.hparams.get("clip", 1.0))
@@ -294,19 +311,22 @@ def _restore(run: Run, state: Mapping[str, Any]) -> None:
 def _save(run: Run) -> str | None:
     if not run.world.is_main:
         return None
-    path = checkpoint.save(run.checkpoint_dir, {
-        "config_hash": run.config_hash,
-        "config": run.config.to_dict(),
-        "epoch": run.epoch,
-        "step": run.step,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "rng": checkpoint.rng_state(),
-        "history": run.history,
-        "run_id": run.run_id,
-        "tracking_uri": run.tracking_uri,
-        "world_size": run.world_size,
-    })
+    path = checkpoint.save(
+        run.checkpoint_dir,
+        {
+            "config_hash": run.config_hash,
+            "config": run.config.to_dict(),
+            "epoch": run.epoch,
+            "step": run.step,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "history": run.history,
+            "run_id": run.run_id,
+            "tracking_uri": run.tracking_uri,
+            "world_size": run.world_size,
+        },
+    )
     return str(path)
 
 
@@ -316,7 +336,7 @@ def _save(run: Run) -> str | None:
 def _call(hook: Any, **kwargs: Any) -> None:
     try:
         hook(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - a plugin's exception stops the run as KILLED
+    except Exception as exc:
         raise _PluginRaised(exc) from exc
 
 
@@ -347,9 +367,9 @@ def _optimizer_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Schedules, forward, cross-entropy, backward, gradient averaging, L2, step."""
     if run.schedules:
-
-        apply_schedules(run.optimizer, run.schedules, run.step - 1, run.steps_per_epoch,
-                        run.total_steps)
+        apply_schedules(
+            run.optimizer, run.schedules, run.step - 1, run.steps_per_epoch, run.total_steps
+        )
     logits = run.model(images)
     loss = F.cross_entropy(logits, labels)
     run.optimizer.zero_grad(set_to_none=True)
@@ -364,8 +384,14 @@ def _optimizer_step(
 
 
 @torch.no_grad()
-def _tally(totals: torch.Tensor, flips: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
-           labels: torch.Tensor, optimizer: Any) -> tuple[Any, Any]:
+def _tally(
+    totals: torch.Tensor,
+    flips: torch.Tensor,
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: Any,
+) -> tuple[Any, Any]:
     """Add one step to the device-side running sums; returns (F_t/N, pi_t) or (None, None)."""
     n = labels.shape[0]
     hits = _hits(logits, labels)
@@ -399,10 +425,21 @@ def _train_epoch(
         run.step += 1
         loss, logits = _optimizer_step(run, images, labels)
         ratio, log_ratio = _tally(totals, flips, loss, logits, labels, run.optimizer)
-        _call(step_end, run=run, step=run.step, logs={
-            "loss": loss, "flip_ratio": ratio, "flip_log_ratio": log_ratio, "totals": totals,
-            "epoch": epoch, "batch": batch, "batches": spe, "images": labels.shape[0],
-        })
+        _call(
+            step_end,
+            run=run,
+            step=run.step,
+            logs={
+                "loss": loss,
+                "flip_ratio": ratio,
+                "flip_log_ratio": log_ratio,
+                "totals": totals,
+                "epoch": epoch,
+                "batch": batch,
+                "batches": spe,
+                "images": labels.shape[0],
+            },
+        )
         if run.step % run.log_every == 0:
             _check_finite(run, totals)
     _check_finite(run, totals)
@@ -439,18 +476,23 @@ def peak_memory_mb(device: torch.device) -> float:
 def _split_metrics(prefix: str, sums: list[float]) -> dict[str, float]:
     loss, top1, top5, n = sums
     n = max(n, 1.0)
-    return {f"{prefix}_loss": loss / n, f"{prefix}_top1": 100.0 * top1 / n,
-            f"{prefix}_top5": 100.0 * top5 / n}
+    return {
+        f"{prefix}_loss": loss / n,
+        f"{prefix}_top1": 100.0 * top1 / n,
+        f"{prefix}_top5": 100.0 * top5 / n,
+    }
 
 
-def _epoch_metrics(run: Run, parts: dict[str, torch.Tensor], flips: torch.Tensor,
-                   times: list[float]) -> dict[str, Any]:
+def _epoch_metrics(
+    run: Run, parts: dict[str, torch.Tensor], flips: torch.Tensor, times: list[float]
+) -> dict[str, Any]:
     """Reduce this epoch's sums over the ranks (one all-reduce each) into the metric dict."""
     names = list(parts)
     summed = distributed.all_reduce_sum(torch.cat([parts[k] for k in names]), run.world)
     values = summed.tolist()
-    local_max = torch.tensor([*times, peak_memory_mb(run.device)], dtype=torch.float64,
-                             device=run.device)
+    local_max = torch.tensor(
+        [*times, peak_memory_mb(run.device)], dtype=torch.float64, device=run.device
+    )
     train_time, epoch_time, peak = distributed.all_reduce_max(local_max, run.world).tolist()
     metrics: dict[str, Any] = {"epoch": run.epoch}
     for i, name in enumerate(names):
@@ -505,8 +547,9 @@ def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
 def _run_metrics(run: Run) -> dict[str, Any]:
     opt = run.optimizer
     metrics = dict(run.run_metrics)
-    metrics["binary_weights"] = int(getattr(opt, "num_binary_weights", None)
-                                    or sum(p.numel() for p in run.binary_params))
+    metrics["binary_weights"] = int(
+        getattr(opt, "num_binary_weights", None) or sum(p.numel() for p in run.binary_params)
+    )
     metrics["real_parameters"] = int(sum(p.numel() for p in run.real_params))
     state_bytes = getattr(opt, "state_bytes_per_binary_weight", None)
     if callable(state_bytes):
@@ -521,8 +564,12 @@ def _result(run: Run, status: str, error: str | None) -> RunResult:
         metrics.update(_run_metrics(run))
     last = run.checkpoint_dir / checkpoint.FILENAME if run.checkpoint_dir else None
     return RunResult(
-        status=status, run_id=run.run_id, config_hash=run.config_hash,
-        history=[dict(h) for h in run.history], metrics=metrics, error=error,
+        status=status,
+        run_id=run.run_id,
+        config_hash=run.config_hash,
+        history=[dict(h) for h in run.history],
+        metrics=metrics,
+        error=error,
         checkpoint=str(last) if last is not None and last.is_file() else None,
     )
 
@@ -533,9 +580,12 @@ def _end(pm: pluggy.PluginManager, run: Run, result: RunResult) -> None:
         kwargs = {"run": run, "result": result}
         try:
             impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception as exc:  # noqa: BLE001 - reported, the outcome stands
-            warnings.warn(f"benchbnn: plugin {impl.plugin_name!r} failed in run_end: {exc!r}",
-                          RuntimeWarning, stacklevel=2)
+        except Exception as exc:
+            warnings.warn(
+                f"benchbnn: plugin {impl.plugin_name!r} failed in run_end: {exc!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 @contextlib.contextmanager
@@ -573,7 +623,7 @@ def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
         status, error, pending = "KILLED", f"interrupted ({exc or 'Ctrl-C'})", exc
     except RunFailed as exc:
         status, error, pending = "FAILED", str(exc), exc
-    except Exception as exc:  # noqa: BLE001 - recorded as FAILED, then raised as RunFailed
+    except Exception as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         pending = RunFailed(f"run crashed: {error}")
         pending.__cause__ = exc
@@ -628,8 +678,9 @@ def train(
         f"{run.config.optimizer}-{run.config.arch}-{run.config.dataset}-s{run.config.seed}"
     )
     run.experiment = experiment
-    run.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else checkpoint.default_dir(
-        run.config_hash)
+    run.checkpoint_dir = (
+        Path(checkpoint_dir) if checkpoint_dir else checkpoint.default_dir(run.config_hash)
+    )
     tracker = MlflowTracker(tracking_uri, experiment) if world.is_main else None
     own = [tracker, ProgressDisplay(quiet=quiet)] if tracker is not None else []
     pm = _plugin_manager(own, plugins)
@@ -648,7 +699,8 @@ def train(
                 run.note = f"no checkpoint in {run.checkpoint_dir} to resume from; starting over"
         elif world.is_main:
             run.replaced_checkpoint_epoch = checkpoint.saved_epoch(
-                run.checkpoint_dir, run.config_hash)
+                run.checkpoint_dir, run.config_hash
+            )
         return _execute(run, pm)
     finally:
         distributed.shutdown(run.world)

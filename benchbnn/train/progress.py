@@ -55,13 +55,20 @@ def summary_line(run: Any, result: Any) -> str:
 def epoch_table(history: list[Mapping[str, Any]]) -> str:
     """All epochs' headline metrics as an aligned text table."""
     has_val = any("val_top1" in h for h in history)
-    columns = [("epoch", "epoch", "d"), ("train loss", "train_loss", ".4f"),
-               ("train top1", "train_top1", ".2f")]
+    columns = [
+        ("epoch", "epoch", "d"),
+        ("train loss", "train_loss", ".4f"),
+        ("train top1", "train_top1", ".2f"),
+    ]
     if has_val:
         columns.append(("val top1", "val_top1", ".2f"))
-    columns += [("test top1", "test_top1", ".2f"), ("test top5", "test_top5", ".2f"),
-                ("pi_t", "flip_log_ratio", ".3f"), ("time s", "epoch_time_s", ".1f"),
-                ("img/s", "images_per_s", ".0f")]
+    columns += [
+        ("test top1", "test_top1", ".2f"),
+        ("test top5", "test_top5", ".2f"),
+        ("pi_t", "flip_log_ratio", ".3f"),
+        ("time s", "epoch_time_s", ".1f"),
+        ("img/s", "images_per_s", ".0f"),
+    ]
     rows = [[h[0] for h in columns]]
     for entry in history:
         rows.append([_num(entry.get(key), fmt) for _, key, fmt in columns])
@@ -72,8 +79,13 @@ def epoch_table(history: list[Mapping[str, Any]]) -> str:
 class ProgressDisplay:
     """Live line on a TTY, a line per epoch, and a final table and summary."""
 
-    def __init__(self, quiet: bool = False, out: TextIO | None = None,
-                 live: TextIO | None = None, interval: float = 0.25):
+    def __init__(
+        self,
+        quiet: bool = False,
+        out: TextIO | None = None,
+        live: TextIO | None = None,
+        interval: float = 0.25,
+    ):
         self.quiet = quiet
         self.out = out or sys.stdout
         self.live_stream = live or sys.stderr

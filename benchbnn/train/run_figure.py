@@ -11,7 +11,9 @@ from benchbnn.core.figures import new_figure, save_png
 
 
 def plot_curves(
-    history: list[Mapping[str, Any]], steps: list[tuple[int, float]], path: Path,
+    history: list[Mapping[str, Any]],
+    steps: list[tuple[int, float]],
+    path: Path,
     steps_per_epoch: int = 1,
 ) -> None:
     """Top-1 accuracy per epoch (train / val / test) and the flip ratio pi_t, side by side."""
@@ -33,10 +35,12 @@ def plot_curves(
     means = [(h["epoch"], h["flip_log_ratio"]) for h in history if "flip_log_ratio" in h]
     if means:  # an epoch's mean drawn at the epoch's last step (or at the epoch, without steps)
         scale = steps_per_epoch if steps else 1
-        flips.plot([e * scale for e, _ in means], [v for _, v in means], marker="o",
-                   label="epoch mean")
-    flips.set(xlabel="step" if steps else "epoch", ylabel="pi_t = log(F_t/N + e^-9)",
-              title="flip ratio")
+        flips.plot(
+            [e * scale for e, _ in means], [v for _, v in means], marker="o", label="epoch mean"
+        )
+    flips.set(
+        xlabel="step" if steps else "epoch", ylabel="pi_t = log(F_t/N + e^-9)", title="flip ratio"
+    )
     if steps or means:
         flips.legend()
     flips.grid(alpha=0.3)

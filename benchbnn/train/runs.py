@@ -35,8 +35,14 @@ from benchbnn.train.tracking import client_for, resolve_tracking_uri
 
 #: Per-epoch metrics a leaderboard reads from each run.
 HISTORY_METRICS = (
-    "train_top1", "train_top5", "val_top1", "val_top5", "test_top1", "test_top5",
-    "epoch_time_s", "flip_log_ratio",
+    "train_top1",
+    "train_top5",
+    "val_top1",
+    "val_top5",
+    "test_top1",
+    "test_top5",
+    "epoch_time_s",
+    "flip_log_ratio",
 )
 
 
@@ -128,7 +134,9 @@ def hardware_of(tags: Mapping[str, str]) -> str:
         parts.append(f"torch {tags[TAG_TORCH_VERSION]}")
     if tags.get(TAG_DEVICE):
         world = tags.get(TAG_WORLD_SIZE, "1")
-        parts.append(f"device {tags[TAG_DEVICE]}" + (f" x {world}" if world not in ("", "1") else ""))
+        parts.append(
+            f"device {tags[TAG_DEVICE]}" + (f" x {world}" if world not in ("", "1") else "")
+        )
     return ", ".join(parts)
 
 
@@ -181,14 +189,14 @@ def collect_records(
 def _missing_sqlite_file(uri: str) -> bool:
     if not uri.startswith("sqlite:///"):
         return False
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return path not in ("", ":memory:") and not Path(path).exists()
 
 
 def _get_experiment(client: Any, name: str, uri: str) -> str | None:
     try:
         found = client.get_experiment_by_name(name)
-    except Exception as exc:  # noqa: BLE001 - any store failure gets the same advice
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchbnnError(
             f"cannot read tracking store {uri}: {first}; pass --tracking-uri with the store "

@@ -39,8 +39,7 @@ from urllib.parse import unquote, urlparse
 from benchbnn.core import names
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.paths import writable_dir
-from benchbnn.core.plugins import hookimpl
-from benchbnn.core.plugins import provenance
+from benchbnn.core.plugins import hookimpl, provenance
 from benchbnn.train.run_figure import plot_curves
 
 #: flush buffered per-step metrics at least this often (seconds) so live views stay current
@@ -66,7 +65,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def _local_path(uri: str) -> Path | None:
     """The file or directory a local store lives in (None for servers and databases)."""
     if uri.startswith("sqlite:///"):
-        path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+        path = unquote(uri[len("sqlite:///") :].split("?", 1)[0])
         return None if path in ("", ":memory:") else Path(path).absolute()
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -146,11 +145,17 @@ def git_commit() -> str | None:
     try:
         head = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -167,13 +172,23 @@ def run_params(run: Any) -> dict[str, str]:
     """Everything in the configuration, flattened into MLflow params."""
     cfg = run.config
     params = {
-        "dataset": cfg.dataset, "arch": cfg.arch, "optimizer": cfg.optimizer,
-        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "subset": cfg.subset, "val_fraction": cfg.val_fraction, "l2": cfg.l2,
+        "dataset": cfg.dataset,
+        "arch": cfg.arch,
+        "optimizer": cfg.optimizer,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "subset": cfg.subset,
+        "val_fraction": cfg.val_fraction,
+        "l2": cfg.l2,
     }
     params.update({names.PARAM_HPARAM_PREFIX + k: v for k, v in run.hparams.items()})
-    params.update({names.PARAM_SCHEDULE_PREFIX + k: v if isinstance(v, str) else dict(v)
-                   for k, v in cfg.schedules.items()})
+    params.update(
+        {
+            names.PARAM_SCHEDULE_PREFIX + k: v if isinstance(v, str) else dict(v)
+            for k, v in cfg.schedules.items()
+        }
+    )
     params.update({names.PARAM_ARCH_OPTION_PREFIX + k: v for k, v in run.arch_options.items()})
     params.update(
         {names.PARAM_DATASET_OPTION_PREFIX + k: v for k, v in cfg.dataset_options.items()}
@@ -185,7 +200,6 @@ def run_tags(run: Any) -> dict[str, str]:
     """Provenance tags: what produced this run and where."""
     import torch
 
-
     tags = {
         names.TAG_CONFIG_HASH: run.config_hash,
         names.TAG_VERSION: names.VERSION,
@@ -196,8 +210,11 @@ def run_tags(run: Any) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags[names.TAG_GIT_COMMIT] = commit
-    for kind, name in (("optimizer", run.config.optimizer), ("architecture", run.config.arch),
-                       ("dataset", run.config.dataset)):
+    for kind, name in (
+        ("optimizer", run.config.optimizer),
+        ("architecture", run.config.arch),
+        ("dataset", run.config.dataset),
+    ):
         info = provenance(kind, name)
         tags[names.TAG_PLUGIN_PREFIX + kind] = f"{info.distribution}=={info.version}"
     if run.parent_run_id:
@@ -237,7 +254,7 @@ class MlflowTracker:
             self.experiment_id = ensure_experiment(self.client, self.experiment, self.uri)
         except BenchbnnError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any store failure gets the same advice
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchbnnError(
                 f"cannot use tracking location {self.uri}: {first}; pass --tracking-uri with a "
@@ -341,19 +358,29 @@ class MlflowTracker:
             (folder / names.ARTIFACT_CONFIG).write_text(
                 json.dumps(resolved_config(run), indent=2, sort_keys=True, default=str)
             )
-            final = {"status": result.status, "error": result.error, "run_id": self.run_id,
-                     "config_hash": result.config_hash, "metrics": result.metrics,
-                     "history": result.history}
+            final = {
+                "status": result.status,
+                "error": result.error,
+                "run_id": self.run_id,
+                "config_hash": result.config_hash,
+                "metrics": result.metrics,
+                "history": result.history,
+            }
             (folder / names.ARTIFACT_METRICS).write_text(
                 json.dumps(_json_safe(final), indent=2, sort_keys=True)
             )
             try:
                 steps = self.client.get_metric_history(self.run_id, "step_flip_log_ratio")
-                plot_curves(result.history, [(m.step, m.value) for m in steps],
-                            folder / names.ARTIFACT_CURVES, run.steps_per_epoch)
-            except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the run
-                warnings.warn(f"benchbnn: could not draw {names.ARTIFACT_CURVES}: {exc}",
-                              stacklevel=2)
+                plot_curves(
+                    result.history,
+                    [(m.step, m.value) for m in steps],
+                    folder / names.ARTIFACT_CURVES,
+                    run.steps_per_epoch,
+                )
+            except Exception as exc:
+                warnings.warn(
+                    f"benchbnn: could not draw {names.ARTIFACT_CURVES}: {exc}", stacklevel=2
+                )
             self.client.log_artifacts(self.run_id, str(folder))
 
 
@@ -371,7 +398,6 @@ def _json_safe(value: Any) -> Any:
 def resolved_config(run: Any) -> dict[str, Any]:
     """The configuration as the engine ran it: defaults filled in, plus where and on what."""
     import torch
-
 
     data = run.data
     return {
@@ -392,8 +418,11 @@ def resolved_config(run: Any) -> dict[str, Any]:
         "total_steps": run.total_steps,
         "device": str(run.device),
         "world_size": run.world_size,
-        "versions": {"benchbnn": names.VERSION, "torch": torch.__version__,
-                     "git_commit": git_commit()},
+        "versions": {
+            "benchbnn": names.VERSION,
+            "torch": torch.__version__,
+            "git_commit": git_commit(),
+        },
         "plugins": {
             kind: f"{info.distribution}=={info.version}"
             for kind, info in (

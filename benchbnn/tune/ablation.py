@@ -33,13 +33,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchbnn.core.config import RunConfig
-
-from benchbnn.core.names import TAG_ABLATION, DEFAULT_EXPERIMENT, TAG_ENTRY, TAG_SUITE
-from benchbnn.core.figures import new_figure, save_png
-from benchbnn.core.errors import BenchbnnError
 from benchbnn.bench.compare import RESUME, TRAIN, check_data, plan_runs
 from benchbnn.bench.suite_file import load_suite
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.figures import new_figure, save_png
+from benchbnn.core.names import DEFAULT_EXPERIMENT, TAG_ABLATION, TAG_ENTRY, TAG_SUITE
 from benchbnn.core.plugins import get_optimizer
 from benchbnn.train.engine import train
 from benchbnn.train.runs import collect_records
@@ -97,13 +96,14 @@ def parse_factors(text: str | Sequence[int]) -> tuple[int, ...]:
 
 def scaled(base: float, factor: int) -> float:
     """``base * 10**factor`` rounded to 12 significant digits: 1e-6 and -2 give exactly 1e-8."""
-    return float(f"{base * 10.0 ** factor:.12g}")
+    return float(f"{base * 10.0**factor:.12g}")
 
 
 def _ablated_names(spec: Any, suite: Any, hparams: Sequence[str] | None) -> list[str]:
 
-    space = search_space(spec, suite.tune.get(spec.name),
-                         source=f"suite {suite.name!r}, table [tune.{spec.name}]")
+    space = search_space(
+        spec, suite.tune.get(spec.name), source=f"suite {suite.name!r}, table [tune.{spec.name}]"
+    )
     log_scale = [n for n, p in sorted(space.params.items()) if p.kind == "float" and p.log]
     if hparams is None:
         return log_scale
@@ -166,12 +166,18 @@ def plan_ablation(
                 except BenchbnnError:
                     continue  # outside the valid range: left out of the sweep
                 configs = tuple(
-                    replace(c, hparams={**c.hparams, **bases, name: value},
-                            schedules={k: v for k, v in c.schedules.items() if k not in bases})
+                    replace(
+                        c,
+                        hparams={**c.hparams, **bases, name: value},
+                        schedules={k: v for k, v in c.schedules.items() if k not in bases},
+                    )
                     for c in rows
                 )
-                points.append(AblationPoint(entry.label, entry.optimizer, name, factor, value,
-                                            bases[name], configs))
+                points.append(
+                    AblationPoint(
+                        entry.label, entry.optimizer, name, factor, value, bases[name], configs
+                    )
+                )
     swept = {p.hparam for p in points}
     unknown = [n for n in (hparams or ()) if n not in swept]
     if unknown:
@@ -187,8 +193,9 @@ def plan_ablation(
     return points
 
 
-def _unique_runs(suite: Any, points: Iterable[AblationPoint],
-                 arch: str) -> list[tuple[Any, str, RunConfig]]:
+def _unique_runs(
+    suite: Any, points: Iterable[AblationPoint], arch: str
+) -> list[tuple[Any, str, RunConfig]]:
     entries = {e.label: e for e in suite.entries}
     seen: dict[str, tuple[Any, str, RunConfig]] = {}
     for p in points:
@@ -198,8 +205,13 @@ def _unique_runs(suite: Any, points: Iterable[AblationPoint],
 
 
 def _tag_of(points: Sequence[AblationPoint], config_hash: str) -> str:
-    names = sorted({f"{p.hparam}={p.value!r}" for p in points if p.factor != 0
-                    and any(c.config_hash() == config_hash for c in p.configs)})
+    names = sorted(
+        {
+            f"{p.hparam}={p.value!r}"
+            for p in points
+            if p.factor != 0 and any(c.config_hash() == config_hash for c in p.configs)
+        }
+    )
     return ",".join(names) or "base"
 
 
@@ -225,16 +237,24 @@ def run_ablation(
     check_data(suite, data_root)
     planned = plan_runs(_unique_runs(suite, points, arch), uri, experiment, retry_failed)
     todo = [p for p in planned if p.action in (RESUME, TRAIN)]
-    say(f"ablation of suite {suite.name}: {len(points)} points, {len(planned)} runs; "
-        f"reusing {len(planned) - len(todo)}, training {len(todo)}")
+    say(
+        f"ablation of suite {suite.name}: {len(points)} points, {len(planned)} runs; "
+        f"reusing {len(planned) - len(todo)}, training {len(todo)}"
+    )
     results = []
     for i, p in enumerate(todo, start=1):
         tag = _tag_of(points, p.config.config_hash())
         name = f"{suite.name}/ablation/{p.entry.label}/{tag}/seed{p.config.seed}"
         say(f"[{i}/{len(todo)}] {'resuming' if p.action == RESUME else 'training'} {name}")
         result = train(
-            p.config, data_dir=data_root, device=device, tracking_uri=uri, experiment=experiment,
-            resume=p.action == RESUME, quiet=quiet, run_name=name,
+            p.config,
+            data_dir=data_root,
+            device=device,
+            tracking_uri=uri,
+            experiment=experiment,
+            resume=p.action == RESUME,
+            quiet=quiet,
+            run_name=name,
             tags={TAG_SUITE: suite.name, TAG_ENTRY: p.entry.label, TAG_ABLATION: tag},
         )
         if result.status != "FINISHED":
@@ -253,14 +273,20 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def collect_ablation(
-    suite: Any, points: Sequence[AblationPoint], *, arch: str | None = None,
-    tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+    suite: Any,
+    points: Sequence[AblationPoint],
+    *,
+    arch: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
 ) -> list[PointResult]:
     """Each point's measurements, read back from the tracking store."""
 
     arch = arch or suite.archs[0]
-    records = {r.config_hash: r for r in collect_records(_unique_runs(suite, points, arch),
-                                                          tracking_uri, experiment)}
+    records = {
+        r.config_hash: r
+        for r in collect_records(_unique_runs(suite, points, arch), tracking_uri, experiment)
+    }
     metric = f"{suite.eval_split}_top1"
     results = []
     for p in points:
@@ -268,18 +294,21 @@ def collect_ablation(
         done = [r for r in found if r is not None and r.finished]
         accuracies = [r.final(metric) for r in done]
         accuracies = [a for a in accuracies if a is not None]
-        pis = [[row[PI_METRIC] for row in r.history if row.get(PI_METRIC) is not None]
-               for r in done]
-        results.append(PointResult(
-            point=p,
-            accuracy=_mean(accuracies),
-            accuracy_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None,
-            final_pi=_mean([pi[-1] for pi in pis if pi]),
-            mean_pi=_mean([sum(pi) / len(pi) for pi in pis if pi]),
-            finished=len(done),
-            failed=sum(1 for r in found if r is not None and not r.finished),
-            missing=sum(1 for r in found if r is None),
-        ))
+        pis = [
+            [row[PI_METRIC] for row in r.history if row.get(PI_METRIC) is not None] for r in done
+        ]
+        results.append(
+            PointResult(
+                point=p,
+                accuracy=_mean(accuracies),
+                accuracy_std=statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+                final_pi=_mean([pi[-1] for pi in pis if pi]),
+                mean_pi=_mean([sum(pi) / len(pi) for pi in pis if pi]),
+                finished=len(done),
+                failed=sum(1 for r in found if r is not None and not r.finished),
+                missing=sum(1 for r in found if r is None),
+            )
+        )
     return results
 
 
@@ -314,11 +343,18 @@ def robustness(results: Sequence[PointResult]) -> list[Spread]:
         for name, group in groups:
             values = [r.accuracy for r in group if r.accuracy is not None]
             base = next((r.accuracy for r in group if r.point.factor == 0), None)
-            spreads.append(Spread(
-                label, name, len(group), min(values, default=None), max(values, default=None),
-                statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
-                base, sum(1 for r in group if r.failed and r.finished == 0),
-            ))
+            spreads.append(
+                Spread(
+                    label,
+                    name,
+                    len(group),
+                    min(values, default=None),
+                    max(values, default=None),
+                    statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
+                    base,
+                    sum(1 for r in group if r.failed and r.finished == 0),
+                )
+            )
     return spreads
 
 
@@ -326,8 +362,9 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render_robustness_markdown(suite: Any, spreads: Sequence[Spread], metric: str,
-                               factors: Sequence[int]) -> str:
+def render_robustness_markdown(
+    suite: Any, spreads: Sequence[Spread], metric: str, factors: Sequence[int]
+) -> str:
     lines = [
         f"# Ablation robustness: {suite.name}",
         "",
@@ -361,18 +398,58 @@ def _n(value: float | None, digits: int = 4) -> str:
 def render_robustness_csv(spreads: Sequence[Spread]) -> str:
     return _csv(
         ["entry", "hparam", "points", "base", "min", "max", "range", "std", "diverged"],
-        ([s.label, s.hparam, s.points, _n(s.base), _n(s.minimum), _n(s.maximum), _n(s.range),
-          _n(s.std), s.diverged] for s in spreads),
+        (
+            [
+                s.label,
+                s.hparam,
+                s.points,
+                _n(s.base),
+                _n(s.minimum),
+                _n(s.maximum),
+                _n(s.range),
+                _n(s.std),
+                s.diverged,
+            ]
+            for s in spreads
+        ),
     )
 
 
 def render_points_csv(results: Sequence[PointResult]) -> str:
     return _csv(
-        ["entry", "optimizer", "hparam", "factor", "value", "base_value", "accuracy",
-         "accuracy_std", "final_pi", "mean_pi", "finished", "failed", "missing"],
-        ([r.point.label, r.point.optimizer, r.point.hparam, r.point.factor, repr(r.point.value),
-          repr(r.point.base), _n(r.accuracy), _n(r.accuracy_std), _n(r.final_pi), _n(r.mean_pi),
-          r.finished, r.failed, r.missing] for r in results),
+        [
+            "entry",
+            "optimizer",
+            "hparam",
+            "factor",
+            "value",
+            "base_value",
+            "accuracy",
+            "accuracy_std",
+            "final_pi",
+            "mean_pi",
+            "finished",
+            "failed",
+            "missing",
+        ],
+        (
+            [
+                r.point.label,
+                r.point.optimizer,
+                r.point.hparam,
+                r.point.factor,
+                repr(r.point.value),
+                repr(r.point.base),
+                _n(r.accuracy),
+                _n(r.accuracy_std),
+                _n(r.final_pi),
+                _n(r.mean_pi),
+                r.finished,
+                r.failed,
+                r.missing,
+            ]
+            for r in results
+        ),
     )
 
 
@@ -381,8 +458,11 @@ def render_points_csv(results: Sequence[PointResult]) -> str:
 
 def plot_hparam(results: Sequence[PointResult], hparam: str, metric: str, path: Path) -> Path:
     """Accuracy, final pi_t and mean pi_t against the value of ``hparam``, one line per entry."""
-    panels = [("accuracy", f"final {metric} (%)"), ("final_pi", "pi_t, last epoch"),
-              ("mean_pi", "mean pi_t over training")]
+    panels = [
+        ("accuracy", f"final {metric} (%)"),
+        ("final_pi", "pi_t, last epoch"),
+        ("mean_pi", "mean pi_t over training"),
+    ]
     fig = new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     mine = [r for r in results if r.point.hparam == hparam]
@@ -397,12 +477,16 @@ def plot_hparam(results: Sequence[PointResult], hparam: str, metric: str, path: 
             if field_name == "accuracy" and any(errors):
                 line = ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label).lines[0]
             else:
-                line, = ax.plot(xs, ys, marker="o", label=label)
-            base = [(r.point.value, getattr(r, field_name)) for r in rows
-                    if r.point.factor == 0 and getattr(r, field_name) is not None]
+                (line,) = ax.plot(xs, ys, marker="o", label=label)
+            base = [
+                (r.point.value, getattr(r, field_name))
+                for r in rows
+                if r.point.factor == 0 and getattr(r, field_name) is not None
+            ]
             if base:
-                ax.plot(*zip(*base), marker="*", markersize=13, color=line.get_color(),
-                        linestyle="")
+                ax.plot(
+                    *zip(*base), marker="*", markersize=13, color=line.get_color(), linestyle=""
+                )
     for ax, (_field_name, ylabel) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_xlabel(hparam)
@@ -415,15 +499,19 @@ def plot_hparam(results: Sequence[PointResult], hparam: str, metric: str, path: 
     return save_png(fig, path)
 
 
-def plot_robustness(spreads: Sequence[Spread], results: Sequence[PointResult], metric: str,
-                    path: Path) -> Path:
+def plot_robustness(
+    spreads: Sequence[Spread], results: Sequence[PointResult], metric: str, path: Path
+) -> Path:
     """Per entry, every point's final accuracy and the min-max range of the sweep."""
     overall = [s for s in spreads if s.hparam == "all"]
     fig = new_figure(7, 1.2 + 0.6 * max(1, len(overall)))
     ax = fig.subplots()
     for i, s in enumerate(overall):
-        distinct = {(r.point.hparam if r.point.factor else "", r.point.factor): r.accuracy
-                    for r in results if r.point.label == s.label and r.accuracy is not None}
+        distinct = {
+            (r.point.hparam if r.point.factor else "", r.point.factor): r.accuracy
+            for r in results
+            if r.point.label == s.label and r.accuracy is not None
+        }
         values = [distinct[k] for k in sorted(distinct)]
         if s.minimum is not None:
             ax.plot([s.minimum, s.maximum], [i, i], linewidth=6, alpha=0.35, color=f"C{i % 10}")
@@ -440,17 +528,23 @@ def default_out(suite: Any) -> Path:
     return Path("leaderboards") / suite.name / "ablation"
 
 
-def write_ablation(suite: Any, results: Sequence[PointResult], out: str | Path | None = None,
-                   factors: Sequence[int] = DEFAULT_FACTORS) -> list[Path]:
+def write_ablation(
+    suite: Any,
+    results: Sequence[PointResult],
+    out: str | Path | None = None,
+    factors: Sequence[int] = DEFAULT_FACTORS,
+) -> list[Path]:
     """Plots, robustness table and point table (see the module docstring)."""
     out_dir = Path(out) if out is not None else default_out(suite)
     out_dir.mkdir(parents=True, exist_ok=True)
     metric = f"{suite.eval_split}_top1"
     spreads = robustness(results)
     written = []
-    texts = (("robustness.md", render_robustness_markdown(suite, spreads, metric, factors)),
-             ("robustness.csv", render_robustness_csv(spreads)),
-             ("ablation.csv", render_points_csv(results)))
+    texts = (
+        ("robustness.md", render_robustness_markdown(suite, spreads, metric, factors)),
+        ("robustness.csv", render_robustness_csv(spreads)),
+        ("ablation.csv", render_points_csv(results)),
+    )
     for name, text in texts:
         path = out_dir / name
         path.write_text(text)
@@ -496,13 +590,24 @@ def ablate(
         suite_obj = suite_obj.expanded(seeds=seeds)
     if epochs is not None:
         suite_obj = suite_obj.expanded(epochs=epochs)
-    points = plan_ablation(suite_obj, optimizers=optimizers, hparams=hparams, factors=factors,
-                           arch=arch)
-    trained = run_ablation(suite_obj, points, arch=arch, data_dir=data_dir,
-                           tracking_uri=tracking_uri, experiment=experiment, device=device,
-                           quiet=quiet, retry_failed=retry_failed, say=echo)
-    results = collect_ablation(suite_obj, points, arch=arch, tracking_uri=tracking_uri,
-                               experiment=experiment)
+    points = plan_ablation(
+        suite_obj, optimizers=optimizers, hparams=hparams, factors=factors, arch=arch
+    )
+    trained = run_ablation(
+        suite_obj,
+        points,
+        arch=arch,
+        data_dir=data_dir,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        device=device,
+        quiet=quiet,
+        retry_failed=retry_failed,
+        say=echo,
+    )
+    results = collect_ablation(
+        suite_obj, points, arch=arch, tracking_uri=tracking_uri, experiment=experiment
+    )
     paths = write_ablation(suite_obj, results, out, factors)
     echo(f"ablation written to {paths[0].parent}")
     return AblationResult(tuple(results), tuple(robustness(results)), tuple(paths), len(trained))

@@ -152,8 +152,11 @@ def _narrow(h: HParam, value: Any, where: str) -> SearchParam | Any:
                 raise HyperparameterError(f"{owner}: grid is empty")
             low = value.get("low", min(grid)) if h.kind is not bool else None
             high = value.get("high", max(grid)) if h.kind is not bool else None
-            rng = _range_param(h, low, high, value.get("log", h.log), owner) if h.kind is not bool \
+            rng = (
+                _range_param(h, low, high, value.get("log", h.log), owner)
+                if h.kind is not bool
                 else SearchParam(h.name, "bool")
+            )
             return replace(rng, grid=tuple(grid))
         if "low" not in value or "high" not in value:
             raise HyperparameterError(f"{owner}: give both low and high (or a grid)")
@@ -179,5 +182,6 @@ def _range_param(h: HParam, low: Any, high: Any, log: Any, owner: str) -> Search
         raise HyperparameterError(f"{owner}: the range [{low}, {high}] is empty (need low < high)")
     if log and low <= 0:
         raise HyperparameterError(
-            f"{owner}: a log-scale range must be positive, got [{low}, {high}]")
+            f"{owner}: a log-scale range must be positive, got [{low}, {high}]"
+        )
     return SearchParam(h.name, h.kind.__name__, float(low), float(high), bool(log))

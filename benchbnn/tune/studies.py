@@ -107,17 +107,20 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
         self._inner.reseed_rng()
 
 
-def make_sampler(kind: str, space: SearchSpace, seed: int = 0,
-                 startup_trials: int = TPE_STARTUP_TRIALS):
+def make_sampler(
+    kind: str, space: SearchSpace, seed: int = 0, startup_trials: int = TPE_STARTUP_TRIALS
+):
     """TPE (multivariate, constant liar, pinned startup trials), grid, or random; all seeded."""
     if kind == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if kind == "tpe":
+
         def factory(s: int):
             return optuna.samplers.TPESampler(
                 n_startup_trials=startup_trials, multivariate=True, constant_liar=True, seed=s
             )
     elif kind == "random":
+
         def factory(s: int):
             return optuna.samplers.RandomSampler(seed=s)
     else:
@@ -162,7 +165,7 @@ def redact(storage: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(storage).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: show it as given
+    except Exception:
         return storage
 
 
@@ -194,22 +197,26 @@ def _open_storage(storage: str, heartbeat: int | None, create: bool):
         return _redis_journal(storage)
     url = storage
     if url.startswith("postgres://"):  # Heroku-style; SQLAlchemy only knows postgresql://
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     url = _with_installed_driver(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
     callbacks = (
-        {"heartbeat_stale_trial_callback": retry()} if retry is not None
+        {"heartbeat_stale_trial_callback": retry()}
+        if retry is not None
         else {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
     )
-    hb = ({"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, **callbacks}
-          if heartbeat else {})
+    hb = (
+        {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, **callbacks}
+        if heartbeat
+        else {}
+    )
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-        except Exception as exc:  # noqa: BLE001 - filtered just below
+        except Exception as exc:
             if attempt + 1 < SCHEMA_RACE_ATTEMPTS and _schema_race(exc):
                 time.sleep(0.2 * (attempt + 1))
                 continue
@@ -228,7 +235,7 @@ def _with_installed_driver(url: str) -> str:
     import importlib.util
 
     if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 
@@ -267,7 +274,7 @@ def _redis_journal(url: str):
         raise BenchbnnError(
             f"the Optuna storage {redact(url)} needs the redis package (pip install redis)"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - connection errors of the redis client
+    except Exception as exc:
         raise _unreachable(url, exc) from None
 
 
@@ -305,21 +312,29 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
-def check_study_matches(name: str, attrs: Mapping[str, Any], space: Mapping[str, Any],
-                        protocol: Mapping[str, Any], storage: str) -> None:
+def check_study_matches(
+    name: str,
+    attrs: Mapping[str, Any],
+    space: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+    storage: str,
+) -> None:
     """Refuse to add trials to a study made for another search space or protocol."""
     if ATTR_SPACE not in attrs:
         raise BenchbnnError(
             f"study {name!r} in {redact(storage)} was not created by 'benchbnn tune' (or its "
             f"creator stopped before describing it); choose another name with --study NAME"
         )
-    for label, old, new in (("search space", attrs[ATTR_SPACE], space),
-                            ("protocol", attrs.get(ATTR_PROTOCOL, {}), protocol)):
+    for label, old, new in (
+        ("search space", attrs[ATTR_SPACE], space),
+        ("protocol", attrs.get(ATTR_PROTOCOL, {}), protocol),
+    ):
         old, new = jsonable(old), jsonable(new)
         if old != new:
             keys = _differences(old, new) if isinstance(old, dict) and isinstance(new, dict) else []
-            detail = "; ".join(f"{k}: study has {old.get(k)!r}, this run {new.get(k)!r}"
-                               for k in keys)
+            detail = "; ".join(
+                f"{k}: study has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys
+            )
             raise BenchbnnError(
                 f"study {name!r} in {redact(storage)} was created with a different {label} "
                 f"({detail or 'see its user attributes'}); choose another study name with "
@@ -355,8 +370,9 @@ def count_trials(trials: Iterable[Any]) -> Counts:
         waiting=states.count(TrialState.WAITING),
         complete=states.count(TrialState.COMPLETE),
         pruned=states.count(TrialState.PRUNED),
-        failed=sum(1 for t in trials
-                   if t.state == TrialState.FAIL and ATTR_FAILURE in t.user_attrs),
+        failed=sum(
+            1 for t in trials if t.state == TrialState.FAIL and ATTR_FAILURE in t.user_attrs
+        ),
     )
 
 
@@ -390,10 +406,15 @@ def requeue(study: Any, trial: Any) -> None:
     system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
     system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (ATTR_WORKER,)}
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.WAITING, params=trial.params,
-        distributions=trial.distributions, user_attrs=user_attrs, system_attrs=system_attrs,
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
 
 
 def fail_lost_trials(study: Any) -> list[int]:
@@ -423,9 +444,17 @@ def fail_lost_trials(study: Any) -> list[int]:
     return lost
 
 
-def open_study(storage: Any, storage_url: str, name: str, sampler: Any, pruner: Any,
-               space: Mapping[str, Any], protocol: Mapping[str, Any],
-               create_parent: Callable[[str], str], wait_s: float = 30.0) -> tuple[Any, dict]:
+def open_study(
+    storage: Any,
+    storage_url: str,
+    name: str,
+    sampler: Any,
+    pruner: Any,
+    space: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+    create_parent: Callable[[str], str],
+    wait_s: float = 30.0,
+) -> tuple[Any, dict]:
     """Create the study and describe it, or load it and check it is the same study.
 
     Returns the study and its user attributes. The creator records the protocol, a uid, the
@@ -435,8 +464,9 @@ def open_study(storage: Any, storage_url: str, name: str, sampler: Any, pruner: 
     """
     space, protocol = jsonable(space), jsonable(protocol)
     try:
-        study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
-                                    study_name=name, direction="maximize")
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=pruner, study_name=name, direction="maximize"
+        )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         attrs = _wait_for_description(study, wait_s)
@@ -475,13 +505,22 @@ def is_surplus(trial: Any, target: int) -> bool:
     moment; trial numbers are unique and ordered, so the later trial gives way.
     """
     trials = trial.study.get_trials(deepcopy=False)
-    earlier = sum(1 for t in trials if t.number < trial.number
-                  and t.state in (TrialState.RUNNING, TrialState.WAITING))
+    earlier = sum(
+        1
+        for t in trials
+        if t.number < trial.number and t.state in (TrialState.RUNNING, TrialState.WAITING)
+    )
     return sum(1 for t in trials if counted(t)) + earlier >= target
 
 
-def run_study(study: Any, objective: Any, target: int, on_trial: Callable[[Any, Any], None],
-              poll_s: float, say: Callable[[str], None]) -> int:
+def run_study(
+    study: Any,
+    objective: Any,
+    target: int,
+    on_trial: Callable[[Any, Any], None],
+    poll_s: float,
+    say: Callable[[str], None],
+) -> int:
     """Run trials until ``target`` trials count; return how many this worker ran.
 
     ``objective.current`` must hold the number of the trial it is running (an interrupted trial
@@ -517,6 +556,10 @@ def _requeue_interrupted(study: Any, number: int | None) -> None:
     if number is None:
         return
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is not None and trial.state == TrialState.FAIL and not counted(trial) \
-            and ATTR_SURPLUS not in trial.user_attrs:
+    if (
+        trial is not None
+        and trial.state == TrialState.FAIL
+        and not counted(trial)
+        and ATTR_SURPLUS not in trial.user_attrs
+    ):
         requeue(study, trial)

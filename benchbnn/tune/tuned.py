@@ -28,8 +28,10 @@ class TunedEntry:
 
     def describe(self) -> str:
         value = "-" if self.value is None else f"{self.value:.4g}"
-        settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in sorted(self.hparams.items()))
+        settings = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in sorted(self.hparams.items())
+        )
         return (
             f"entry {self.label}: tuned hyperparameters from study {self.study_name!r} trial "
             f"#{self.trial_number} (value {value}): {settings or 'none'}"
@@ -48,18 +50,27 @@ def apply_tuned(
     """
     used = []
     for entry in suite.entries:
-        found = best_trial_hparams(suite, entry.optimizer, storage=storage, study=study,
-                                   entry=entry.label)
+        found = best_trial_hparams(
+            suite, entry.optimizer, storage=storage, study=study, entry=entry.label
+        )
         suite = suite.with_entry_hparams(entry.label, found.hparams)
-        used.append(TunedEntry(
-            entry.label, entry.optimizer, dict(found.hparams), str(found.study_name),
-            int(found.trial_number), None if found.value is None else float(found.value),
-        ))
+        used.append(
+            TunedEntry(
+                entry.label,
+                entry.optimizer,
+                dict(found.hparams),
+                str(found.study_name),
+                int(found.trial_number),
+                None if found.value is None else float(found.value),
+            )
+        )
     return suite, used
 
 
 def tuned_suite(
-    suite: Suite, optimizers: Sequence[str] | str | None = None, storage: str | None = None,
+    suite: Suite,
+    optimizers: Sequence[str] | str | None = None,
+    storage: str | None = None,
     study: str | None = None,
 ) -> tuple[Suite, list[TunedEntry]]:
     """The entries that take part (``optimizers``, as in :meth:`Suite.select`), tuned."""

@@ -43,32 +43,82 @@ from typing import Any
 
 import optuna
 
-from benchbnn.core.config import RunConfig
-
-from benchbnn.core.names import TAG_ROLE, TAG_STUDY_UID, TAG_BEST_PREFIX, DEFAULT_EXPERIMENT, TAG_ENTRY, TAG_STUDY, TAG_SUITE, TAG_TRIAL
-from benchbnn.core.errors import BenchbnnError, RunFailed
-from benchbnn.core.plugins import hookimpl
-from benchbnn.tune.search_space import SearchParam, SearchSpace, powers_of_ten, search_space
-from benchbnn.tune.studies import (
-    ATTR_FAILURE, ATTR_PARENT, ATTR_SPACE, ATTR_SURPLUS, ATTR_UID, ATTR_WORKER,
-    DEFAULT_HEARTBEAT_S, DEFAULT_TUNE_DIR, JOURNAL_NAME, PRUNERS, SAMPLERS, STORAGE_ENV,
-    TPE_STARTUP_TRIALS, Counts, jsonable, check_study_matches, count_trials, default_storage,
-    fail_lost_trials, is_surplus, make_pruner, make_sampler, open_storage, open_study,
-    quiet_optuna, redact, run_study, study_name, worker_token,
-)
 from benchbnn.bench.compare import check_data
 from benchbnn.bench.suite_file import load_suite
-from benchbnn.core.plugins import get_optimizer
-from benchbnn.core.plugins import get_suite
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.names import (
+    DEFAULT_EXPERIMENT,
+    TAG_BEST_PREFIX,
+    TAG_ENTRY,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_STUDY_UID,
+    TAG_SUITE,
+    TAG_TRIAL,
+)
+from benchbnn.core.plugins import get_optimizer, get_suite, hookimpl
 from benchbnn.train import tracking
 from benchbnn.train.engine import train
+from benchbnn.tune.search_space import SearchParam, SearchSpace, powers_of_ten, search_space
+from benchbnn.tune.studies import (
+    ATTR_FAILURE,
+    ATTR_PARENT,
+    ATTR_SPACE,
+    ATTR_SURPLUS,
+    ATTR_UID,
+    ATTR_WORKER,
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_TUNE_DIR,
+    JOURNAL_NAME,
+    PRUNERS,
+    SAMPLERS,
+    STORAGE_ENV,
+    TPE_STARTUP_TRIALS,
+    Counts,
+    check_study_matches,
+    count_trials,
+    default_storage,
+    fail_lost_trials,
+    is_surplus,
+    jsonable,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    quiet_optuna,
+    redact,
+    run_study,
+    study_name,
+    worker_token,
+)
 
 __all__ = [  # the tuning API; the pieces come from benchbnn.search_space and benchbnn.studies
-    "DEFAULT_TUNE_DIR", "JOURNAL_NAME", "PRUNERS", "SAMPLERS", "STORAGE_ENV", "Counts",
-    "Protocol", "SearchParam", "SearchSpace", "TuneResult", "TunedParams", "best_trial_hparams",
-    "build_protocol", "check_study_matches", "count_trials", "default_storage",
-    "fail_lost_trials", "make_pruner", "make_sampler", "open_storage", "powers_of_ten",
-    "redact", "search_space", "study_name", "tune",
+    "DEFAULT_TUNE_DIR",
+    "JOURNAL_NAME",
+    "PRUNERS",
+    "SAMPLERS",
+    "STORAGE_ENV",
+    "Counts",
+    "Protocol",
+    "SearchParam",
+    "SearchSpace",
+    "TuneResult",
+    "TunedParams",
+    "best_trial_hparams",
+    "build_protocol",
+    "check_study_matches",
+    "count_trials",
+    "default_storage",
+    "fail_lost_trials",
+    "make_pruner",
+    "make_sampler",
+    "open_storage",
+    "powers_of_ten",
+    "redact",
+    "search_space",
+    "study_name",
+    "tune",
 ]
 
 TrialState = optuna.trial.TrialState
@@ -137,8 +187,14 @@ def _entry_for(suite: Any, optimizer: str, entry: str | None) -> Any | None:
 
 
 def build_protocol(
-    suite: Any, optimizer: str, *, entry: str | None = None, arch: str | None = None,
-    seeds: int = 1, epochs: int | None = None, space: SearchSpace | None = None,
+    suite: Any,
+    optimizer: str,
+    *,
+    entry: str | None = None,
+    arch: str | None = None,
+    seeds: int = 1,
+    epochs: int | None = None,
+    space: SearchSpace | None = None,
 ) -> Protocol:
     """The suite's protocol for ``optimizer``: its entry's (or default) hyperparameters, the
     suite's validation split (10% of the training data when the suite has none)."""
@@ -147,7 +203,8 @@ def build_protocol(
     chosen = _entry_for(suite, optimizer, entry)
     select = chosen.label if chosen is not None else optimizer
     rows = [
-        (e, a, c) for e, a, c in suite.run_configs(seeds=seeds, epochs=epochs, optimizers=[select])
+        (e, a, c)
+        for e, a, c in suite.run_configs(seeds=seeds, epochs=epochs, optimizers=[select])
         if e.optimizer == optimizer and (chosen is None or e.label == chosen.label)
     ]
     archs = sorted({a for _, a, _ in rows})
@@ -162,7 +219,9 @@ def build_protocol(
     fixed = dict(space.fixed) if space is not None else {}
     base = configs[0]
     base = replace(
-        base, val_fraction=val_fraction, hparams={**base.hparams, **fixed},
+        base,
+        val_fraction=val_fraction,
+        hparams={**base.hparams, **fixed},
         schedules={k: v for k, v in base.schedules.items() if k not in fixed},
     )
     label = chosen.label if chosen is not None else None
@@ -225,8 +284,15 @@ class Objective:
     compare). The objective never sees the test split's numbers.
     """
 
-    def __init__(self, protocol: Protocol, space: SearchSpace, study_name: str,
-                 parent_run_id: str | None, options: TrainOptions, target: int):
+    def __init__(
+        self,
+        protocol: Protocol,
+        space: SearchSpace,
+        study_name: str,
+        parent_run_id: str | None,
+        options: TrainOptions,
+        target: int,
+    ):
         self.protocol = protocol
         self.space = space
         self.study_name = study_name
@@ -258,20 +324,26 @@ class Objective:
         trial.set_user_attr(ATTR_SEED_VALUES, values)
         return float(sum(values) / len(values))
 
-    def _train(self, trial: Any, params: Mapping[str, Any], seed: int,
-               reporter: TrialReporter) -> float:
+    def _train(
+        self, trial: Any, params: Mapping[str, Any], seed: int, reporter: TrialReporter
+    ) -> float:
 
         # A trial's checkpoints are only an interruption's safety net: removed when it ends.
         checkpoints = self.options.checkpoint_root / f"trial-{trial.number}-seed-{seed}"
         try:
             result = train(
                 self.protocol.config(params, seed),
-                data_dir=self.options.data_dir, device=self.options.device,
-                tracking_uri=self.options.tracking_uri, experiment=self.options.experiment,
-                quiet=self.options.quiet, plugins=[reporter], parent_run_id=self.parent_run_id,
+                data_dir=self.options.data_dir,
+                device=self.options.device,
+                tracking_uri=self.options.tracking_uri,
+                experiment=self.options.experiment,
+                quiet=self.options.quiet,
+                plugins=[reporter],
+                parent_run_id=self.parent_run_id,
                 tags={TAG_STUDY: self.study_name, TAG_TRIAL: str(trial.number)},
                 run_name=f"{self.study_name}/trial-{trial.number}/seed-{seed}",
-                download=self.options.download, checkpoint_dir=checkpoints,
+                download=self.options.download,
+                checkpoint_dir=checkpoints,
             )
         finally:
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -311,16 +383,25 @@ class TunedParams:
 
     def describe(self) -> str:
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(self.params.items()))
-        return (f"study {self.study_name!r} trial {self.trial_number}: validation top-1 "
-                f"{self.value:.2f}% with {values}")
+        return (
+            f"study {self.study_name!r} trial {self.trial_number}: validation top-1 "
+            f"{self.value:.2f}% with {values}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return jsonable({
-            "study": self.study_name, "storage": self.storage, "trial_number": self.trial_number,
-            "value": self.value, "params": dict(self.params), "hparams": dict(self.hparams),
-            "config_hparams": dict(self.config_hparams), "schedules": dict(self.schedules),
-            "mlflow_run_id": self.mlflow_run_id,
-        })
+        return jsonable(
+            {
+                "study": self.study_name,
+                "storage": self.storage,
+                "trial_number": self.trial_number,
+                "value": self.value,
+                "params": dict(self.params),
+                "hparams": dict(self.hparams),
+                "config_hparams": dict(self.config_hparams),
+                "schedules": dict(self.schedules),
+                "mlflow_run_id": self.mlflow_run_id,
+            }
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -348,7 +429,10 @@ def best_of(study: Any, storage: str = "") -> TunedParams | None:
 
 
 def best_trial_hparams(
-    suite: Any, optimizer: str, storage: str | None = None, study: str | None = None,
+    suite: Any,
+    optimizer: str,
+    storage: str | None = None,
+    study: str | None = None,
     entry: str | None = None,
 ) -> TunedParams:
     """The best complete trial of the study that tuned ``optimizer`` on ``suite``.
@@ -362,22 +446,29 @@ def best_trial_hparams(
         return _best_trial_hparams(suite, optimizer, storage, study, entry)
 
 
-def _best_trial_hparams(suite: Any, optimizer: str, storage: str | None, study: str | None,
-                        entry: str | None) -> TunedParams:
+def _best_trial_hparams(
+    suite: Any, optimizer: str, storage: str | None, study: str | None, entry: str | None
+) -> TunedParams:
     suite_name, suite_arg = _suite_name(suite)
     url = storage or default_storage()
     store = open_storage(url, heartbeat=None, create=False)
-    names = [study] if study else (
-        ([study_name(suite_name, optimizer, entry)] if entry else [])
-        + [study_name(suite_name, optimizer)]
+    names = (
+        [study]
+        if study
+        else (
+            ([study_name(suite_name, optimizer, entry)] if entry else [])
+            + [study_name(suite_name, optimizer)]
+        )
     )
     summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
     existing = {s.study_name for s in summaries}
     found = next((n for n in names if n in existing), None)
-    command = (f"benchbnn tune {suite_arg} --optimizer {optimizer}"
-               + (f" --entry {entry}" if entry and not study else "")
-               + (f" --study {study}" if study else "")
-               + (f" --storage {redact(url)}" if storage else ""))
+    command = (
+        f"benchbnn tune {suite_arg} --optimizer {optimizer}"
+        + (f" --entry {entry}" if entry and not study else "")
+        + (f" --study {study}" if study else "")
+        + (f" --storage {redact(url)}" if storage else "")
+    )
     if found is None:
         raise BenchbnnError(
             f"no tuning study {' or '.join(map(repr, names))} in {redact(url)}; create it with "
@@ -397,7 +488,6 @@ def _best_trial_hparams(suite: Any, optimizer: str, storage: str | None, study: 
 def _suite_name(suite: Any) -> tuple[str, str]:
     """The suite's name, and how to name it on a command line (its file when not built in)."""
     if hasattr(suite, "name") and hasattr(suite, "entries"):
-
         try:
             registered = Path(get_suite(suite.name).path).resolve() == Path(suite.path).resolve()
         except (BenchbnnError, TypeError):
@@ -405,7 +495,6 @@ def _suite_name(suite: Any) -> tuple[str, str]:
         return suite.name, suite.name if registered or suite.path is None else str(suite.path)
     text = str(suite)
     if text.endswith(".toml") or os.sep in text or Path(text).is_file():
-
         return load_suite(text).name, text
     return text, text
 
@@ -434,7 +523,7 @@ class StudyTracking:
             self.experiment_id = tracking.ensure_experiment(self.client, experiment, self.uri)
         except BenchbnnError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any store failure gets the same advice
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BenchbnnError(
                 f"cannot use tracking location {self.uri}: {first}; pass --tracking-uri with a "
@@ -451,20 +540,29 @@ class StudyTracking:
         base = protocol.base
         searched = space.as_dict()["params"]
         params = {
-            "optimizer": base.optimizer, "dataset": base.dataset, "arch": base.arch,
-            "epochs": base.epochs, "batch_size": base.batch_size, "subset": base.subset,
-            "val_fraction": base.val_fraction, "seeds": list(protocol.seeds),
+            "optimizer": base.optimizer,
+            "dataset": base.dataset,
+            "arch": base.arch,
+            "epochs": base.epochs,
+            "batch_size": base.batch_size,
+            "subset": base.subset,
+            "val_fraction": base.val_fraction,
+            "seeds": list(protocol.seeds),
             **{f"search.{k}": json.dumps(v, sort_keys=True) for k, v in searched.items()},
             **{f"base.{k}": v for k, v in sorted(base.hparams.items())},
-            **{f"base_schedule.{k}": json.dumps(v, sort_keys=True)
-               for k, v in sorted(base.schedules.items())},
+            **{
+                f"base_schedule.{k}": json.dumps(v, sort_keys=True)
+                for k, v in sorted(base.schedules.items())
+            },
         }
         self.client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+        )
         return run.info.run_id
 
-    def find(self, name: str, attrs: Mapping[str, Any], protocol: Protocol,
-             space: SearchSpace) -> str:
+    def find(
+        self, name: str, attrs: Mapping[str, Any], protocol: Protocol, space: SearchSpace
+    ) -> str:
         """The parent run recorded with the study, else one tagged with its uid, else a new one
         (a worker whose tracking store is not the creator's)."""
         from mlflow.exceptions import MlflowException
@@ -478,22 +576,28 @@ class StudyTracking:
                 pass
         uid = attrs.get(ATTR_UID, "")
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{TAG_STUDY_UID}` = '{uid}'",
-            order_by=["attributes.start_time ASC"], max_results=1,
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_STUDY_UID}` = '{uid}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
         )
         return found[0].info.run_id if found else self.create(name, uid, protocol, space)
 
     def record_best(self, run_id: str, best: TunedParams, done: int) -> None:
-        tags = {f"{TAG_BEST_PREFIX}trial": str(best.trial_number),
-                f"{TAG_BEST_PREFIX}value": f"{best.value:.6g}"}
-        tags.update({f"{TAG_BEST_PREFIX}{k}": _fmt_exact(v)
-                     for k, v in sorted(best.params.items())})
+        tags = {
+            f"{TAG_BEST_PREFIX}trial": str(best.trial_number),
+            f"{TAG_BEST_PREFIX}value": f"{best.value:.6g}",
+        }
+        tags.update(
+            {f"{TAG_BEST_PREFIX}{k}": _fmt_exact(v) for k, v in sorted(best.params.items())}
+        )
         if best.mlflow_run_id:
             tags[f"{TAG_BEST_PREFIX}run_id"] = best.mlflow_run_id
         from mlflow.entities import Metric, RunTag
 
         self.client.log_batch(
-            run_id, metrics=[Metric("best_val_top1", best.value, int(time.time() * 1000), done)],
+            run_id,
+            metrics=[Metric("best_val_top1", best.value, int(time.time() * 1000), done)],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
@@ -560,15 +664,36 @@ def tune(
         return _tune(**locals())
 
 
-def _tune(suite: Any, optimizer: str | None, *, trials: int | None, sampler: str, pruner: str,
-          storage: str | None, study: str | None, seeds: int, epochs: int | None,
-          entry: str | None, arch: str | None, data_dir: str | None, tracking_uri: str | None,
-          experiment: str, out: str | Path | None, device: str | None, quiet: bool,
-          sampler_seed: int, startup_trials: int, heartbeat: int, download: bool,
-          poll_s: float, log: Callable[[str], None] | None) -> TuneResult:
+def _tune(
+    suite: Any,
+    optimizer: str | None,
+    *,
+    trials: int | None,
+    sampler: str,
+    pruner: str,
+    storage: str | None,
+    study: str | None,
+    seeds: int,
+    epochs: int | None,
+    entry: str | None,
+    arch: str | None,
+    data_dir: str | None,
+    tracking_uri: str | None,
+    experiment: str,
+    out: str | Path | None,
+    device: str | None,
+    quiet: bool,
+    sampler_seed: int,
+    startup_trials: int,
+    heartbeat: int,
+    download: bool,
+    poll_s: float,
+    log: Callable[[str], None] | None,
+) -> TuneResult:
     say = (lambda _msg: None) if quiet else (log or print)
-    suite_obj, spec, space, protocol = _inputs(suite, optimizer, sampler, pruner, heartbeat,
-                                               entry, arch, seeds, epochs, data_dir)
+    suite_obj, spec, space, protocol = _inputs(
+        suite, optimizer, sampler, pruner, heartbeat, entry, arch, seeds, epochs, data_dir
+    )
     target = _target(trials, sampler, space, say)
     url = storage or default_storage(out)
     name = study or study_name(suite_obj.name, spec.name, entry)
@@ -576,21 +701,35 @@ def _tune(suite: Any, optimizer: str | None, *, trials: int | None, sampler: str
     store = open_storage(url, heartbeat=heartbeat)
     epochs_run = protocol.base.epochs
     the_study, attrs = open_study(
-        store, url, name, make_sampler(sampler, space, sampler_seed, startup_trials),
-        make_pruner(pruner, epochs_run), space.as_dict(), protocol.identity(),
+        store,
+        url,
+        name,
+        make_sampler(sampler, space, sampler_seed, startup_trials),
+        make_pruner(pruner, epochs_run),
+        space.as_dict(),
+        protocol.identity(),
         create_parent=lambda uid: tracking.create(name, uid, protocol, space),
     )
     parent = tracking.find(name, attrs, protocol, space)
     out_dir = Path(out or DEFAULT_TUNE_DIR) / name
-    options = TrainOptions(data_dir, device, tracking.uri, experiment, quiet, download,
-                           out_dir / "checkpoints")
+    options = TrainOptions(
+        data_dir, device, tracking.uri, experiment, quiet, download, out_dir / "checkpoints"
+    )
     objective = Objective(protocol, space, name, parent, options, target)
-    extra = {"suite": protocol.suite, "optimizer": spec.name, "entry": protocol.entry,
-             "arch": protocol.base.arch, "epochs": epochs_run, "seeds": list(protocol.seeds)}
+    extra = {
+        "suite": protocol.suite,
+        "optimizer": spec.name,
+        "entry": protocol.entry,
+        "arch": protocol.base.arch,
+        "epochs": epochs_run,
+        "seeds": list(protocol.seeds),
+    }
     recorder = _BestRecorder(tracking, parent, out_dir / "best.json", url, extra, say)
-    say(f"study {name!r} in {redact(url)}: tuning {', '.join(sorted(space.params))} of "
+    say(
+        f"study {name!r} in {redact(url)}: tuning {', '.join(sorted(space.params))} of "
         f"{spec.name} on {protocol.base.dataset}/{protocol.base.arch}, {epochs_run} epochs, "
-        f"{len(protocol.seeds)} seed(s), {sampler} sampler, {pruner} pruner, {target} trials")
+        f"{len(protocol.seeds)} seed(s), {sampler} sampler, {pruner} pruner, {target} trials"
+    )
     tracking.set_status(parent, "RUNNING")
     ran = 0
     try:
@@ -602,13 +741,30 @@ def _tune(suite: Any, optimizer: str | None, *, trials: int | None, sampler: str
             tracking.set_status(parent, "FINISHED")
         with contextlib.suppress(OSError):  # left empty by trials that ended
             options.checkpoint_root.rmdir()
-    return TuneResult(name, redact(url), target, counts, best, parent,
-                      recorder.path if best is not None else None, ran)
+    return TuneResult(
+        name,
+        redact(url),
+        target,
+        counts,
+        best,
+        parent,
+        recorder.path if best is not None else None,
+        ran,
+    )
 
 
-def _inputs(suite: Any, optimizer: str | None, sampler: str, pruner: str, heartbeat: int | None,
-            entry: str | None, arch: str | None, seeds: int, epochs: int | None,
-            data_dir: str | None) -> tuple:
+def _inputs(
+    suite: Any,
+    optimizer: str | None,
+    sampler: str,
+    pruner: str,
+    heartbeat: int | None,
+    entry: str | None,
+    arch: str | None,
+    seeds: int,
+    epochs: int | None,
+    data_dir: str | None,
+) -> tuple:
     """Everything a study needs from the user, checked before anything is opened or trained."""
 
     if optimizer is None:
@@ -621,22 +777,27 @@ def _inputs(suite: Any, optimizer: str | None, sampler: str, pruner: str, heartb
         raise BenchbnnError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     suite_obj = suite if hasattr(suite, "entries") else load_suite(suite)
     spec = get_optimizer(optimizer)
-    space = search_space(spec, suite_obj.tune.get(spec.name),
-                         source=f"suite {suite_obj.name!r}, table [tune.{spec.name}]")
+    space = search_space(
+        spec,
+        suite_obj.tune.get(spec.name),
+        source=f"suite {suite_obj.name!r}, table [tune.{spec.name}]",
+    )
     if not space.params:
         raise BenchbnnError(
             f"optimizer {spec.name!r} declares no searchable hyperparameter and suite "
             f"{suite_obj.name!r} adds none in [tune.{spec.name}]; nothing to tune"
         )
-    protocol = build_protocol(suite_obj, spec.name, entry=entry, arch=arch, seeds=seeds,
-                              epochs=epochs, space=space)
+    protocol = build_protocol(
+        suite_obj, spec.name, entry=entry, arch=arch, seeds=seeds, epochs=epochs, space=space
+    )
     spec.resolve(**protocol.base.hparams)
     check_data(suite_obj, Path(data_dir).expanduser() if data_dir else None)
     return suite_obj, spec, space, protocol
 
 
-def _target(trials: int | None, sampler: str, space: SearchSpace,
-            say: Callable[[str], None]) -> int:
+def _target(
+    trials: int | None, sampler: str, space: SearchSpace, say: Callable[[str], None]
+) -> int:
     if trials is not None and trials < 1:
         raise BenchbnnError(f"--trials must be at least 1, got {trials}")
     if sampler != "grid":
@@ -650,8 +811,15 @@ def _target(trials: int | None, sampler: str, space: SearchSpace,
 class _BestRecorder:
     """After every trial: one line of progress; when the best changes, best.json and MLflow."""
 
-    def __init__(self, tracking: StudyTracking, parent: str, path: Path, storage: str,
-                 extra: Mapping[str, Any], say: Callable[[str], None]):
+    def __init__(
+        self,
+        tracking: StudyTracking,
+        parent: str,
+        path: Path,
+        storage: str,
+        extra: Mapping[str, Any],
+        say: Callable[[str], None],
+    ):
         self.tracking, self.parent, self.path = tracking, parent, path
         self.storage, self.extra, self.say = storage, extra, say
         self.last: tuple[int, float] | None = None

@@ -30,9 +30,21 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 __all__ = [
-    "CIFAR_MEAN", "CIFAR_STD", "ClassifierHead", "UnsupportedInputError", "as_choice", "as_float", "as_sizes",
-    "build_with_cfg", "cfg_factory", "check_channels", "check_num_classes", "image_hw",
-    "prefer_small_cfg", "scaled", "sync_pretrained_cfg",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "ClassifierHead",
+    "UnsupportedInputError",
+    "as_choice",
+    "as_float",
+    "as_sizes",
+    "build_with_cfg",
+    "cfg_factory",
+    "check_channels",
+    "check_num_classes",
+    "image_hw",
+    "prefer_small_cfg",
+    "scaled",
+    "sync_pretrained_cfg",
 ]
 
 
@@ -44,7 +56,9 @@ def as_float(arch: str, name: str, value: Any, *, positive: bool = True) -> floa
         number = math.nan
     if not math.isfinite(number) or (positive and number <= 0):
         need = "a positive number" if positive else "a number"
-        raise HyperparameterError(f"architecture {arch!r}: option {name!r} must be {need}, got {value!r}")
+        raise HyperparameterError(
+            f"architecture {arch!r}: option {name!r} must be {need}, got {value!r}"
+        )
     return number
 
 
@@ -69,7 +83,9 @@ def as_sizes(arch: str, name: str, value: Any) -> tuple[int, ...]:
         items = value
     try:
         sizes = tuple(int(str(v).strip()) if isinstance(v, str) else v for v in items)
-        ok = bool(sizes) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+        ok = bool(sizes) and all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -82,13 +98,15 @@ def as_sizes(arch: str, name: str, value: Any) -> tuple[int, ...]:
 
 def scaled(channels: int, width: float) -> int:
     """``channels`` times a width multiplier, rounded, at least 1."""
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 def image_hw(arch: str, img_size: Any) -> tuple[int, int]:
     """``(height, width)`` from an int or a pair (timm passes ``img_size`` as a pair)."""
     pair = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
+    ):
         raise UnsupportedInputError(
             f"architecture {arch!r}: image size must be a positive whole number or a pair, got {img_size!r}"
         )
@@ -107,7 +125,9 @@ def check_channels(arch: str, in_chans: Any) -> int:
 
 def check_num_classes(arch: str, num_classes: Any) -> int:
     """A class count >= 1, or 0 for a network without classifier (timm's feature extractor)."""
-    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0):
+    if not (
+        isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0
+    ):
         raise HyperparameterError(
             f"architecture {arch!r}: num_classes must be a whole number >= 0, got {num_classes!r}"
         )
@@ -138,8 +158,9 @@ def prefer_small_cfg(kwargs: dict[str, Any], tag: str, below: int) -> dict[str, 
     return kwargs
 
 
-def build_with_cfg(model_cls: type[nn.Module], variant: str, pretrained: bool = False,
-                   **kwargs: Any) -> Any:
+def build_with_cfg(
+    model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any
+) -> Any:
     """timm's ``build_model_with_cfg`` for a family's model, with its config synced to it."""
     return sync_pretrained_cfg(build_model_with_cfg(model_cls, variant, pretrained, **kwargs))
 

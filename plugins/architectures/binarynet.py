@@ -92,7 +92,10 @@ class ConvBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, *, first: bool, pool: bool, norm: str):
         super().__init__()
         self.conv = BinaryConv2d(
-            in_chs, out_chs, 3, padding=0 if first else 1,
+            in_chs,
+            out_chs,
+            3,
+            padding=0 if first else 1,
             input_quantizer=None if first else "ste_sign",
         )
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
@@ -195,10 +198,12 @@ _cfg = cfg_factory(
 )
 
 
-default_cfgs = generate_default_cfgs({
-    "binarynet.cifar10": _cfg(),
-    "binarynet.mnist": _cfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,)),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "binarynet.cifar10": _cfg(),
+        "binarynet.mnist": _cfg(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,)),
+    }
+)
 
 
 # --- timm entrypoints ------------------------------------------------------------------------
@@ -213,12 +218,17 @@ def binarynet(pretrained: bool = False, **kwargs: Any) -> BinaryNet:
 # --- benchbnn plugin -------------------------------------------------------------------------
 
 
-def build(num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
-          norm: str = "batch") -> BinaryNet:
+def build(
+    num_classes: int, in_channels: int, image_size: int, width: float = 1.0, norm: str = "batch"
+) -> BinaryNet:
     """The same network as ``timm.create_model("binarynet", ...)`` with these arguments."""
     return _create_binarynet(
-        "binarynet", num_classes=num_classes, in_chans=in_channels, img_size=image_size,
-        width=width, norm=norm,
+        "binarynet",
+        num_classes=num_classes,
+        in_chans=in_channels,
+        img_size=image_size,
+        width=width,
+        norm=norm,
     )
 
 

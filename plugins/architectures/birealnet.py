@@ -78,8 +78,13 @@ class BiRealBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int):
         super().__init__()
         self.conv = BinaryConv2d(
-            in_chs, out_chs, 3, stride=stride, padding=1,
-            input_quantizer="approx_sign", scale_weights=True,
+            in_chs,
+            out_chs,
+            3,
+            stride=stride,
+            padding=1,
+            input_quantizer="approx_sign",
+            scale_weights=True,
         )
         self.bn = nn.BatchNorm2d(out_chs)
         if stride == 1 and in_chs == out_chs:
@@ -88,7 +93,8 @@ class BiRealBlock(nn.Module):
             self.shortcut = nn.Sequential(
                 # ceil_mode keeps the shortcut's shape equal to the strided conv's on odd sizes
                 nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
-                if stride > 1 else nn.Identity(),
+                if stride > 1
+                else nn.Identity(),
                 nn.Conv2d(in_chs, out_chs, 1, bias=False),
                 nn.BatchNorm2d(out_chs),
             )
@@ -182,14 +188,19 @@ _cfg = cfg_factory(  # fixed_input_size (common to all): the stem depends on the
 )
 
 
-default_cfgs = generate_default_cfgs({
-    "birealnet18.in1k": _cfg(),
-    "birealnet18.cifar10": _cfg(
-        num_classes=10, input_size=(3, 32, 32), crop_pct=1.0,
-        mean=CIFAR_MEAN, std=CIFAR_STD,
-        notes=("CIFAR stem: 3x3 stride-1 convolution, no max-pool",),
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "birealnet18.in1k": _cfg(),
+        "birealnet18.cifar10": _cfg(
+            num_classes=10,
+            input_size=(3, 32, 32),
+            crop_pct=1.0,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+            notes=("CIFAR stem: 3x3 stride-1 convolution, no max-pool",),
+        ),
+    }
+)
 
 
 # --- timm entrypoints ------------------------------------------------------------------------
@@ -205,12 +216,18 @@ def birealnet18(pretrained: bool = False, **kwargs: Any) -> BiRealNet:
 # --- benchbnn plugin -------------------------------------------------------------------------
 
 
-def build(num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
-          stem: str = "auto") -> BiRealNet:
+def build(
+    num_classes: int, in_channels: int, image_size: int, width: float = 1.0, stem: str = "auto"
+) -> BiRealNet:
     """The same network as ``timm.create_model("birealnet18", ...)`` with these arguments."""
     return _create_birealnet(
-        "birealnet18", num_classes=num_classes, in_chans=in_channels, img_size=image_size,
-        width=width, stem=stem, depths=(4, 4, 4, 4),
+        "birealnet18",
+        num_classes=num_classes,
+        in_chans=in_channels,
+        img_size=image_size,
+        width=width,
+        stem=stem,
+        depths=(4, 4, 4, 4),
     )
 
 

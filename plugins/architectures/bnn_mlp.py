@@ -18,6 +18,7 @@ by default; ``img_size`` changes the input).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -81,10 +82,12 @@ class BnnMlp(ClassifierHead, nn.Module):
 
         sizes = (in_chans * height * width, *self.hidden_sizes)
         self.flatten = nn.Flatten(1)
-        self.blocks = nn.Sequential(*(
-            DenseBlock(n_in, n_out, binarize_input=i > 0)
-            for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
-        ))
+        self.blocks = nn.Sequential(
+            *(
+                DenseBlock(n_in, n_out, binarize_input=i > 0)
+                for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
+            )
+        )
         self.num_features = self.hidden_sizes[-1]
         self.head = self._make_head(self.num_classes)
 
@@ -133,11 +136,15 @@ def bnn_mlp(pretrained: bool = False, **kwargs: Any) -> BnnMlp:
 # --- benchbnn plugin -------------------------------------------------------------------------
 
 
-def build(num_classes: int, in_channels: int, image_size: int,
-          hidden: Any = DEFAULT_HIDDEN) -> BnnMlp:
+def build(
+    num_classes: int, in_channels: int, image_size: int, hidden: Any = DEFAULT_HIDDEN
+) -> BnnMlp:
     """The same network as ``timm.create_model("bnn_mlp", ...)`` with these arguments."""
     return _create_bnn_mlp(
-        "bnn_mlp", num_classes=num_classes, in_chans=in_channels, img_size=image_size,
+        "bnn_mlp",
+        num_classes=num_classes,
+        in_chans=in_channels,
+        img_size=image_size,
         hidden=hidden,
     )
 

@@ -84,7 +84,11 @@ class XnorBlock(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_chs)
         self.conv = BinaryConv2d(
-            in_chs, out_chs, kernel, padding=padding, input_quantizer="ste_sign",
+            in_chs,
+            out_chs,
+            kernel,
+            padding=padding,
+            input_quantizer="ste_sign",
             scale_weights=True,
         )
         self.pool = nn.MaxPool2d(3, stride=2) if pool else nn.Identity()
@@ -173,13 +177,19 @@ _cfg = cfg_factory(
 )
 
 
-default_cfgs = generate_default_cfgs({
-    "xnornet.in1k": _cfg(),
-    "xnornet.cifar10": _cfg(
-        num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD,
-        notes=("CIFAR stem: 5x5 stride-1 valid convolution, no first max-pool (benchbnn)",),
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "xnornet.in1k": _cfg(),
+        "xnornet.cifar10": _cfg(
+            num_classes=10,
+            input_size=(3, 32, 32),
+            crop_pct=1.0,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+            notes=("CIFAR stem: 5x5 stride-1 valid convolution, no first max-pool (benchbnn)",),
+        ),
+    }
+)
 
 
 # --- timm entrypoints ------------------------------------------------------------------------
@@ -197,7 +207,10 @@ def xnornet(pretrained: bool = False, **kwargs: Any) -> XnorNet:
 def build(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> XnorNet:
     """The same network as ``timm.create_model("xnornet", ...)`` with these arguments."""
     return _create_xnornet(
-        "xnornet", num_classes=num_classes, in_chans=in_channels, img_size=image_size,
+        "xnornet",
+        num_classes=num_classes,
+        in_chans=in_channels,
+        img_size=image_size,
         width=width,
     )
 

@@ -43,14 +43,18 @@ LAYOUTS = (
     f"the official pickled batches ({PICKLE_DIR}/data_batch_1..5 and test_batch) or an image "
     "folder tree train/<class>/*.png|jpg and test/<class>/*.png|jpg with 10 classes"
 )
-OBTAIN = ("Pass --download to fetch the official batches with torchvision, or point --data-dir "
-          "at a folder holding one of these layouts.")
+OBTAIN = (
+    "Pass --download to fetch the official batches with torchvision, or point --data-dir "
+    "at a folder holding one of these layouts."
+)
 
 
 def find_layout(root: Path) -> tuple[str, Path]:
     """``("pickles" | "folder", directory)`` of the CIFAR-10 copy in or under ``root``."""
     if not root.is_dir():
-        raise data_error("CIFAR-10 data directory does not exist or is not a directory", root, LAYOUTS, OBTAIN)
+        raise data_error(
+            "CIFAR-10 data directory does not exist or is not a directory", root, LAYOUTS, OBTAIN
+        )
     for candidate in (root / PICKLE_DIR, root):
         if any((candidate / f).exists() for f in (*PICKLE_FILES["train"], *PICKLE_FILES["test"])):
             return "pickles", candidate
@@ -71,13 +75,26 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
-            AttributeError, IndexError) as exc:
-        raise data_error(f"cannot read CIFAR-10 batch (truncated or corrupt? {exc!r})", path,
-                         LAYOUTS, OBTAIN) from None
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+    ) as exc:
+        raise data_error(
+            f"cannot read CIFAR-10 batch (truncated or corrupt? {exc!r})", path, LAYOUTS, OBTAIN
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise data_error(f"CIFAR-10 batch has data {data.shape} and {labels.shape[0]} labels", path,
-                         "data of shape (n, 3072) and n labels", OBTAIN)
+        raise data_error(
+            f"CIFAR-10 batch has data {data.shape} and {labels.shape[0]} labels",
+            path,
+            "data of shape (n, 3072) and n labels",
+            OBTAIN,
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise data_error("CIFAR-10 batch has labels outside 0..9", path, "labels 0..9", OBTAIN)
     return data, labels
@@ -105,19 +122,29 @@ def _folder_files(directory: Path, split: str) -> tuple[tuple[str, ...], list[st
     folders = {s: directory / s for s in ("train", "test")}
     for s, folder in folders.items():
         if not folder.is_dir():
-            raise data_error(f"missing the {s}/ folder of the CIFAR-10 image tree", folder, LAYOUTS, OBTAIN)
+            raise data_error(
+                f"missing the {s}/ folder of the CIFAR-10 image tree", folder, LAYOUTS, OBTAIN
+            )
     classes, files, labels = list_image_folder(folders[split])
-    other = [e.name for e in os.scandir(folders["test" if split == "train" else "train"])
-             if e.is_dir() and not e.name.startswith(".")]
+    other = [
+        e.name
+        for e in os.scandir(folders["test" if split == "train" else "train"])
+        if e.is_dir() and not e.name.startswith(".")
+    ]
     if len(classes) != 10 or sorted(other) != classes:
         raise data_error(
             f"the CIFAR-10 image tree must have the same 10 class folders in train/ and test/, "
-            f"found {len(classes)} in {split}/", directory, LAYOUTS, OBTAIN)
+            f"found {len(classes)} in {split}/",
+            directory,
+            LAYOUTS,
+            OBTAIN,
+        )
     counts = np.bincount(labels, minlength=10)
     if counts.min() == 0:
         empty = classes[int(counts.argmin())]
-        raise data_error("CIFAR-10 class folder has no .png/.jpg images", folders[split] / empty,
-                         LAYOUTS, OBTAIN)
+        raise data_error(
+            "CIFAR-10 class folder has no .png/.jpg images", folders[split] / empty, LAYOUTS, OBTAIN
+        )
     return tuple(classes), files, labels
 
 
@@ -134,7 +161,7 @@ def _download(root: Path, split: str) -> None:
 
     try:
         CIFAR10(root=str(root), train=split == "train", download=True)
-    except Exception as exc:  # noqa: BLE001 - network, disk or checksum problems
+    except Exception as exc:
         raise benchbnn.BenchbnnError(
             f"could not download CIFAR-10 into {root}: {exc}. Check the connection, or download "
             f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there"
@@ -149,12 +176,18 @@ def read_cifar10(root, split: str = "train", download: bool = False) -> ImageTen
     kind, directory = find_layout(root)
     if kind == "pickles":
         files = _pickle_files(directory, split)
-        decode = lambda: _decode_pickles(files)  # noqa: E731
+        decode = lambda: _decode_pickles(files)
     else:
         classes, files, labels = _folder_files(directory, split)
-        decode = lambda: _decode_folder(classes, files, labels)  # noqa: E731
-    return cached_tensors("cifar10", split, files, decode, beside=directory,
-                          version={"format": FORMAT, "layout": kind})
+        decode = lambda: _decode_folder(classes, files, labels)
+    return cached_tensors(
+        "cifar10",
+        split,
+        files,
+        decode,
+        beside=directory,
+        version={"format": FORMAT, "layout": kind},
+    )
 
 
 @benchbnn.hookimpl

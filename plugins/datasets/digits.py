@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 import benchbnn
-from benchbnn.data import stratified_split
-from benchbnn.data import ImageTensors, cached_tensors
+from benchbnn.data import ImageTensors, cached_tensors, stratified_split
 
 TRAIN_SIZE = 1437
 TEST_SIZE = 360
@@ -35,8 +34,10 @@ def _bundled_file() -> list[Path]:
     """scikit-learn's digits file, found without importing scikit-learn (its identity keys the cache)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise benchbnn.BenchbnnError("the digits data set needs scikit-learn: pip install scikit-learn")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        raise benchbnn.BenchbnnError(
+            "the digits data set needs scikit-learn: pip install scikit-learn"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     return [path] if path.is_file() else []
 
 
@@ -48,14 +49,20 @@ def _decode(split: str) -> ImageTensors:
     labels = torch.from_numpy(bunch.target.astype("int64"))
     train, test = stratified_split(labels, TEST_SIZE, 10, seed=_SPLIT_SEED)
     keep = train if split == "train" else test
-    return ImageTensors(images[keep].contiguous(), labels[keep].contiguous(), 10,
-                        tuple(str(d) for d in range(10)))
+    return ImageTensors(
+        images[keep].contiguous(), labels[keep].contiguous(), 10, tuple(str(d) for d in range(10))
+    )
 
 
 def read_digits(root=None, split: str = "train", download: bool = False) -> ImageTensors:
     """The train (1,437) or test (360) split as uint8 tensors; ``root`` and ``download`` are unused."""
-    return cached_tensors("digits", split, _bundled_file(), lambda: _decode(split),
-                          version={"format": FORMAT, "sklearn": metadata.version("scikit-learn")})
+    return cached_tensors(
+        "digits",
+        split,
+        _bundled_file(),
+        lambda: _decode(split),
+        version={"format": FORMAT, "sklearn": metadata.version("scikit-learn")},
+    )
 
 
 @benchbnn.hookimpl

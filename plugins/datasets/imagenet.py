@@ -25,14 +25,18 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the same class folders in both)"
-OBTAIN = ("ImageNet cannot be downloaded automatically: get ILSVRC 2012 from https://image-net.org, "
-          "sort val/ into class folders, and point --data-dir at the folder holding train/ and val/.")
+OBTAIN = (
+    "ImageNet cannot be downloaded automatically: get ILSVRC 2012 from https://image-net.org, "
+    "sort val/ into class folders, and point --data-dir at the folder holding train/ and val/."
+)
 
 
 def find_root(root: Path) -> Path:
     """The folder holding ``train/`` and ``val/``: ``root`` or ``root/imagenet``."""
     if not root.is_dir():
-        raise data_error("ImageNet data directory does not exist or is not a directory", root, LAYOUT, OBTAIN)
+        raise data_error(
+            "ImageNet data directory does not exist or is not a directory", root, LAYOUT, OBTAIN
+        )
     for candidate in (root, root / "imagenet"):
         if (candidate / "train").is_dir() and (candidate / "val").is_dir():
             return candidate
@@ -47,10 +51,16 @@ def check_layout(directory: Path) -> None:
     """Class folders exist and agree between train/ and val/ (a flat val/ is the common mistake)."""
     train, val = (_class_folders(directory / s) for s in ("train", "val"))
     if len(train) < 2:
-        raise data_error("ImageNet train/ needs at least 2 class folders", directory / "train", LAYOUT, OBTAIN)
+        raise data_error(
+            "ImageNet train/ needs at least 2 class folders", directory / "train", LAYOUT, OBTAIN
+        )
     if val != train:
-        raise data_error("the class folders of val/ differ from those of train/ (is val/ still flat?)",
-                         directory / "val", LAYOUT, OBTAIN)
+        raise data_error(
+            "the class folders of val/ differ from those of train/ (is val/ still flat?)",
+            directory / "val",
+            LAYOUT,
+            OBTAIN,
+        )
 
 
 def transforms_for(augment: bool, image_size: int):
@@ -63,22 +73,27 @@ def transforms_for(augment: bool, image_size: int):
     return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def load_imagenet(root, split: str = "train", download: bool = False, augment: bool = False,
-                  image_size: int = 224):
+def load_imagenet(
+    root, split: str = "train", download: bool = False, augment: bool = False, image_size: int = 224
+):
     """A torchvision ``ImageFolder`` of the split with the training or evaluation transforms."""
     from torchvision.datasets import ImageFolder
 
     if download:
         raise benchbnn.BenchbnnError(OBTAIN)
     if image_size < 8:
-        raise benchbnn.HyperparameterError(f"dataset 'imagenet': image_size must be >= 8, got {image_size}")
+        raise benchbnn.HyperparameterError(
+            f"dataset 'imagenet': image_size must be >= 8, got {image_size}"
+        )
     directory = find_root(Path(root).expanduser())
     check_layout(directory)
     folder = directory / SPLIT_FOLDERS[split]
     try:
         return ImageFolder(str(folder), transform=transforms_for(augment, image_size))
     except FileNotFoundError as exc:  # a class folder without any image file
-        raise data_error(f"ImageNet folder has a class without images ({exc})", folder, LAYOUT, OBTAIN) from None
+        raise data_error(
+            f"ImageNet folder has a class without images ({exc})", folder, LAYOUT, OBTAIN
+        ) from None
 
 
 @benchbnn.hookimpl

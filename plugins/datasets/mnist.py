@@ -24,17 +24,23 @@ from benchbnn.data import ImageTensors, cached_tensors, data_error
 
 PREFIX = {"train": "train", "test": "t10k"}
 FORMAT = 1
-LAYOUT = ("MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-          "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each optionally .gz)")
-OBTAIN = ("Pass --download to fetch MNIST with torchvision, or point --data-dir at the folder "
-          "that contains MNIST/raw/.")
+LAYOUT = (
+    "MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each optionally .gz)"
+)
+OBTAIN = (
+    "Pass --download to fetch MNIST with torchvision, or point --data-dir at the folder "
+    "that contains MNIST/raw/."
+)
 _UBYTE = 0x08
 
 
 def find_raw_dir(root: Path) -> Path:
     """The folder holding the IDX files: ``root/MNIST/raw``, ``root/raw`` or ``root`` itself."""
     if not root.is_dir():
-        raise data_error("MNIST data directory does not exist or is not a directory", root, LAYOUT, OBTAIN)
+        raise data_error(
+            "MNIST data directory does not exist or is not a directory", root, LAYOUT, OBTAIN
+        )
     for candidate in (root / "MNIST" / "raw", root / "raw", root):
         if any(candidate.glob("*-idx[13]-ubyte*")):
             return candidate
@@ -55,7 +61,9 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise data_error(f"cannot read MNIST file (truncated or corrupt? {exc})", path, LAYOUT, OBTAIN) from None
+        raise data_error(
+            f"cannot read MNIST file (truncated or corrupt? {exc})", path, LAYOUT, OBTAIN
+        ) from None
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:2] != b"\0\0" or raw[2] != _UBYTE or raw[3] != ndim:
         raise data_error(f"not an IDX file of {ndim}-d unsigned bytes", path, LAYOUT, OBTAIN)
@@ -63,7 +71,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(raw) - header != int(np.prod(shape)):
         raise data_error(
             f"MNIST file holds {len(raw) - header} bytes of data, its header promises "
-            f"{int(np.prod(shape))} (truncated?)", path, LAYOUT, OBTAIN)
+            f"{int(np.prod(shape))} (truncated?)",
+            path,
+            LAYOUT,
+            OBTAIN,
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -71,15 +83,27 @@ def _decode(images_path: Path, labels_path: Path) -> ImageTensors:
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1).astype(np.int64)
     if images.shape[1:] != (28, 28):
-        raise data_error(f"MNIST images are {images.shape[1]}x{images.shape[2]}", images_path,
-                         "28x28 images", OBTAIN)
+        raise data_error(
+            f"MNIST images are {images.shape[1]}x{images.shape[2]}",
+            images_path,
+            "28x28 images",
+            OBTAIN,
+        )
     if labels.shape[0] != images.shape[0]:
-        raise data_error(f"{labels.shape[0]} labels for {images.shape[0]} images", labels_path,
-                         "one label per image", OBTAIN)
+        raise data_error(
+            f"{labels.shape[0]} labels for {images.shape[0]} images",
+            labels_path,
+            "one label per image",
+            OBTAIN,
+        )
     if labels.size and labels.max() > 9:
         raise data_error("MNIST labels outside 0..9", labels_path, "labels 0..9", OBTAIN)
-    return ImageTensors(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels), 10,
-                        tuple(str(d) for d in range(10)))
+    return ImageTensors(
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels),
+        10,
+        tuple(str(d) for d in range(10)),
+    )
 
 
 def _download(root: Path, split: str) -> None:
@@ -87,7 +111,7 @@ def _download(root: Path, split: str) -> None:
 
     try:
         MNIST(root=str(root), train=split == "train", download=True)
-    except Exception as exc:  # noqa: BLE001 - network, disk or checksum problems
+    except Exception as exc:
         raise benchbnn.BenchbnnError(f"could not download MNIST into {root}: {exc}") from None
 
 
@@ -99,8 +123,14 @@ def read_mnist(root, split: str = "train", download: bool = False) -> ImageTenso
     directory = find_raw_dir(root)
     images = _idx_file(directory, f"{PREFIX[split]}-images-idx3-ubyte")
     labels = _idx_file(directory, f"{PREFIX[split]}-labels-idx1-ubyte")
-    return cached_tensors("mnist", split, [images, labels], lambda: _decode(images, labels),
-                          beside=directory, version={"format": FORMAT})
+    return cached_tensors(
+        "mnist",
+        split,
+        [images, labels],
+        lambda: _decode(images, labels),
+        beside=directory,
+        version={"format": FORMAT},
+    )
 
 
 @benchbnn.hookimpl

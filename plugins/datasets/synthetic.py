@@ -15,28 +15,54 @@ from __future__ import annotations
 import torch
 
 import benchbnn
-from benchbnn.data import derived_generator
-from benchbnn.data import ImageTensors
+from benchbnn.data import ImageTensors, derived_generator
 
-DEFAULTS = {"num_classes": 10, "channels": 3, "size": 32, "train_size": 2048, "test_size": 512,
-            "data_seed": 0}
+DEFAULTS = {
+    "num_classes": 10,
+    "channels": 3,
+    "size": 32,
+    "train_size": 2048,
+    "test_size": 512,
+    "data_seed": 0,
+}
 
 
 def _check(name: str, value: int, low: int) -> None:
     if value < low:
-        raise benchbnn.HyperparameterError(f"dataset 'synthetic': option {name!r} must be >= {low}, got {value}")
+        raise benchbnn.HyperparameterError(
+            f"dataset 'synthetic': option {name!r} must be >= {low}, got {value}"
+        )
 
 
-def make_synthetic(root=None, split: str = "train", download: bool = False, *, num_classes: int = 10,
-                   channels: int = 3, size: int = 32, train_size: int = 2048, test_size: int = 512,
-                   data_seed: int = 0) -> ImageTensors:
+def make_synthetic(
+    root=None,
+    split: str = "train",
+    download: bool = False,
+    *,
+    num_classes: int = 10,
+    channels: int = 3,
+    size: int = 32,
+    train_size: int = 2048,
+    test_size: int = 512,
+    data_seed: int = 0,
+) -> ImageTensors:
     """The split generated from ``data_seed``; the prototypes are shared by both splits."""
-    for name, value, low in (("num_classes", num_classes, 2), ("channels", channels, 1), ("size", size, 1),
-                             ("train_size", train_size, 1), ("test_size", test_size, 1)):
+    for name, value, low in (
+        ("num_classes", num_classes, 2),
+        ("channels", channels, 1),
+        ("size", size, 1),
+        ("train_size", train_size, 1),
+        ("test_size", test_size, 1),
+    ):
         _check(name, value, low)
     shape = (channels, size, size)
-    prototypes = torch.randint(0, 256, (num_classes, *shape), dtype=torch.uint8,
-                               generator=derived_generator("synthetic-prototypes", data_seed))
+    prototypes = torch.randint(
+        0,
+        256,
+        (num_classes, *shape),
+        dtype=torch.uint8,
+        generator=derived_generator("synthetic-prototypes", data_seed),
+    )
     n = train_size if split == "train" else test_size
     generator = derived_generator("synthetic", data_seed, split)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]

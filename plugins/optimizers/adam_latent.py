@@ -6,13 +6,23 @@ import torch
 
 import benchbnn
 from benchbnn.optim import (
-    ADAM_BUFFERS, BinaryOptimizer, adam_, adam_foreach_, adam_hparams, adam_kwargs, sum_counts,
+    ADAM_BUFFERS,
+    BinaryOptimizer,
+    adam_,
+    adam_foreach_,
+    adam_hparams,
+    adam_kwargs,
+    sum_counts,
 )
 
 HPARAMS = (
     *adam_hparams(lr=5e-3),
     benchbnn.HParam(
-        "clip", 1.0, low=1e-3, high=1e3, search=(0.5, 2.0),
+        "clip",
+        1.0,
+        low=1e-3,
+        high=1e3,
+        search=(0.5, 2.0),
         help="latent weights are clipped to [-clip, clip]; gradients pass where |w| <= clip",
     ),
 )
@@ -54,13 +64,23 @@ class AdamLatent(BinaryOptimizer):
     latent_weights = True
 
     def __init__(
-        self, binary_params, real_params=(), *, lr: float = 5e-3, beta1: float = 0.9,
-        beta2: float = 0.999, eps: float = 1e-7, clip: float = 1.0,
+        self,
+        binary_params,
+        real_params=(),
+        *,
+        lr: float = 5e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-7,
+        clip: float = 1.0,
         implementation: str | None = None,
     ) -> None:
         adam = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
         super().__init__(
-            binary_params, real_params, binary={**adam, "clip": clip}, real=adam,
+            binary_params,
+            real_params,
+            binary={**adam, "clip": clip},
+            real=adam,
             implementation=implementation,
         )
 
@@ -75,8 +95,9 @@ class AdamLatent(BinaryOptimizer):
         return (was_positive != (w >= 0)).sum()
 
     @staticmethod
-    def update_foreach(ws, gs, ms, vs, *, beta1: float, beta2: float, eps: float,
-                       step_size: float, clip: float):
+    def update_foreach(
+        ws, gs, ms, vs, *, beta1: float, beta2: float, eps: float, step_size: float, clip: float
+    ):
         was_positive = [w >= 0 for w in ws]
         adam_foreach_(ws, gs, ms, vs, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size)
         torch._foreach_clamp_min_(ws, -clip)

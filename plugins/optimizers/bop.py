@@ -11,16 +11,31 @@ import torch
 
 import benchbnn
 from benchbnn.optim import (
-    BinaryOptimizer, adam_hparams, ema_, ema_foreach_, flip_, flip_above_foreach_,
+    BinaryOptimizer,
+    adam_hparams,
+    ema_,
+    ema_foreach_,
+    flip_,
+    flip_above_foreach_,
 )
 
 HPARAMS = (
     benchbnn.HParam(
-        "threshold", 1e-8, low=0.0, high=1e3, search=(1e-10, 1e-5), log=True,
+        "threshold",
+        1e-8,
+        low=0.0,
+        high=1e3,
+        search=(1e-10, 1e-5),
+        log=True,
         help="a weight flips once its gradient average exceeds this (in its own direction)",
     ),
     benchbnn.HParam(
-        "gamma", 1e-4, low=0.0, high=1.0, search=(1e-6, 1e-2), log=True,
+        "gamma",
+        1e-4,
+        low=0.0,
+        high=1.0,
+        search=(1e-6, 1e-2),
+        log=True,
         help="adaptivity rate of the gradient average",
     ),
     *adam_hparams(),
@@ -60,12 +75,21 @@ class Bop(BinaryOptimizer):
     rule_keys = ("gamma", "threshold")
 
     def __init__(
-        self, binary_params, real_params=(), *, threshold: float = 1e-8, gamma: float = 1e-4,
-        lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7,
+        self,
+        binary_params,
+        real_params=(),
+        *,
+        threshold: float = 1e-8,
+        gamma: float = 1e-4,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-7,
         implementation: str | None = None,
     ) -> None:
         super().__init__(
-            binary_params, real_params,
+            binary_params,
+            real_params,
             binary={"threshold": threshold, "gamma": gamma},
             real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
             implementation=implementation,

@@ -6,7 +6,12 @@ import torch
 
 import benchbnn
 from benchbnn.optim import (
-    BinaryOptimizer, adam_hparams, ema_, ema_foreach_, flip_, flip_above_foreach_,
+    BinaryOptimizer,
+    adam_hparams,
+    ema_,
+    ema_foreach_,
+    flip_,
+    flip_above_foreach_,
 )
 
 #: Added to the root of the second moment, as in the authors' code.
@@ -14,23 +19,39 @@ EPSILON = 1e-10
 
 #: The two moving-average rates; PBop keeps the same moments and reuses these declarations.
 GAMMA = benchbnn.HParam(
-    "gamma", 1e-6, low=1e-12, high=1.0, search=(1e-9, 1e-2), log=True,
+    "gamma",
+    1e-6,
+    low=1e-12,
+    high=1.0,
+    search=(1e-9, 1e-2),
+    log=True,
     help="adaptivity rate of the gradient average (first moment)",
 )
 SIGMA = benchbnn.HParam(
-    "sigma", 1e-2, low=1e-12, high=1.0, search=(1e-7, 1e-1), log=True,
+    "sigma",
+    1e-2,
+    low=1e-12,
+    high=1.0,
+    search=(1e-7, 1e-1),
+    log=True,
     help="rate of the squared-gradient average (second moment)",
 )
 
 HPARAMS = (
     benchbnn.HParam(
-        "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
+        "threshold",
+        1e-6,
+        low=0.0,
+        high=1e3,
+        search=(1e-9, 1e-2),
+        log=True,
         help="a weight flips once its normalized gradient signal exceeds this",
     ),
     GAMMA,
     SIGMA,
     benchbnn.HParam(
-        "unbiased", False,
+        "unbiased",
+        False,
         help="divide the moments by gamma and sigma before comparing (the authors' 'unbiased')",
     ),
     *adam_hparams(),
@@ -87,12 +108,23 @@ class Bop2ndOrder(BinaryOptimizer):
     rule_keys = ("gamma", "sigma", "threshold", "unbiased")
 
     def __init__(
-        self, binary_params, real_params=(), *, threshold: float = 1e-6, gamma: float = 1e-6,
-        sigma: float = 1e-2, unbiased: bool = False, lr: float = 0.01, beta1: float = 0.9,
-        beta2: float = 0.999, eps: float = 1e-7, implementation: str | None = None,
+        self,
+        binary_params,
+        real_params=(),
+        *,
+        threshold: float = 1e-6,
+        gamma: float = 1e-6,
+        sigma: float = 1e-2,
+        unbiased: bool = False,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-7,
+        implementation: str | None = None,
     ) -> None:
         super().__init__(
-            binary_params, real_params,
+            binary_params,
+            real_params,
             binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "unbiased": unbiased},
             real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
             implementation=implementation,
@@ -105,8 +137,9 @@ class Bop2ndOrder(BinaryOptimizer):
         return flip_(w, w * signal(m, v, gamma, sigma, unbiased) > threshold)
 
     @staticmethod
-    def update_foreach(ws, gs, ms, vs, *, gamma: float, sigma: float, threshold: float,
-                       unbiased: bool):
+    def update_foreach(
+        ws, gs, ms, vs, *, gamma: float, sigma: float, threshold: float, unbiased: bool
+    ):
         ema_foreach_(ms, gs, gamma)
         ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
         if unbiased:

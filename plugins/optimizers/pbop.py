@@ -8,24 +8,44 @@ import torch
 
 import benchbnn
 from benchbnn.optim import (
-    BinaryOptimizer, adam_hparams, counter_uniform, ema_, ema_foreach_, flip_, sum_counts,
+    BinaryOptimizer,
+    adam_hparams,
+    counter_uniform,
+    ema_,
+    ema_foreach_,
+    flip_,
+    sum_counts,
 )
+
 # PBop keeps Bop2ndOrder's moments, so it shares their rates and epsilon.
 from benchbnn_plugins.optimizers.bop2ndorder import EPSILON, GAMMA, SIGMA
 
 HPARAMS = (
     benchbnn.HParam(
-        "threshold", 1e-6, low=0.0, high=1e3, search=(1e-9, 1e-2), log=True,
+        "threshold",
+        1e-6,
+        low=0.0,
+        high=1e3,
+        search=(1e-9, 1e-2),
+        log=True,
         help="signals at or below this never flip a weight",
     ),
     GAMMA,
     SIGMA,
     benchbnn.HParam(
-        "scaler", 1e3, low=0.0, high=1e30, search=(1.0, 1e6), log=True,
+        "scaler",
+        1e3,
+        low=0.0,
+        high=1e30,
+        search=(1.0, 1e6),
+        log=True,
         help="flip probability per unit of signal above the threshold",
     ),
     benchbnn.HParam(
-        "seed", -1, low=-1, high=2**63 - 1,
+        "seed",
+        -1,
+        low=-1,
+        high=2**63 - 1,
         help="seed of the flip generator; -1 draws it from torch's global RNG when built",
     ),
     *adam_hparams(),
@@ -84,13 +104,24 @@ class PBop(BinaryOptimizer):
     rule_keys = ("gamma", "sigma", "threshold", "scaler")
 
     def __init__(
-        self, binary_params, real_params=(), *, threshold: float = 1e-6, gamma: float = 1e-6,
-        sigma: float = 1e-2, scaler: float = 1e3, seed: int = -1, lr: float = 0.01,
-        beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7,
+        self,
+        binary_params,
+        real_params=(),
+        *,
+        threshold: float = 1e-6,
+        gamma: float = 1e-6,
+        sigma: float = 1e-2,
+        scaler: float = 1e3,
+        seed: int = -1,
+        lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-7,
         implementation: str | None = None,
     ) -> None:
         super().__init__(
-            binary_params, real_params,
+            binary_params,
+            real_params,
             binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "scaler": scaler},
             real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
             options={"seed": seed},
@@ -107,8 +138,16 @@ class PBop(BinaryOptimizer):
         # One key per tensor, drawn whether or not the tensor has a gradient this step, so
         # that the stream of keys depends only on the number of steps taken.
         return [
-            {"key": torch.randint(0, 2**31, (), generator=self.generator,
-                                  device=self.generator.device, dtype=torch.int64)}
+            {
+                "key": torch.randint(
+                    0,
+                    2**31,
+                    (),
+                    generator=self.generator,
+                    device=self.generator.device,
+                    dtype=torch.int64,
+                )
+            }
             for _ in group["params"]
         ]
 
@@ -129,8 +168,9 @@ class PBop(BinaryOptimizer):
         return flip_(w, counter_uniform(w, key) < probability)
 
     @staticmethod
-    def update_foreach(ws, gs, ms, vs, *, key, gamma: float, sigma: float, threshold: float,
-                       scaler: float):
+    def update_foreach(
+        ws, gs, ms, vs, *, key, gamma: float, sigma: float, threshold: float, scaler: float
+    ):
         ema_foreach_(ms, gs, gamma)
         ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
         roots = torch._foreach_sqrt(vs)
