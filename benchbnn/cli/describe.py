@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from benchbnn.core.errors import BenchbnnError
 
@@ -60,6 +61,8 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def _output_shapes(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[str, list[int]]:
     """Each module's output shape for one image, from a forward pass on meta tensors."""
+    import torch  # here, so that `benchbnn describe --help` does not load torch
+
     shapes: dict[str, list[int]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -89,6 +92,8 @@ def describe(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The breakdown ``benchbnn describe`` prints, as data."""
+    import torch
+
     from benchbnn.core.binary import parameter_breakdown
     from benchbnn.core.plugins import get_architecture
 
