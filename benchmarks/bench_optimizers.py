@@ -22,7 +22,7 @@ import torch
 
 import benchbnn
 
-#: The nine binary weight tensors of BinaryNet on CIFAR-10 (REFERENCE.md section 2).
+#: The nine binary weight tensors of BinaryNet on CIFAR-10 (docs/architectures.md).
 BINARYNET_SHAPES = [
     (128, 3, 3, 3),
     (128, 128, 3, 3),

@@ -106,7 +106,7 @@ def mlp784():
     return benchbnn.get_architecture("bnn-mlp").build(num_classes=10, in_channels=1, image_size=28)
 
 
-# --- exact sizes (REFERENCE.md section 2) ----------------------------------------------------
+# --- exact sizes (docs/architectures.md) -----------------------------------------------------
 
 
 def test_binarynet_has_10352000_binary_weights_and_bn_offsets_only(binarynet32):

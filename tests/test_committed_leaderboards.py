@@ -1,7 +1,7 @@
-"""The committed leaderboards are exactly what the committed tracking store gives.
+"""The committed results are exactly what the committed tracking store gives.
 
-``leaderboards/runs.db`` is the MLflow store of the real runs behind ``leaderboards/quick`` and
-``leaderboards/cifar10-cpu``. Regenerating from it must reproduce every table byte for byte, so
+``results/runs.db`` is the MLflow store of the real runs behind ``results/quick`` and
+``results/cifar10-cpu``. Regenerating from it must reproduce every table byte for byte, so
 no committed figure can drift from the runs it claims to summarize.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from benchbnn.cli import main as cli_main
 
-LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 TABLES = ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json")
 
 
@@ -22,7 +22,7 @@ TABLES = ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.j
 @pytest.mark.parametrize("suite", ["quick", "cifar10-cpu"])
 def test_committed_leaderboard_regenerates_byte_for_byte(suite, tmp_path, capsys):
     store = tmp_path / "runs.db"
-    shutil.copy(LEADERBOARDS / "runs.db", store)
+    shutil.copy(RESULTS / "runs.db", store)
     out = tmp_path / suite
     assert (
         cli_main(["leaderboard", suite, "--tracking-uri", f"sqlite:///{store}", "--out", str(out)])
@@ -30,4 +30,4 @@ def test_committed_leaderboard_regenerates_byte_for_byte(suite, tmp_path, capsys
     )
     capsys.readouterr()
     for name in TABLES:
-        assert (out / name).read_bytes() == (LEADERBOARDS / suite / name).read_bytes(), name
+        assert (out / name).read_bytes() == (RESULTS / suite / name).read_bytes(), name

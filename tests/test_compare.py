@@ -116,7 +116,9 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     protocol = {"epochs": 1, "seeds": 2, "overrides": {"subset": 300}}
     out = tmp_path / "leaderboards" / "quick"
     counter = Counter()
-    first, lines = run("quick", tmp_path, store, "quick", out=out, plugins=[counter], **protocol)
+    first, lines = run(
+        "quick", tmp_path, store, "quick", out=out, plugins=[counter], index=True, **protocol
+    )
     n = 2 * len(benchbnn.bench.suite_file.load_suite("quick").entries)
     assert counter.starts == n == first.trained
     assert f"training {n}" in lines[0]

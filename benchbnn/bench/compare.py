@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchbnn.bench.report import Written, default_out, write_from_store
+from benchbnn.bench.report import Written, check_index_location, default_out, write_from_store
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.core.config import RunConfig
@@ -284,7 +284,7 @@ def compare(
     quiet: bool = False,
     plugins: Iterable[Any] = (),
     plots: bool = True,
-    index: bool = True,
+    index: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> CompareResult:
     """Train what is missing of a suite, then write its leaderboard from the tracking store.
@@ -294,8 +294,9 @@ def compare(
     ``tuned`` holds its records (each printed and kept in the result) and ``original`` the suite
     before tuning, whose differences the leaderboard lists; ``study`` goes into the command line
     the leaderboard prints. ``data_note`` (e.g. "CIFAR-10 (JPEG copy)") is recorded with
-    every run trained, and the leaderboard names it. ``echo`` receives the progress lines (None:
-    silent).
+    every run trained, and the leaderboard names it. ``index`` also rewrites the index of every
+    suite (``README.md``) in the output folder's parent. ``echo`` receives the progress lines
+    (None: silent).
     """
     say = echo or (lambda _line: None)
     base = load_suite(suite) if isinstance(suite, (str, Path)) else suite
@@ -310,9 +311,10 @@ def compare(
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_location(uri)
 
-    writable_dir(
-        Path(out) if out is not None else default_out(expanded), "the leaderboard", "--out"
-    )
+    target = Path(out) if out is not None else default_out(expanded)
+    writable_dir(target, "the leaderboard", "--out")
+    if index:
+        check_index_location(target.parent)
     planned = plan_runs(plan, uri, experiment, retry_failed, checkpoint_dir)
     say(_summary_line(expanded, planned))
     if not quiet:

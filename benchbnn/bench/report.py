@@ -52,13 +52,20 @@ def write(lb: Leaderboard, out: str | Path, plots: bool = True) -> list[Path]:
     return written
 
 
-def may_write_index(root: str | Path) -> bool:
-    """An index goes into a ``leaderboards`` folder, or over an index benchbnn wrote before."""
+def check_index_location(root: str | Path) -> None:
+    """Raise BenchbnnError when ``root/README.md`` exists and benchbnn did not write it.
+
+    An index is only written where it was asked for (``--index``); it never replaces a README
+    of the user's own.
+    """
     path = Path(root) / INDEX_FILE
     if path.is_file():
         with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.readline().strip() == INDEX_MARKER
-    return Path(root).resolve().name == "leaderboards"
+            if handle.readline().strip() != INDEX_MARKER:
+                raise BenchbnnError(
+                    f"{path} exists and was not written by benchbnn; the index of all suites "
+                    f"goes beside the suites' folders: choose another --out, or drop --index"
+                )
 
 
 def write_index(root: str | Path, defined: Mapping[str, str] | None = None) -> Path:
@@ -158,14 +165,15 @@ def leaderboard(
     original: Suite | None = None,
     study: str | None = None,
     plots: bool = True,
-    index: bool = True,
+    index: bool = False,
 ) -> Written:
     """Regenerate a suite's leaderboard files from the tracking store alone (no training).
 
     The protocol arguments must be those the runs were trained with (as given to ``compare``);
     planned runs that are not in the store are shown as not run. Finding none is an error. A
     tuned suite comes resolved (:func:`benchbnn.tune.tuned.tuned_suite`) with ``tuned`` set and
-    ``original`` the suite before tuning.
+    ``original`` the suite before tuning. ``index`` also rewrites the index of every suite
+    (``README.md``) in the output folder's parent.
     """
     base = load_suite(suite) if isinstance(suite, (str, Path)) else suite
     return write_from_store(
@@ -199,7 +207,7 @@ def write_from_store(
     tuned: bool = False,
     study: str | None = None,
     plots: bool = True,
-    index: bool = True,
+    index: bool = False,
     require_runs: bool = False,
     original: Suite | None = None,
 ) -> Written:
@@ -221,6 +229,7 @@ def write_from_store(
     lb = build(expanded, plan, records, command, protocol_changes(original or suite, expanded))
     target = Path(out) if out is not None else default_out(suite)
     paths = write(lb, target, plots=plots)
-    if index and may_write_index(target.parent):
+    if index:
+        check_index_location(target.parent)
         paths.append(write_index(target.parent))
     return Written(lb, tuple(paths), len(plan) - len(records))

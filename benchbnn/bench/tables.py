@@ -18,20 +18,11 @@ from typing import Any
 from benchbnn.bench.results import Leaderboard, Row
 from benchbnn.bench.stats import Summary
 from benchbnn.bench.suites import Suite, SuiteEntry
+from benchbnn.core.formatting import fixed, setting, settings, signed
 from benchbnn.core.names import FAILED, FINISHED, MISSING
 from benchbnn.train.runs import RunRecord
 
 # --- formatting helpers -----------------------------------------------------------------------
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    """Fixed-precision text (``-`` for missing), with -0.00 written as 0.00."""
-    if value is None or not math.isfinite(value):
-        return "-"
-    # Round as the JSON file does first, so that a figure printed from a live value and the
-    # same figure printed from the JSON (the index) never differ in the last digit.
-    text = f"{round(value, 6):.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def cell(summary: Summary | None, digits: int = 2, pm: str = "±") -> str:
@@ -39,13 +30,8 @@ def cell(summary: Summary | None, digits: int = 2, pm: str = "±") -> str:
     if summary is None:
         return "-"
     if summary.n == 1:
-        return f"{fmt(summary.mean, digits)} (1)"
-    return f"{fmt(summary.mean, digits)} {pm} {fmt(summary.std, digits)} ({summary.n})"
-
-
-def signed(value: float, digits: int = 2) -> str:
-    text = fmt(value, digits)
-    return text if text.startswith("-") else f"+{text}"
+        return f"{fixed(summary.mean, digits)} (1)"
+    return f"{fixed(summary.mean, digits)} {pm} {fixed(summary.std, digits)} ({summary.n})"
 
 
 def difference_text(row: Row, star: str = "*") -> str:
@@ -99,25 +85,15 @@ def target_text(row: Row, suite: Suite) -> tuple[str, str]:
     epochs = row.target_epochs
     seconds = row.target_seconds
     assert epochs is not None and seconds is not None
-    return f"{fmt(epochs.mean, 1)} ({row.target_reached}/{done})", fmt(seconds.mean, 1)
+    return f"{fixed(epochs.mean, 1)} ({row.target_reached}/{done})", fixed(seconds.mean, 1)
 
 
 def options_text(options: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(options.items())) or "defaults"
+    return settings(dict(options))
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    return str(value)
 
 
 def schedule_text(data: Mapping[str, Any]) -> str:
@@ -126,7 +102,7 @@ def schedule_text(data: Mapping[str, Any]) -> str:
     rest = {k: v for k, v in data.items() if k != "schedule"}
     if "start" in rest and "end" in rest:
         extra = {k: v for k, v in rest.items() if k not in ("start", "end")}
-        text = f"{kind} {_value_text(rest['start'])} -> {_value_text(rest['end'])}"
+        text = f"{kind} {setting(rest['start'])} -> {setting(rest['end'])}"
         return text + (f" ({options_text(extra)})" if extra else "")
     return f"{kind} ({options_text(rest)})" if rest else str(kind)
 
@@ -182,7 +158,7 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
                 cell(row.eval_top1),
             ]
             if paper:
-                cells += [fmt(row.paper.get("train_top1"), 1), fmt(row.paper.get("top1"), 1)]
+                cells += [fixed(row.paper.get("train_top1"), 1), fixed(row.paper.get("top1"), 1)]
             rows.append(cells + [difference_text(row)])
         return header, rows
     header = ["Entry", "Accuracy"]
@@ -196,7 +172,7 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
                 row = lb.row(entry.label, arch)
                 cells.append(cell(row.eval_top1 if k == "top1" else row.eval_top5))
                 if paper:
-                    cells.append(fmt(row.paper.get(k), 1))
+                    cells.append(fixed(row.paper.get(k), 1))
             rows.append(cells)
     return header, rows
 
@@ -221,7 +197,7 @@ def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
             row.arch,
             difference_text(row),
             cell(row.epoch_time),
-            fmt(row.state_bytes, 1),
+            fixed(row.state_bytes, 1),
         ]
         if target is not None:
             cells += list(target_text(row, suite))
@@ -295,7 +271,7 @@ def total_seconds(lb: Leaderboard) -> float:
 
 def _compute_time(lb: Leaderboard) -> str:
     seconds = total_seconds(lb)
-    return f"{fmt(seconds / 60, 1)} min of training and evaluation in all (sum of epoch times)"
+    return f"{fixed(seconds / 60, 1)} min of training and evaluation in all (sum of epoch times)"
 
 
 def _run_counts(lb: Leaderboard) -> str:
@@ -347,10 +323,6 @@ CSV_COLUMNS = (
 )
 
 
-def _num(value: float | None, digits: int = 4) -> str:
-    return "" if value is None or not math.isfinite(value) else fmt(value, digits)
-
-
 def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
     rows = []
     for row in lb.rows:
@@ -366,32 +338,32 @@ def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
                 "finished": str(row.finished),
                 "failed": str(failed),
                 "not_finished": str(len(row.records) - row.finished - failed),
-                "train_top1_mean": _num(row.train_top1 and row.train_top1.mean),
-                "train_top1_std": _num(row.train_top1 and row.train_top1.std),
-                "train_top5_mean": _num(row.train_top5 and row.train_top5.mean),
-                "train_top5_std": _num(row.train_top5 and row.train_top5.std),
-                "eval_top1_mean": _num(row.eval_top1 and row.eval_top1.mean),
-                "eval_top1_std": _num(row.eval_top1 and row.eval_top1.std),
-                "eval_top5_mean": _num(row.eval_top5 and row.eval_top5.mean),
-                "eval_top5_std": _num(row.eval_top5 and row.eval_top5.std),
+                "train_top1_mean": fixed(row.train_top1 and row.train_top1.mean, 4, missing=""),
+                "train_top1_std": fixed(row.train_top1 and row.train_top1.std, 4, missing=""),
+                "train_top5_mean": fixed(row.train_top5 and row.train_top5.mean, 4, missing=""),
+                "train_top5_std": fixed(row.train_top5 and row.train_top5.std, 4, missing=""),
+                "eval_top1_mean": fixed(row.eval_top1 and row.eval_top1.mean, 4, missing=""),
+                "eval_top1_std": fixed(row.eval_top1 and row.eval_top1.std, 4, missing=""),
+                "eval_top5_mean": fixed(row.eval_top5 and row.eval_top5.mean, 4, missing=""),
+                "eval_top5_std": fixed(row.eval_top5 and row.eval_top5.std, 4, missing=""),
                 "n": str(row.eval_top1.n if row.eval_top1 else 0),
-                "paper_train_top1": _num(row.paper.get("train_top1"), 1),
-                "paper_top1": _num(row.paper.get("top1"), 1),
-                "paper_top5": _num(row.paper.get("top5"), 1),
-                "diff_top1_mean": _num(d and d.mean),
-                "diff_top1_low": _num(d and d.low),
-                "diff_top1_high": _num(d and d.high),
+                "paper_train_top1": fixed(row.paper.get("train_top1"), 1, missing=""),
+                "paper_top1": fixed(row.paper.get("top1"), 1, missing=""),
+                "paper_top5": fixed(row.paper.get("top5"), 1, missing=""),
+                "diff_top1_mean": fixed(d and d.mean, 4, missing=""),
+                "diff_top1_low": fixed(d and d.low, 4, missing=""),
+                "diff_top1_high": fixed(d and d.high, 4, missing=""),
                 "diff_pairs": str(d.n) if d else "",
                 "diff_excludes_zero": ("true" if d.excludes_zero else "false") if d else "",
-                "epoch_time_s_mean": _num(row.epoch_time and row.epoch_time.mean, 3),
-                "epoch_time_s_std": _num(row.epoch_time and row.epoch_time.std, 3),
-                "state_bytes_per_binary_weight": _num(row.state_bytes, 2),
-                "target_accuracy": _num(lb.suite.target_accuracy, 2),
+                "epoch_time_s_mean": fixed(row.epoch_time and row.epoch_time.mean, 3, missing=""),
+                "epoch_time_s_std": fixed(row.epoch_time and row.epoch_time.std, 3, missing=""),
+                "state_bytes_per_binary_weight": fixed(row.state_bytes, 2, missing=""),
+                "target_accuracy": fixed(lb.suite.target_accuracy, 2, missing=""),
                 "target_reached": str(row.target_reached)
                 if lb.suite.target_accuracy is not None
                 else "",
-                "epochs_to_target_mean": _num(row.target_epochs and row.target_epochs.mean, 2),
-                "seconds_to_target_mean": _num(row.target_seconds and row.target_seconds.mean, 2),
+                "epochs_to_target_mean": fixed(row.target_epochs and row.target_epochs.mean, 2, missing=""),
+                "seconds_to_target_mean": fixed(row.target_seconds and row.target_seconds.mean, 2, missing=""),
                 "problems": "; ".join(
                     f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
                 ),
@@ -596,7 +568,7 @@ def protocol_changes(original: Suite, used: Suite) -> list[str]:
         ):
             before, after = get(original, arch), get(used, arch)
             if before != after:
-                changes.append(f"{arch} {what} {_value_text(before)} -> {_value_text(after)}")
+                changes.append(f"{arch} {what} {setting(before)} -> {setting(after)}")
     for what, before, after in (
         ("seeds", original.seeds, used.seeds),
         ("subset", original.subset or "all", used.subset or "all"),
@@ -605,7 +577,7 @@ def protocol_changes(original: Suite, used: Suite) -> list[str]:
         ("target accuracy", original.target_accuracy, used.target_accuracy),
     ):
         if before != after:
-            changes.append(f"{what} {_value_text(before)} -> {_value_text(after)}")
+            changes.append(f"{what} {setting(before)} -> {setting(after)}")
     labels = {e.label: e for e in original.entries}
     kept = [e.label for e in used.entries if e.label in labels]
     dropped = [label for label in labels if label not in kept]

@@ -1,4 +1,4 @@
-"""``benchbnn ablate``: the paper's one-hyperparameter-at-a-time sweep (seed 003, Fig. 3)."""
+"""``benchbnn ablate``: the paper's one-hyperparameter-at-a-time sweep (Bop2ndOrder paper, Fig. 3)."""
 
 from __future__ import annotations
 

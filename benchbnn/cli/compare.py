@@ -86,6 +86,11 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--study", metavar="NAME", help="Optuna study name (with --tuned)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument(
+        "--index",
+        action="store_true",
+        help="also rewrite README.md, the index of every suite, in the output folder's parent",
+    )
 
 
 def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,6 +116,7 @@ def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tracking_uri": args.tracking_uri,
         "out": args.out,
         "plots": not args.no_plots,
+        "index": args.index,
     }
     if args.tuned:
         from benchbnn.tune.tuned import tuned_suite

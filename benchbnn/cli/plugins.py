@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from benchbnn.core.formatting import settings
+
 NAME = "plugins"
 HELP = "list installed plugin distributions and the optimizers, architectures, datasets and suites they provide"
 ORDER = 10
@@ -76,10 +78,6 @@ def listing() -> dict[str, Any]:
     }
 
 
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def main(args: argparse.Namespace) -> int:
     data = listing()
     if args.json:
@@ -90,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         for plugin in dist["plugins"]:
             print(f"  {plugin['name']} ({plugin['module']})")
             for opt in plugin.get("optimizers", []):
-                defaults = ", ".join(f"{k}={_format_value(v)}" for k, v in opt["defaults"].items())
+                defaults = settings(opt["defaults"], empty="none")
                 print(f"    optimizer     {opt['name']}: {defaults}")
             for arch in plugin.get("architectures", []):
                 options = ", ".join(f"{k}={v}" for k, v in arch["options"].items())

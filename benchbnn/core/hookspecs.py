@@ -12,7 +12,13 @@ themselves plugins of these hooks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:  # types only: the engine sits above this module
+    from benchbnn.core.specs import ArchitectureSpec, DatasetSpec, OptimizerSpec, SuiteSpec
+    from benchbnn.train.engine import Run, RunResult
 
 hookspec = pluggy.HookspecMarker("benchbnn")
 
@@ -21,7 +27,7 @@ hookspec = pluggy.HookspecMarker("benchbnn")
 
 
 @hookspec
-def benchbnn_optimizers() -> list:
+def benchbnn_optimizers() -> list[OptimizerSpec]:
     """Return the :class:`benchbnn.OptimizerSpec` records this plugin provides.
 
     Called once when plugins load. Each spec names the optimizer (kebab-case, unique across all
@@ -32,7 +38,7 @@ def benchbnn_optimizers() -> list:
 
 
 @hookspec
-def benchbnn_architectures() -> list:
+def benchbnn_architectures() -> list[ArchitectureSpec]:
     """Return the :class:`benchbnn.ArchitectureSpec` records this plugin provides.
 
     Called once when plugins load. The factory is called as
@@ -43,7 +49,7 @@ def benchbnn_architectures() -> list:
 
 
 @hookspec
-def benchbnn_datasets() -> list:
+def benchbnn_datasets() -> list[DatasetSpec]:
     """Return the :class:`benchbnn.DatasetSpec` records this plugin provides.
 
     Called once when plugins load. ``spec.load(root=, split=)`` returns a torch ``Dataset`` of
@@ -52,7 +58,7 @@ def benchbnn_datasets() -> list:
 
 
 @hookspec
-def benchbnn_suites() -> list:
+def benchbnn_suites() -> list[SuiteSpec]:
     """Return the :class:`benchbnn.SuiteSpec` records (TOML suite files) this plugin ships.
 
     Called once when plugins load; ``benchbnn compare NAME`` runs the suite called NAME.
@@ -65,21 +71,8 @@ def benchbnn_suites() -> list:
 # the engine's own tracking (MLflow) and progress-display plugins, and the objects passed as
 # ``benchbnn.train(..., plugins=[...])``. Their return values are ignored.
 #
-# ``run`` is the engine's view of the run in progress. Plugins may read (never replace):
-#   run.config          the RunConfig being trained (run.config_hash is its hash)
-#   run.model           the nn.Module; run.optimizer, the torch.optim.Optimizer
-#   run.binary_params, run.real_params   the two parameter lists the optimizer was built with
-#   run.arch_options    architecture options with defaults filled in
-#   run.data            the DataBundle (train / val / test loaders, num_classes, image_shape)
-#   run.hparams         optimizer hyperparameters with defaults filled in
-#   run.schedules       hyperparameter name -> Schedule
-#   run.device          torch.device; run.rank and run.world_size (1 without torchrun)
-#   run.epoch, run.step current epoch (counted from 1) and optimizer steps taken so far
-#   run.steps_per_epoch, run.total_steps, run.start_epoch (epochs already done when resuming)
-#   run.history         per-epoch metric dicts so far; run.run_metrics (binary_weights, ...)
-#   run.run_id          the MLflow run id (set by the tracking plugin in run_start; None on
-#                       ranks other than 0 and until then); run.tracking_uri, run.experiment
-#   run.tags, run.parent_run_id, run.run_name, run.log_every, run.quiet, run.checkpoint_dir
+# ``run`` is the engine's view of the run in progress (:class:`benchbnn.train.engine.Run`,
+# whose docstring lists its fields); plugins read it and never replace its members.
 # Under torchrun the hooks run on every rank; the built-in tracking and progress plugins
 # register on rank 0 only. A plugin that raises stops the run: its MLflow run ends KILLED and
 # the exception propagates to the caller of ``benchbnn.train`` (this is how a pruner stops a
@@ -87,7 +80,7 @@ def benchbnn_suites() -> list:
 
 
 @hookspec
-def benchbnn_run_start(run) -> None:
+def benchbnn_run_start(run: Run) -> None:
     """Called once per run, after the configuration was validated and the data, model and
     optimizer were built, right before the first training step.
 
@@ -99,12 +92,12 @@ def benchbnn_run_start(run) -> None:
 
 
 @hookspec
-def benchbnn_epoch_start(run, epoch: int) -> None:
+def benchbnn_epoch_start(run: Run, epoch: int) -> None:
     """Called before the first training step of ``epoch`` (counted from 1)."""
 
 
 @hookspec
-def benchbnn_step_end(run, step: int, logs: dict) -> None:
+def benchbnn_step_end(run: Run, step: int, logs: dict[str, Any]) -> None:
     """Called after every optimizer step; ``step`` counts steps from 1 over the whole run.
 
     ``logs`` holds *device tensors* so that nothing forces a host synchronisation:
@@ -120,10 +113,10 @@ def benchbnn_step_end(run, step: int, logs: dict) -> None:
 
 
 @hookspec
-def benchbnn_epoch_end(run, epoch: int, metrics: dict) -> None:
+def benchbnn_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
     """Called after each epoch's training and evaluation, before its checkpoint is written.
 
-    ``metrics`` maps names from ``benchbnn.core.config.EPOCH_METRICS`` to floats (accuracies in
+    ``metrics`` maps names from ``benchbnn.core.names.EPOCH_METRICS`` to floats (accuracies in
     percent, reduced over all ranks; val_* only with a validation split). A plugin may *add*
     numeric entries (extra metrics): they are tracked with ``step=epoch`` and kept in the run's
     history. Raising here (e.g. ``optuna.TrialPruned``) stops the run as KILLED; the epoch's
@@ -132,7 +125,7 @@ def benchbnn_epoch_end(run, epoch: int, metrics: dict) -> None:
 
 
 @hookspec
-def benchbnn_run_end(run, result) -> None:
+def benchbnn_run_end(run: Run, result: RunResult) -> None:
     """Called once when the run stops, whatever the reason, with the final ``RunResult``.
 
     ``result.status`` is "FINISHED", "FAILED" (diverged or crashed; ``result.error`` says why)

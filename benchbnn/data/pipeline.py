@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from benchbnn.core.config import check_budget
 from benchbnn.core.errors import BenchbnnError, DataError
 from benchbnn.core.plugins import get_dataset
 from benchbnn.core.specs import DatasetSpec
@@ -343,17 +344,10 @@ def _check_arguments(
     rank: int,
     world_size: int,
 ) -> None:
-    def positive_int(name: str, value: Any) -> None:
+    check_budget(batch_size=batch_size, subset=subset, val_fraction=val_fraction)
+    for name, value in (("evaluation batch size", eval_batch_size), ("world size", world_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BenchbnnError(f"{name} must be a positive whole number, got {value!r}")
-
-    positive_int("batch size", batch_size)
-    positive_int("evaluation batch size", eval_batch_size)
-    positive_int("world size", world_size)
-    if subset is not None:
-        positive_int("subset", subset)
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise BenchbnnError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not (isinstance(rank, int) and 0 <= rank < world_size):
         raise BenchbnnError(f"rank {rank!r} is outside [0, {world_size})")
 

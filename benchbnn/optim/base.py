@@ -439,7 +439,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 
-    # -- properties of the contract ----------------------------------------------------------
+    # -- properties every optimizer has ----------------------------------------------------------
 
     @property
     def flip_ratio(self) -> torch.Tensor:

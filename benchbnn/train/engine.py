@@ -55,7 +55,7 @@ from benchbnn.train.tracking import MlflowTracker
 
 #: read the device-side loss and flip ratio every this many steps (tracking, divergence check)
 DEFAULT_LOG_EVERY = 10
-#: the offset inside pi_t = log(F_t / N + e^-9) (Bop paper; seed 003, eq. 11)
+#: the offset inside pi_t = log(F_t / N + e^-9) (Bop paper; Bop2ndOrder paper, eq. 11)
 FLIP_LOG_OFFSET = math.exp(-9)
 TOP_K = 5
 #: evaluation batches hold at least this many images (evaluation has no gradients to keep)
@@ -64,7 +64,7 @@ EVAL_BATCH_SIZE = 256
 
 @dataclass
 class RunResult:
-    """How a run ended and what it measured (contract 5).
+    """How a run ended and what it measured.
 
     ``history`` has one dict per finished epoch (``epoch`` plus EPOCH_METRICS and any extras);
     ``metrics`` is the last epoch's plus RUN_METRICS.
@@ -85,7 +85,32 @@ class RunResult:
 
 @dataclass(eq=False)
 class Run:
-    """The engine's view of the run in progress, as lifecycle hooks receive it."""
+    """The engine's view of the run in progress, as lifecycle hooks receive it.
+
+    Plugins read these fields and never replace them:
+
+    * ``config`` the :class:`~benchbnn.core.config.RunConfig` being trained, ``config_hash``
+      its hash; ``hparams`` the optimizer hyperparameters with defaults filled in;
+      ``schedules`` hyperparameter name -> :class:`~benchbnn.optim.schedules.Schedule`;
+      ``arch_options`` the architecture options with defaults filled in.
+    * ``device`` the ``torch.device``; ``world`` the process group view (``rank`` and
+      ``world_size`` properties; 0 and 1 without torchrun).
+    * ``data`` the :class:`~benchbnn.data.pipeline.DataBundle` (train / val / test loaders,
+      ``num_classes``, ``image_shape``); ``model`` the ``nn.Module``; ``optimizer`` the
+      ``torch.optim.Optimizer``; ``binary_params`` and ``real_params`` the two parameter lists it
+      was built with; ``l2_params`` those under the suite's L2 penalty.
+    * ``epoch`` the current epoch (from 1) and ``step`` the optimizer steps taken so far;
+      ``steps_per_epoch``, ``total_steps``; ``start_epoch`` the epochs already done when
+      resuming.
+    * ``history`` one metric dict per finished epoch; ``run_metrics`` run-level figures
+      (``binary_weights``, ``real_parameters``, ``state_bytes_per_binary_weight``, ...).
+    * ``run_id`` the MLflow run id (set by the tracking plugin in ``run_start``; None on ranks
+      other than 0 and until then); ``tracking_uri``, ``experiment``, ``tags``,
+      ``parent_run_id``, ``run_name``.
+    * ``log_every`` (steps between reads of device-side figures), ``quiet``,
+      ``checkpoint_dir``, ``replaced_checkpoint_epoch`` (set when a checkpoint was replaced),
+      ``note`` (shown by the progress display when the run starts).
+    """
 
     config: RunConfig
     config_hash: str
@@ -143,24 +168,6 @@ class _PluginRaised(Exception):
 # --- resolving and validating ------------------------------------------------------------------
 
 
-def _check_budget(config: RunConfig) -> None:
-    def bad(what: str) -> BenchbnnError:
-        return BenchbnnError(f"{what}; fix the run configuration")
-
-    for name in ("epochs", "batch_size"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise bad(f"{name} must be a positive whole number, got {value!r}")
-    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
-        raise bad(f"seed must be a whole number >= 0, got {config.seed!r}")
-    if config.subset is not None and (not isinstance(config.subset, int) or config.subset < 1):
-        raise bad(f"subset must be a positive whole number or None, got {config.subset!r}")
-    if not isinstance(config.val_fraction, (int, float)) or not 0 <= config.val_fraction < 1:
-        raise bad(f"val_fraction must be in [0, 1), got {config.val_fraction!r}")
-    if not isinstance(config.l2, (int, float)) or not (math.isfinite(config.l2) and config.l2 >= 0):
-        raise bad(f"l2 must be a finite number >= 0, got {config.l2!r}")
-
-
 def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
     """``config`` with hyperparameters converted to their types and schedules written as data.
 
@@ -171,7 +178,10 @@ def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
 
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
-    _check_budget(config)
+    try:
+        config.check_budget()
+    except BenchbnnError as exc:
+        raise BenchbnnError(f"{exc}; fix the run configuration") from None
     spec = get_optimizer(config.optimizer)
     resolved = spec.resolve(**dict(config.hparams))
     schedules = validate_schedules(spec, dict(config.schedules))

@@ -9,24 +9,15 @@ ends with a table of all epochs and a one-line summary. ``quiet`` prints the sum
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from benchbnn.core.formatting import fixed
 from benchbnn.core.plugins import hookimpl
 
 _CLEAR = "\r\033[2K"
-
-
-def _pct(value: Any) -> str:
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return "-" if missing else f"{value:.2f}"
-
-
-def _num(value: Any, fmt: str = ".4f") -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def summary_line(run: Any, result: Any) -> str:
@@ -56,22 +47,22 @@ def epoch_table(history: list[Mapping[str, Any]]) -> str:
     """All epochs' headline metrics as an aligned text table."""
     has_val = any("val_top1" in h for h in history)
     columns = [
-        ("epoch", "epoch", "d"),
-        ("train loss", "train_loss", ".4f"),
-        ("train top1", "train_top1", ".2f"),
+        ("epoch", "epoch", 0),
+        ("train loss", "train_loss", 4),
+        ("train top1", "train_top1", 2),
     ]
     if has_val:
-        columns.append(("val top1", "val_top1", ".2f"))
+        columns.append(("val top1", "val_top1", 2))
     columns += [
-        ("test top1", "test_top1", ".2f"),
-        ("test top5", "test_top5", ".2f"),
-        ("pi_t", "flip_log_ratio", ".3f"),
-        ("time s", "epoch_time_s", ".1f"),
-        ("img/s", "images_per_s", ".0f"),
+        ("test top1", "test_top1", 2),
+        ("test top5", "test_top5", 2),
+        ("pi_t", "flip_log_ratio", 3),
+        ("time s", "epoch_time_s", 1),
+        ("img/s", "images_per_s", 0),
     ]
     rows = [[h[0] for h in columns]]
     for entry in history:
-        rows.append([_num(entry.get(key), fmt) for _, key, fmt in columns])
+        rows.append([fixed(entry.get(key), digits) for _, key, digits in columns])
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -143,7 +134,7 @@ class ProgressDisplay:
         line = (
             f"epoch {logs['epoch']}/{run.config.epochs} step {logs['batch']}/{logs['batches']} "
             f"loss {loss_sum / max(seen, 1):.4f} top-1 {100 * top1 / max(seen, 1):.2f}% "
-            f"pi_t {_num(None if pi is None else float(pi), '.2f')} {rate:.0f} img/s"
+            f"pi_t {fixed(None if pi is None else float(pi), 2)} {rate:.0f} img/s"
         )
         self.live_stream.write(_CLEAR + line)
         self.live_stream.flush()
@@ -153,13 +144,13 @@ class ProgressDisplay:
     def benchbnn_epoch_end(self, run: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
         if self.quiet:
             return
-        val = f" val top-1 {_pct(metrics['val_top1'])}%" if "val_top1" in metrics else ""
+        val = f" val top-1 {fixed(metrics['val_top1'])}%" if "val_top1" in metrics else ""
         self._print(
-            f"epoch {epoch}/{run.config.epochs}: train loss {_num(metrics.get('train_loss'))} "
-            f"top-1 {_pct(metrics.get('train_top1'))}%{val} test top-1 "
-            f"{_pct(metrics.get('test_top1'))}% pi_t {_num(metrics.get('flip_log_ratio'), '.3f')} "
-            f"{_num(metrics.get('epoch_time_s'), '.1f')} s "
-            f"{_num(metrics.get('images_per_s'), '.0f')} img/s"
+            f"epoch {epoch}/{run.config.epochs}: train loss {fixed(metrics.get('train_loss'), 4)} "
+            f"top-1 {fixed(metrics.get('train_top1'))}%{val} test top-1 "
+            f"{fixed(metrics.get('test_top1'))}% pi_t {fixed(metrics.get('flip_log_ratio'), 3)} "
+            f"{fixed(metrics.get('epoch_time_s'), 1)} s "
+            f"{fixed(metrics.get('images_per_s'), 0)} img/s"
         )
 
     @hookimpl

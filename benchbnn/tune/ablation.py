@@ -1,4 +1,4 @@
-"""The paper's hyperparameter ablation (seed 003, Fig. 3): one hyperparameter at a time.
+"""The paper's hyperparameter ablation (Bop2ndOrder paper, Fig. 3): one hyperparameter at a time.
 
 From a base point (a suite entry's hyperparameters, the optimizer's defaults where the entry sets
 none), each log-scale hyperparameter of the optimizer's search space (as narrowed by the suite's
@@ -38,6 +38,7 @@ from benchbnn.bench.suite_file import load_suite
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.figures import new_figure, save_png
+from benchbnn.core.formatting import fixed
 from benchbnn.core.names import DEFAULT_EXPERIMENT, TAG_ABLATION, TAG_ENTRY, TAG_SUITE
 from benchbnn.core.plugins import get_optimizer
 from benchbnn.train.engine import train
@@ -358,10 +359,6 @@ def robustness(results: Sequence[PointResult]) -> list[Spread]:
     return spreads
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def render_robustness_markdown(
     suite: Any, spreads: Sequence[Spread], metric: str, factors: Sequence[int]
 ) -> str:
@@ -377,8 +374,8 @@ def render_robustness_markdown(
     ]
     for s in spreads:
         lines.append(
-            f"| {s.label} | {s.hparam} | {s.points} | {_f(s.base)} | {_f(s.minimum)} | "
-            f"{_f(s.maximum)} | {_f(s.range)} | {_f(s.std)} | {s.diverged} |"
+            f"| {s.label} | {s.hparam} | {s.points} | {fixed(s.base)} | {fixed(s.minimum)} | "
+            f"{fixed(s.maximum)} | {fixed(s.range)} | {fixed(s.std)} | {s.diverged} |"
         )
     return "\n".join(lines) + "\n"
 

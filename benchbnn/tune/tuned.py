@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchbnn.bench.suites import Suite
+from benchbnn.core.formatting import settings
 from benchbnn.tune.tuning import best_trial_hparams
 
 
@@ -28,13 +29,10 @@ class TunedEntry:
 
     def describe(self) -> str:
         value = "-" if self.value is None else f"{self.value:.4g}"
-        settings = ", ".join(
-            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in sorted(self.hparams.items())
-        )
+        chosen = settings(dict(self.hparams), empty="none")
         return (
             f"entry {self.label}: tuned hyperparameters from study {self.study_name!r} trial "
-            f"#{self.trial_number} (value {value}): {settings or 'none'}"
+            f"#{self.trial_number} (value {value}): {chosen}"
         )
 
 
