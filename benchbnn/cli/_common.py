@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 
+from benchbnn.core.names import DEFAULT_SUITE
+
 
 def add_suite_argument(parser: argparse.ArgumentParser) -> None:
     """The optional positional SUITE (default: quick)."""
     parser.add_argument(
         "suite",
         nargs="?",
-        default="quick",
+        default=DEFAULT_SUITE,
         help="a built-in suite name (see 'benchbnn plugins') or a suite TOML file (default: quick)",
     )
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 #: The benchbnn release (also ``benchbnn.__version__``).
 VERSION = "0.1.0"
 DEFAULT_EXPERIMENT = "benchbnn"
+#: The suite commands run when none is named: offline, a few minutes on two CPU cores.
+DEFAULT_SUITE = "quick"
 
 # --- run states (MLflow's vocabulary, plus MISSING for a planned run that is not in the store) ---
 RUNNING, FINISHED, FAILED, KILLED, MISSING = "RUNNING", "FINISHED", "FAILED", "KILLED", "MISSING"

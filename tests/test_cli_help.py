@@ -1,0 +1,84 @@
+"""The command line's help: complete in the README, and fast (no torch) for every command.
+
+The README's ``## Commands`` block lists every command with every flag; ``--help`` must agree
+with it both ways, so that neither documents an option the other lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchbnn.cli import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def _help_flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        max(a.option_strings, key=len)
+        for a in parser._actions
+        if a.option_strings and "--help" not in a.option_strings
+    }
+
+
+def readme_commands() -> dict[str, set[str]]:
+    """Command name -> the flags the README's Commands block lists for it."""
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"## Commands\s+```\n(.*?)```", text, re.S)
+    assert block, "the README has a ## Commands section with a code block"
+    commands: dict[str, set[str]] = {}
+    current = None
+    for line in block.group(1).splitlines():
+        words = line.split()
+        if words[:1] == ["benchbnn"] and len(words) > 1:
+            current = words[1]
+            commands[current] = set()
+        if current is not None:
+            commands[current] |= set(re.findall(r"(--[a-z][a-z0-9-]*)", line.split("#", 1)[0]))
+    return commands
+
+
+COMMANDS = sorted(_subparsers())
+
+
+def test_every_command_is_in_the_readme():
+    assert sorted(readme_commands()) == COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_and_help_list_the_same_flags(command):
+    listed = readme_commands().get(command, set())
+    actual = _help_flags(_subparsers()[command])
+    assert listed - actual == set(), f"the README lists flags `{command} --help` lacks"
+    assert actual - listed == set(), f"`{command} --help` has flags the README does not list"
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_answers_without_importing_torch(command):
+    args = ["--help"] if command is None else [command, "--help"]
+    code = (
+        "import sys\n"
+        "from benchbnn.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules)\n"
+        "print('HEAVY:' + ','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage: benchbnn" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY:", done.stdout.splitlines()[-1]
