@@ -43,9 +43,20 @@ from benchbnn.core.plugins import (
     register_plugin,
     unregister_plugin,
 )
-from benchbnn.core.specs import ArchitectureSpec, DatasetSpec, HParam, OptimizerSpec, SuiteSpec
+from benchbnn.core.specs import (
+    ArchitectureSpec,
+    DatasetSpec,
+    HParam,
+    OptimizerSpec,
+    RunContext,
+    SuiteSpec,
+)
 
 __version__ = VERSION
+
+#: The spec of an optimizer class, derived from its declaration (what a plugin's
+#: ``benchbnn_optimizers`` hook returns: ``[benchbnn.optimizer_spec(MyOptimizer)]``).
+optimizer_spec = OptimizerSpec.from_class
 
 # name -> module that defines it; resolved lazily by __getattr__ below.
 _LAZY = {
@@ -74,6 +85,7 @@ __all__ = [
     "OptimizerSpec",
     "PluginError",
     "RunConfig",
+    "RunContext",
     "RunFailed",
     "SuiteSpec",
     "UnknownNameError",
@@ -89,6 +101,7 @@ __all__ = [
     "list_datasets",
     "list_optimizers",
     "list_suites",
+    "optimizer_spec",
     "register_plugin",
     "unregister_plugin",
     *_LAZY,

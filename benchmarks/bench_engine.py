@@ -1,10 +1,10 @@
-"""How much the engine adds to the model's own work: ``benchbnn.train.engine.train`` against a minimal
-hand-written PyTorch loop on the same model, data, optimizer and batch size.
+"""How much the engine adds to the model's own work: ``benchbnn.train.engine.train`` against a
+minimal hand-written PyTorch loop on the same model, data, optimizer and batch size.
 
 Both sides train BinaryNet (width 0.25 by default) on CIFAR-10 with Bop2ndOrder from the same
-initial weights through the same data pipeline (``benchbnn.data.pipeline.build_loaders``) and evaluate
-the test split after every epoch. The engine runs with everything on: MLflow tracking into a
-temporary SQLite store, the progress plugin, per-epoch checkpoints, top-1/top-5, loss and
+initial weights through the same data pipeline (``benchbnn.data.pipeline.build_loaders``) and
+evaluate the test split after every epoch. The engine runs with everything on: MLflow tracking
+into a temporary SQLite store, the progress plugin, per-epoch checkpoints, top-1/top-5, loss and
 flip-ratio bookkeeping.
 
 On a machine shared with other jobs the speed drifts by tens of percent within minutes, so the

@@ -9,6 +9,11 @@ device, which has the same access pattern (read two arrays, write one back in pl
     python benchmarks/bench_optimizers.py --optimizers bop2ndorder --repeat 20 --device cuda
 
 Timings on a shared machine are noisy: compare ratios measured in the same run.
+
+The floor here is measured on arrays the size of the step's own (about 166 MB), which a large
+last-level cache may hold, so it can be an in-cache floor. ``benchbnn bench`` measures the
+floor on arrays several times the last-level cache, counts the bytes from each optimizer's
+state after a step, interleaves floor and steps, and writes leaderboards/bench/.
 """
 
 from __future__ import annotations
@@ -21,20 +26,7 @@ import time
 import torch
 
 import benchbnn
-
-#: The nine binary weight tensors of BinaryNet on CIFAR-10 (docs/architectures.md).
-BINARYNET_SHAPES = [
-    (128, 3, 3, 3),
-    (128, 128, 3, 3),
-    (256, 128, 3, 3),
-    (256, 256, 3, 3),
-    (512, 256, 3, 3),
-    (512, 512, 3, 3),
-    (1024, 4608),
-    (1024, 1024),
-    (10, 1024),
-]
-BINARYNET_WEIGHTS = 10_352_000
+from benchbnn.optim.timing import BINARYNET_SHAPES, BINARYNET_WEIGHTS
 
 
 def _sync(device: torch.device) -> None:

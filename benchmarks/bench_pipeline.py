@@ -161,7 +161,8 @@ def main() -> None:
     root = prepare(args)
     results: dict = {"device": str(device), "threads": torch.get_num_threads(), **time_loads(root)}
     print(
-        f"device {device}, {results['threads']} threads; first load {results['first_load_s']:.2f} s, "
+        f"device {device}, {results['threads']} threads; "
+        f"first load {results['first_load_s']:.2f} s, "
         f"warm load {results['warm_load_s']:.2f} s"
     )
     print(
@@ -178,7 +179,8 @@ def main() -> None:
             "epoch_time_ratio": ratio,
         }
         print(
-            f"{batch_size:>6} {pipe['images_per_s_median']:>15,.0f} {model['images_per_s']:>12,.1f} "
+            f"{batch_size:>6} {pipe['images_per_s_median']:>15,.0f} "
+            f"{model['images_per_s']:>12,.1f} "
             f"{ratio:>21.3%} {model['loader_share_in_loop']:>21.3%}"
         )
     if args.json:

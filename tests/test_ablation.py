@@ -1,5 +1,5 @@
-"""The paper's ablation (Bop2ndOrder paper, Fig. 3): the grid of run configurations, then a real sweep on
-a tiny budget that produces its plots and robustness table, reusing tracked runs."""
+"""The paper's ablation (Bop2ndOrder paper, Fig. 3): the grid of run configurations, then a real
+sweep on a tiny budget that produces its plots and robustness table, reusing tracked runs."""
 
 from __future__ import annotations
 

@@ -167,8 +167,8 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     assert files(regenerated) == written
     md = written["leaderboard.md"].decode()
     assert (
-        "Changed from the suite file: bnn-mlp epochs 20 -> 1; seeds [0, 1, 2] -> [0, 1]; subset all -> 300."
-        in md
+        "Changed from the suite file: bnn-mlp epochs 20 -> 1; seeds [0, 1, 2] -> [0, 1]; "
+        "subset all -> 300." in md
     )
     assert "`benchbnn leaderboard quick --seeds 2 --epochs 1 --subset 300`" in md
 
@@ -265,7 +265,7 @@ def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(
     benchbnn.register_plugin(NanPlugin(), "nan-plugin")
     suite = str(tiny_suite(tmp_path, epochs=1, seeds=1))
     out = tmp_path / "leaderboards" / "tiny"
-    result, lines = run(suite, tmp_path, store, "failures", out=out, optimizers="+nan-opt")
+    result, _lines = run(suite, tmp_path, store, "failures", out=out, optimizers="+nan-opt")
     assert [p.entry.label for p in result.plan] == ["bop", "adam-latent", "nan-opt"]
     failed = result.results[-1]
     assert failed.status == "FAILED" and "diverged" in failed.error
@@ -296,7 +296,7 @@ def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(
     assert counter.starts == 1
 
 
-# --- bad input: nothing trains ---------------------------------------------------------------------
+# --- bad input: nothing trains --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -341,7 +341,7 @@ def test_cli_reports_bad_suites_in_one_line_with_status_2(tmp_path, capsys):
     assert not (tmp_path / "x.db").exists()
 
 
-# --- the GPU-scale suites, end to end with tiny overrides -------------------------------------------
+# --- the GPU-scale suites, end to end with tiny overrides -----------------------------------------
 
 
 def _image_folder(
@@ -470,7 +470,8 @@ def test_compare_tuned_trains_each_entry_with_its_best_trial(tmp_path, store, mo
         resolved, tmp_path, store, "tuned", optimizers="bop", tuned=used, original=original
     )
     assert lines[0].startswith(
-        f"entry bop: tuned hyperparameters from study {best.study_name!r} trial #{best.trial_number}"
+        f"entry bop: tuned hyperparameters from study {best.study_name!r} "
+        f"trial #{best.trial_number}"
     )
     assert [p.entry.label for p in result.plan] == ["bop"]
     assert dict(result.plan[0].config.hparams) == {k: best.hparams[k] for k in sorted(best.hparams)}

@@ -120,7 +120,13 @@ def test_lifecycle_hooks_run_in_order(store, tmp_path):
 
 
 def test_result_holds_epoch_and_run_metrics(store, tmp_path):
-    result = train(tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck")
+    result = train(
+        tiny_config(),
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "ck",
+        keep_checkpoint=True,  # else deleted once the run has finished
+    )
     assert result.finished and result.error is None
     for entry in result.history:
         assert_has_epoch_metrics(entry)
@@ -135,7 +141,13 @@ def test_result_holds_epoch_and_run_metrics(store, tmp_path):
 
 
 def test_a_finished_checkpoint_resumes_into_the_same_run(store, tmp_path):
-    first = train(tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck")
+    first = train(
+        tiny_config(),
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "ck",
+        keep_checkpoint=True,  # else deleted once the run has finished
+    )
     again = train(
         tiny_config(), quiet=True, tracking_uri=store, checkpoint_dir=tmp_path / "ck", resume=True
     )

@@ -1,4 +1,5 @@
-"""Leaderboard tables from plain run records: layouts, statistics in cells, failures, determinism."""
+"""Leaderboard tables from plain run records: layouts, statistics in cells, failures,
+determinism."""
 
 from __future__ import annotations
 
@@ -221,8 +222,8 @@ def test_failed_and_missing_runs_are_shown_never_dropped():
     )
     assert "## Runs without a result" in md
     assert (
-        "| bop2ndorder-biased | binarynet | 2 | FAILED | diverged: training loss is nan at epoch 2 |"
-        in md
+        "| bop2ndorder-biased | binarynet | 2 | FAILED | "
+        "diverged: training loss is nan at epoch 2 |" in md
     )
     assert "| bop | binarynet | 0 | MISSING | not run |" in md
     # the one seed both entries finished (seed 1) is the only pair
@@ -311,8 +312,8 @@ def test_index_lists_suites_with_headline_rows_and_definitions(tmp_path):
     text = path.read_text()
     assert text.startswith(INDEX_MARKER)
     assert (
-        "| [demo](demo/leaderboard.md) | cifar10 | binarynet | 3 epochs, 3 seeds, 6/6 runs finished |"
-        in text
+        "| [demo](demo/leaderboard.md) | cifar10 | binarynet | "
+        "3 epochs, 3 seeds, 6/6 runs finished |" in text
     )
     assert "| big-one | - | - | definition only: `benchbnn compare big-one` |" in text
     # ranked by validation top-1: the biased entry (92.33) before bop (91.00)

@@ -31,7 +31,10 @@ def quickstart_commands() -> list[str]:
 def _git(*args: str, cwd: Path) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=cwd, capture_output=True, text=True, check=True,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return done.stdout
 
@@ -66,15 +69,23 @@ def test_quickstart_in_order_leaves_tests_passing_and_the_checkout_clean(tmp_pat
     env["HOME"] = str(tmp_path / "home")
     # The main job exactly as written (the package is already installed in this environment).
     compare = subprocess.run(
-        [sys.executable, "-m", "benchbnn", "compare"], cwd=clone, env=env,
-        capture_output=True, text=True, timeout=1200,
+        [sys.executable, "-m", "benchbnn", "compare"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert (clone / "leaderboards" / "quick" / "leaderboard.md").is_file()
     # The tests that a user's compare could break: the committed results still regenerate.
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "tests/test_committed_leaderboards.py"],
-        cwd=clone, env=env, capture_output=True, text=True, timeout=600,
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert tests.returncode == 0, tests.stdout[-2000:]
     assert _git("status", "--porcelain", "--untracked-files=all", cwd=clone) == ""

@@ -48,7 +48,15 @@ def _only_run(uri: str):
 def test_quiet_run_prints_one_summary_line_and_exits_0(workdir, capsys):
     uri = fresh_store(workdir)  # ./mlflow.db: the default location
     code = main(
-        [*BASE, "--set", "gamma=1e-4", "--schedule", "threshold=polynomial:1e-5:1e-8", "--quiet"]
+        [
+            *BASE,
+            "--set",
+            "gamma=1e-4",
+            "--schedule",
+            "threshold=polynomial:1e-5:1e-8",
+            "--keep-checkpoints",  # a finished run's checkpoint is deleted unless kept
+            "--quiet",
+        ]
     )
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -1,4 +1,5 @@
-"""Leaderboard statistics checked against values computed by hand (t quantiles from a printed table)."""
+"""Leaderboard statistics checked against values computed by hand (t quantiles from a printed
+table)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ Everything here runs in well under a second per test; real studies that train ar
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -313,7 +314,9 @@ def test_a_study_with_another_search_space_is_refused():
     with pytest.raises(BenchbnnError) as info:
         studies.check_study_matches("s", attrs, other, {"epochs": 3}, "x.journal")
     assert "different search space" in str(info.value) and "--study NAME" in str(info.value)
-    with pytest.raises(BenchbnnError, match="different protocol .*epochs: study has 3, this run 5"):
+    with pytest.raises(
+        BenchbnnError, match=r"different protocol .*epochs: study has 3, this run 5"
+    ):
         studies.check_study_matches("s", attrs, space, {"epochs": 5}, "x.journal")
     with pytest.raises(BenchbnnError, match="not created by 'benchbnn tune'"):
         studies.check_study_matches("s", {}, space, {}, "x.journal")
@@ -400,7 +403,9 @@ def test_cli_choices_match_the_module():
 def test_best_trial_hparams_reads_the_best_complete_trial(tmp_path, monkeypatch):
     monkeypatch.delenv(studies.STORAGE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(BenchbnnError, match="no Optuna storage at tuning/optuna.journal"):
+    with pytest.raises(
+        BenchbnnError, match=re.escape("no Optuna storage at tuning/optuna.journal")
+    ):
         tuning.best_trial_hparams("quick", "bop")
     storage = studies.open_storage("tuning/optuna.journal")
     study = optuna.create_study(storage=storage, study_name="quick-bop", direction="maximize")

@@ -104,7 +104,7 @@ def test_best_configuration_is_printed_recorded_and_readable(study):
     found = tuning.best_trial_hparams(str(study.suite), "bop2ndorder", storage=str(study.journal))
     assert found.hparams == data["hparams"] and found.trial_number == top.number
     assert found.study_name == "tiny-bop2ndorder"
-    with pytest.raises(BenchbnnError, match="create it with 'benchbnn tune .* --optimizer bop "):
+    with pytest.raises(BenchbnnError, match=r"create it with 'benchbnn tune .* --optimizer bop "):
         tuning.best_trial_hparams(str(study.suite), "bop", storage=str(study.journal))
 
 

@@ -210,15 +210,19 @@ def write_from_store(
     index: bool = False,
     require_runs: bool = False,
     original: Suite | None = None,
+    environment: str | None = None,
+    any_environment: bool = True,
 ) -> Written:
     """Look the suite's runs up and write its files (``suite`` already carries tuned values;
     ``tuned``/``study`` only go into the regenerate command; ``original`` is the suite before
-    tuning, for describing the changes)."""
+    tuning, for describing the changes). With ``environment`` (compare's), only runs of that
+    environment are shown unless ``any_environment``, which prefers them (see
+    :func:`~benchbnn.train.runs.collect_records`)."""
     plan = suite.run_configs(seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides)
     expanded = suite.expanded(
         seeds=seeds, epochs=epochs, optimizers=optimizers, overrides=overrides
     )
-    records = collect_records(plan, tracking_uri, experiment)
+    records = collect_records(plan, tracking_uri, experiment, environment, any_environment)
     if require_runs and not records:
         raise BenchbnnError(
             f"no tracked runs of suite {suite.name!r} with this protocol in "

@@ -11,6 +11,7 @@ validation accuracy); several give Table 2's (entry x architecture, top-1 and to
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +24,7 @@ from benchbnn.bench.stats import (
     time_to_target,
 )
 from benchbnn.bench.suites import Suite, SuiteEntry
+from benchbnn.core.names import MISSING, UNKNOWN_ENVIRONMENT
 from benchbnn.train.runs import RunRecord
 
 
@@ -65,6 +67,14 @@ class Leaderboard:
     command: str
     changes: tuple[str, ...] = ()
     data_notes: tuple[str, ...] = ()
+    #: (environment line, runs found in it) over the runs found, sorted by environment; empty
+    #: when none of them recorded its environment (runs tracked before it was recorded)
+    environments: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def mixed_environments(self) -> bool:
+        """Whether the runs were made in more than one numerical environment."""
+        return len(self.environments) > 1
 
     @property
     def layout(self) -> str:
@@ -98,8 +108,8 @@ def build(
     """The leaderboard of ``plan`` (from :meth:`Suite.run_configs`) given the runs found.
 
     ``suite`` must be the suite as expanded for the plan (:meth:`Suite.expanded`); ``changes``
-    says how that differs from the suite file (:func:`benchbnn.bench.tables.protocol_changes`). Planned runs
-    without a record count as MISSING, so nothing is silently dropped.
+    says how that differs from the suite file (:func:`benchbnn.bench.tables.protocol_changes`).
+    Planned runs without a record count as MISSING, so nothing is silently dropped.
     """
     found = {(r.label, r.arch, r.seed): r for r in records}
     metric = f"{suite.eval_split}_top"
@@ -119,10 +129,24 @@ def build(
             rows.append(_row(suite, entry, arch, runs, metric))
     baseline = {row.arch: row for row in rows if row.entry.label == suite.baseline}
     rows = [_with_difference(row, baseline.get(row.arch), metric) for row in rows]
-    runs = [r for row in rows for r in row.records]
-    hardware = tuple(sorted({r.hardware for r in runs if r.hardware}))
-    notes = tuple(sorted({r.data_note for r in runs if r.data_note}))
-    return Leaderboard(suite, tuple(rows), hardware, command, tuple(changes), notes)
+    all_runs = [r for row in rows for r in row.records]
+    hardware = tuple(sorted({r.hardware for r in all_runs if r.hardware}))
+    notes = tuple(sorted({r.data_note for r in all_runs if r.data_note}))
+    return Leaderboard(
+        suite, tuple(rows), hardware, command, tuple(changes), notes, environments(all_runs)
+    )
+
+
+def environments(records: Iterable[RunRecord]) -> tuple[tuple[str, int], ...]:
+    """(environment line, number of runs) over the runs found (MISSING ones left out).
+
+    Empty when no run recorded its environment, so that leaderboards of runs tracked before
+    environments were recorded read as they always did.
+    """
+    counts = Counter(r.environment for r in records if r.status != MISSING and r.environment)
+    if set(counts) <= {UNKNOWN_ENVIRONMENT}:
+        return ()
+    return tuple(sorted(counts.items()))
 
 
 def _row(

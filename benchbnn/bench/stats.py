@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 #: Confidence level of every interval a leaderboard shows.
 CONFIDENCE = 0.95
@@ -47,7 +48,7 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
 
-def summarize(values: Iterable[float]) -> Summary | None:
+def summarize(values: Iterable[float | None]) -> Summary | None:
     """Mean +- sample std of the finite values; None when there are none."""
     data = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not data:
@@ -70,20 +71,20 @@ def t_critical(df: int, confidence: float = CONFIDENCE) -> float:
 
 
 def paired_difference(
-    values: Mapping[int, float],
-    baseline: Mapping[int, float],
+    values: Mapping[int, float | None],
+    baseline: Mapping[int, float | None],
     confidence: float = CONFIDENCE,
 ) -> PairedDifference | None:
     """Difference ``values - baseline`` paired by seed, with a t interval on the mean.
 
     Only seeds present (and finite) on both sides form pairs; None when no pair exists.
     """
-    seeds = tuple(
-        sorted(s for s in values if s in baseline and _finite(values[s]) and _finite(baseline[s]))
-    )
+    ours = {s: v for s, v in values.items() if _finite(v)}
+    theirs = {s: v for s, v in baseline.items() if _finite(v)}
+    seeds = tuple(sorted(s for s in ours if s in theirs))
     if not seeds:
         return None
-    diffs = [float(values[s]) - float(baseline[s]) for s in seeds]
+    diffs = [float(ours[s]) - float(theirs[s]) for s in seeds]
     summary = summarize(diffs)
     assert summary is not None
     if summary.n == 1:
@@ -94,7 +95,7 @@ def paired_difference(
     )
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(float(value))
 
 

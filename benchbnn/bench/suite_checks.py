@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from benchbnn.core import plugins
+from benchbnn.core import limits, plugins
 from benchbnn.core.errors import BenchbnnError, did_you_mean
 from benchbnn.core.plugins import get_architecture, get_dataset, get_optimizer
 
@@ -114,15 +114,32 @@ class ValueChecker:
         return dict(value)
 
     def seeds(self, value: Any, path: Path_) -> tuple[int, ...]:
+        """A seed count (seeds 0..count-1) or a list of distinct seeds, within
+        :mod:`benchbnn.core.limits` (at most MAX_SEEDS of them, each at most MAX_SEED).
+
+        Raises SuiteError naming the key (and the seed) that does not fit.
+        """
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise self.fail(path, f"a seed count must be at least 1, got {value}")
+            if value > limits.MAX_SEEDS:
+                raise self.fail(
+                    path, f"a seed count must be at most {limits.MAX_SEEDS}, got {value}"
+                )
             return tuple(range(value))
         if isinstance(value, (list, tuple)) and value:
+            if len(value) > limits.MAX_SEEDS:
+                raise self.fail(
+                    path, f"lists {len(value)} seeds; at most {limits.MAX_SEEDS} are allowed"
+                )
             for i, seed in enumerate(value):
                 if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                     raise self.fail(
                         path + (i,), f"seeds must be non-negative integers, got {seed!r}"
+                    )
+                if seed > limits.MAX_SEED:
+                    raise self.fail(
+                        path + (i,), f"a seed must be at most {limits.MAX_SEED}, got {seed}"
                     )
             if len(set(value)) != len(value):
                 raise self.fail(path, f"seeds must be distinct, got {list(value)}")
@@ -153,8 +170,15 @@ class ValueChecker:
         except BenchbnnError as exc:
             raise self.registry_error(path, exc) from None
 
-    def arch_options(self, archs: Sequence[str], options: Mapping[str, Any], path: Path_) -> None:
+    def arch_options(
+        self, archs: Sequence[str], options: Mapping[str, Any], path: Path_
+    ) -> dict[str, Any]:
+        """``options`` converted to their declared types (every architecture must accept them;
+        the first one's values are kept), by the converter of :mod:`benchbnn.core.values`.
 
+        Raises SuiteError naming the key for an unknown option or a value that does not fit.
+        """
+        converted: dict[str, Any] = {}
         for arch in archs:
             spec = get_architecture(arch)
             for key, value in options.items():
@@ -170,36 +194,26 @@ class ValueChecker:
                             else ""
                         ),
                     )
-                self.like(value, spec.options[key], path + (key,))
+                try:
+                    converted.setdefault(key, spec.coerce_options({key: value})[key])
+                except BenchbnnError as exc:
+                    raise self.fail(path + (key,), str(exc)) from None
+        return converted
 
-    def dataset_options(self, dataset: str, options: Mapping[str, Any], path: Path_) -> None:
+    def dataset_options(
+        self, dataset: str, options: Mapping[str, Any], path: Path_
+    ) -> dict[str, Any]:
+        """``options`` (``augmentation`` included) converted to the data set's declared types.
 
+        Raises SuiteError naming the key for an unknown option or a value that does not fit.
+        """
         spec = get_dataset(dataset)
+        converted: dict[str, Any] = {}
         for key, value in options.items():
             try:
-                spec.resolve_options({key: value})
+                converted.update(spec.coerce_options({key: value}))
             except BenchbnnError as exc:
                 raise self.fail(path + (key,), str(exc)) from None
-
-    def like(self, value: Any, default: Any, path: Path_) -> None:
-        """``value`` must have the type of the option's default (numbers mix; None is free)."""
-        if default is None or value is None:
-            return
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        elif isinstance(default, (list, tuple)):
-            ok = isinstance(value, (list, tuple))
-        else:
-            ok = True
-        if not ok:
-            raise self.fail(
-                path,
-                f"must be of type {type(default).__name__} like its default {default!r}, "
-                f"got {value!r}",
-            )
+        return converted
 
     # --- the whole file ---------------------------------------------------------------------

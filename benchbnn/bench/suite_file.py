@@ -39,6 +39,7 @@ File format (every key but ``dataset``, ``arch``/``archs`` and ``entries`` is op
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,25 +60,38 @@ from benchbnn.bench.suites import (
     SuiteEntry,
 )
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.paths import check_file_name
 from benchbnn.core.plugins import get_suite
 from benchbnn.core.specs import check_name
 from benchbnn.optim.schedules import validate_schedules
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 # --- loading ------------------------------------------------------------------------------------
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A built-in or plugin suite by name, or a suite file by path; validated."""
+    """A built-in or plugin suite by name, or a suite file by path; validated.
+
+    Raises SuiteError for a path that does not exist, is a directory or no regular file, or
+    holds no UTF-8 TOML suite (see :func:`load_suite_file`); UnknownNameError for a name no
+    plugin registered.
+    """
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_file():
         return load_suite_file(path)
     if text.endswith(".toml") or "/" in text or "\\" in text:
+        if path.is_dir():
+            raise SuiteError(
+                f"suite {text} is a directory; pass a suite TOML file in it or a built-in "
+                f"suite name (see 'benchbnn plugins')"
+            )
+        if path.exists():
+            raise SuiteError(f"suite {text} is not a regular file; pass a suite TOML file")
         raise SuiteError(f"suite file {text} does not exist")
 
     spec = get_suite(text)
@@ -90,12 +104,22 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def load_suite_file(path: str | Path) -> Suite:
-    """Parse and validate one suite file."""
+    """Parse and validate one suite file.
+
+    Raises SuiteError for a file that cannot be read (a directory included), is not UTF-8 text
+    (binary data), is not TOML, or is not a valid suite.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SuiteError(f"cannot read suite file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(
+            f"suite file {path} is not UTF-8 text (byte {exc.start} is "
+            f"0x{exc.object[exc.start : exc.start + 1].hex()}); a suite is a TOML text file: "
+            f"pass the right file, or save it as UTF-8"
+        ) from None
     return parse_suite(text, path)
 
 
@@ -199,10 +223,11 @@ class _SuiteReader(ValueChecker):
         dataset = self.plugin("dataset", data["dataset"], ("dataset",)).name
         archs = self.archs(data)
         arch_options = self.table(data.get("arch_options", {}), ("arch_options",))
-        self.arch_options(archs, arch_options, ("arch_options",))
         dataset_options = self.table(data.get("dataset_options", {}), ("dataset_options",))
-        self.dataset_options(dataset, dataset_options, ("dataset_options",))
         entries = self.entries(data)
+        # option values converted to their declared types, as the command line converts them
+        arch_options = self.arch_options(archs, arch_options, ("arch_options",))
+        dataset_options = self.dataset_options(dataset, dataset_options, ("dataset_options",))
         labels = [e.label for e in entries]
         baseline = data.get("baseline", labels[0])
         self.string(baseline, ("baseline",))
@@ -213,7 +238,7 @@ class _SuiteReader(ValueChecker):
                 f"Labels: {', '.join(labels)}.",
             )
         target = data.get("target_accuracy")
-        return Suite(
+        suite = Suite(
             name=name,
             description=description,
             dataset=dataset,
@@ -238,6 +263,25 @@ class _SuiteReader(ValueChecker):
             l2=self.number(data.get("l2", 0.0), ("l2",), low=0.0),
             per_arch=self.per_arch(data.get("per_arch", {}), archs),
         )
+        self.schedule_ranges(suite)
+        return suite
+
+    def schedule_ranges(self, suite: Suite) -> None:
+        """Every entry's schedules over the suite's own epochs (per architecture).
+
+        The steps per epoch are not known until the data are, so this checks the start of every
+        epoch (and each schedule's START and END); the engine checks every step before training.
+        Raises SuiteError naming the schedule's line.
+        """
+        lengths = sorted({suite.epochs_for(arch) for arch in suite.archs})
+        for i, entry in enumerate(suite.entries):
+            spec = self.plugin("optimizer", entry.optimizer, ("entries", i, "optimizer"))
+            for key, schedule in entry.schedules.items():
+                for epochs in lengths:
+                    try:
+                        validate_schedules(spec, {key: schedule}, epochs=epochs)
+                    except BenchbnnError as exc:
+                        raise self.fail(("entries", i, "schedules", key), str(exc)) from None
 
     def archs(self, data: Mapping[str, Any]) -> tuple[str, ...]:
         if "arch" in data and "archs" in data:
@@ -275,8 +319,9 @@ class _SuiteReader(ValueChecker):
                 checked["l2"] = self.number(table["l2"], path + ("l2",), low=0.0)
             if "arch_options" in table:
                 options = self.table(table["arch_options"], path + ("arch_options",))
-                self.arch_options([arch], options, path + ("arch_options",))
-                checked["arch_options"] = options
+                checked["arch_options"] = self.arch_options(
+                    [arch], options, path + ("arch_options",)
+                )
             out[arch] = checked
         return out
 
@@ -295,6 +340,10 @@ class _SuiteReader(ValueChecker):
                 raise self.fail(path, "entry has no 'optimizer'")
             spec = self.plugin("optimizer", item["optimizer"], path + ("optimizer",))
             label = self.string(item.get("label", spec.name), path + ("label",))
+            try:  # a label names the entry's tuning study and its folder (tuning/STUDY/)
+                check_file_name(label, "label", "choose a label without them")
+            except BenchbnnError as exc:
+                raise self.fail(path + ("label",), str(exc)) from None
             if any(e.label == label for e in entries):
                 raise self.fail(path + ("label",), f"label {label!r} is used by two entries")
             hparams = self.hparams(spec, item.get("hparams", {}), path + ("hparams",))
@@ -329,7 +378,8 @@ class _SuiteReader(ValueChecker):
         return out
 
     def tune(self, value: Any) -> dict[str, Any]:
-        """Kept raw for ``benchbnn tune``; only the optimizer and hyperparameter names are checked."""
+        """Kept raw for ``benchbnn tune``; only the optimizer and hyperparameter names are
+        checked."""
         tables = self.table(value, ("tune",))
         for optimizer, table in tables.items():
             path: Path_ = ("tune", optimizer)

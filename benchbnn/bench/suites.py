@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchbnn.bench.suite_checks import ValueChecker, _canonical_hparams, _did_you_mean
+from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.plugins import get_optimizer
@@ -137,7 +138,8 @@ class Suite:
         if unknown:
             raise BenchbnnError(
                 f"cannot override {unknown[0]!r} of suite {self.name!r}"
-                f"{_did_you_mean(unknown[0], OVERRIDE_KEYS)} Overridable: {', '.join(OVERRIDE_KEYS)}."
+                f"{_did_you_mean(unknown[0], OVERRIDE_KEYS)} "
+                f"Overridable: {', '.join(OVERRIDE_KEYS)}."
             )
         checker = ValueChecker(f"overrides of suite {self.name!r}", None, "")
         data = dict(overrides)
@@ -170,8 +172,7 @@ class Suite:
             )
         if data.get("arch_options"):
             merged = {**self.arch_options, **checker.table(data["arch_options"], ("arch_options",))}
-            checker.arch_options(self.archs, merged, ("arch_options",))
-            changes["arch_options"] = merged
+            changes["arch_options"] = checker.arch_options(self.archs, merged, ("arch_options",))
             for table in per_arch.values():
                 table.pop("arch_options", None)
         if data.get("dataset_options"):
@@ -179,8 +180,9 @@ class Suite:
                 **self.dataset_options,
                 **checker.table(data["dataset_options"], ("dataset_options",)),
             }
-            checker.dataset_options(self.dataset, merged, ("dataset_options",))
-            changes["dataset_options"] = merged
+            changes["dataset_options"] = checker.dataset_options(
+                self.dataset, merged, ("dataset_options",)
+            )
         changes["per_arch"] = {arch: table for arch, table in per_arch.items() if table}
         return replace(self, **changes)
 
@@ -292,8 +294,7 @@ def _expand_seeds(current: tuple[int, ...], seeds: int | Sequence[int]) -> tuple
     if isinstance(seeds, bool):
         raise BenchbnnError(f"seeds must be a count or a list of integers, got {seeds!r}")
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise BenchbnnError(f"--seeds must be at least 1, got {seeds}")
+        limits.within(limits.SEED_COUNT, seeds, "--seeds")  # 1 to MAX_SEEDS, before the loop
         chosen = list(current[:seeds])
         candidate = max(current, default=-1) + 1
         while len(chosen) < seeds:

@@ -55,7 +55,10 @@ def runs_text(row: Row) -> str:
     for r in row.unfinished:
         problems.setdefault(_problem(r), []).append(r.seed)
     for what, seeds in sorted(problems.items()):
-        text += f"; {len(seeds)} {what} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        text += (
+            f"; {len(seeds)} {what} (seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))})"
+        )
     return text
 
 
@@ -205,6 +208,20 @@ def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def environment_lines(lb: Leaderboard) -> list[str]:
+    """The markdown line naming the runs' numerical environment, or saying that they mix
+    several (with the runs in each); none when no run recorded its environment."""
+    if not lb.environments:
+        return []
+    if not lb.mixed_environments:
+        return [f"- Environment: {lb.environments[0][0]}."]
+    parts = [f"{env} ({_plural(n, 'run')})" for env, n in lb.environments]
+    return [
+        f"- Environments: **mixed**, the runs come from {len(parts)} numerical environments "
+        f"(figures of different environments are not bit-comparable): {'; '.join(parts)}."
+    ]
+
+
 def render_markdown(lb: Leaderboard) -> str:
     suite = lb.suite
     out = [f"# Leaderboard: {suite.name}", ""]
@@ -218,6 +235,7 @@ def render_markdown(lb: Leaderboard) -> str:
         + f"; {eval_split}.",
         "- Budget: " + "; ".join(budget_lines(suite)) + ".",
         "- Hardware: " + ("; ".join(lb.hardware) if lb.hardware else "not recorded") + ".",
+        *environment_lines(lb),
         f"- Baseline: {suite.baseline}."
         + (
             f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.eval_name}."
@@ -323,6 +341,14 @@ CSV_COLUMNS = (
 )
 
 
+def _mean(summary: Summary | None) -> float | None:
+    return summary.mean if summary is not None else None
+
+
+def _std(summary: Summary | None) -> float | None:
+    return summary.std if summary is not None else None
+
+
 def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
     rows = []
     for row in lb.rows:
@@ -338,32 +364,32 @@ def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
                 "finished": str(row.finished),
                 "failed": str(failed),
                 "not_finished": str(len(row.records) - row.finished - failed),
-                "train_top1_mean": fixed(row.train_top1 and row.train_top1.mean, 4, missing=""),
-                "train_top1_std": fixed(row.train_top1 and row.train_top1.std, 4, missing=""),
-                "train_top5_mean": fixed(row.train_top5 and row.train_top5.mean, 4, missing=""),
-                "train_top5_std": fixed(row.train_top5 and row.train_top5.std, 4, missing=""),
-                "eval_top1_mean": fixed(row.eval_top1 and row.eval_top1.mean, 4, missing=""),
-                "eval_top1_std": fixed(row.eval_top1 and row.eval_top1.std, 4, missing=""),
-                "eval_top5_mean": fixed(row.eval_top5 and row.eval_top5.mean, 4, missing=""),
-                "eval_top5_std": fixed(row.eval_top5 and row.eval_top5.std, 4, missing=""),
+                "train_top1_mean": fixed(_mean(row.train_top1), 4, missing=""),
+                "train_top1_std": fixed(_std(row.train_top1), 4, missing=""),
+                "train_top5_mean": fixed(_mean(row.train_top5), 4, missing=""),
+                "train_top5_std": fixed(_std(row.train_top5), 4, missing=""),
+                "eval_top1_mean": fixed(_mean(row.eval_top1), 4, missing=""),
+                "eval_top1_std": fixed(_std(row.eval_top1), 4, missing=""),
+                "eval_top5_mean": fixed(_mean(row.eval_top5), 4, missing=""),
+                "eval_top5_std": fixed(_std(row.eval_top5), 4, missing=""),
                 "n": str(row.eval_top1.n if row.eval_top1 else 0),
                 "paper_train_top1": fixed(row.paper.get("train_top1"), 1, missing=""),
                 "paper_top1": fixed(row.paper.get("top1"), 1, missing=""),
                 "paper_top5": fixed(row.paper.get("top5"), 1, missing=""),
-                "diff_top1_mean": fixed(d and d.mean, 4, missing=""),
-                "diff_top1_low": fixed(d and d.low, 4, missing=""),
-                "diff_top1_high": fixed(d and d.high, 4, missing=""),
+                "diff_top1_mean": fixed(d.mean if d else None, 4, missing=""),
+                "diff_top1_low": fixed(d.low if d else None, 4, missing=""),
+                "diff_top1_high": fixed(d.high if d else None, 4, missing=""),
                 "diff_pairs": str(d.n) if d else "",
                 "diff_excludes_zero": ("true" if d.excludes_zero else "false") if d else "",
-                "epoch_time_s_mean": fixed(row.epoch_time and row.epoch_time.mean, 3, missing=""),
-                "epoch_time_s_std": fixed(row.epoch_time and row.epoch_time.std, 3, missing=""),
+                "epoch_time_s_mean": fixed(_mean(row.epoch_time), 3, missing=""),
+                "epoch_time_s_std": fixed(_std(row.epoch_time), 3, missing=""),
                 "state_bytes_per_binary_weight": fixed(row.state_bytes, 2, missing=""),
                 "target_accuracy": fixed(lb.suite.target_accuracy, 2, missing=""),
                 "target_reached": str(row.target_reached)
                 if lb.suite.target_accuracy is not None
                 else "",
-                "epochs_to_target_mean": fixed(row.target_epochs and row.target_epochs.mean, 2, missing=""),
-                "seconds_to_target_mean": fixed(row.target_seconds and row.target_seconds.mean, 2, missing=""),
+                "epochs_to_target_mean": fixed(_mean(row.target_epochs), 2, missing=""),
+                "seconds_to_target_mean": fixed(_mean(row.target_seconds), 2, missing=""),
                 "problems": "; ".join(
                     f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
                 ),
@@ -549,6 +575,9 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
         "changes": list(lb.changes),
         "rows": rows,
     }
+    if lb.environments:  # absent for runs tracked before environments were recorded
+        data["environments"] = [{"environment": e, "runs": n} for e, n in lb.environments]
+        data["mixed_environments"] = lb.mixed_environments
     return _round(data)
 
 
@@ -569,15 +598,15 @@ def protocol_changes(original: Suite, used: Suite) -> list[str]:
             before, after = get(original, arch), get(used, arch)
             if before != after:
                 changes.append(f"{arch} {what} {setting(before)} -> {setting(after)}")
-    for what, before, after in (
+    for what, old, new in (
         ("seeds", original.seeds, used.seeds),
         ("subset", original.subset or "all", used.subset or "all"),
         ("validation fraction", original.val_fraction, used.val_fraction),
         ("dataset options", dict(original.dataset_options), dict(used.dataset_options)),
         ("target accuracy", original.target_accuracy, used.target_accuracy),
     ):
-        if before != after:
-            changes.append(f"{what} {setting(before)} -> {setting(after)}")
+        if old != new:
+            changes.append(f"{what} {setting(old)} -> {setting(new)}")
     labels = {e.label: e for e in original.entries}
     kept = [e.label for e in used.entries if e.label in labels]
     dropped = [label for label in labels if label not in kept]

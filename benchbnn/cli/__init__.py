@@ -5,7 +5,10 @@ Each subcommand lives in its own module of this package and exposes ``NAME``, ``
 dispatcher finds them by listing the package, so adding a command touches no shared file.
 
 Exit status: 0 success, 2 bad input (one line on stderr, nothing started), 1 a failure while
-running, 130 interrupted.
+running, 130 interrupted. Bad input is the same in every command: a number outside its declared
+range (``type=`` :func:`benchbnn.core.limits.argument`) and a ``-p MODULE`` that cannot be loaded
+(except for commands that set ``REPORTS_PLUGIN_FAILURES``, such as ``plugins``, which list it)
+are refused like any other BenchbnnError.
 """
 
 from __future__ import annotations
@@ -58,25 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _commands():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(_handler=module.main)
+        command.set_defaults(
+            _handler=module.main,
+            _reports_plugin_failures=getattr(module, "REPORTS_PLUGIN_FAILURES", False),
+        )
     return parser
+
+
+def _bad_input(exc: BenchbnnError) -> int:
+    """One line on stderr for bad input; the exit status 2."""
+    print(f"benchbnn: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _load_plugin_modules(args: argparse.Namespace) -> None:
+    """Load the ``-p`` modules. A module that cannot be loaded is a PluginError for every command
+    but those that list plugin failures (``REPORTS_PLUGIN_FAILURES``, i.e. ``plugins``)."""
+    from benchbnn.core.plugins import add_plugin_modules, check_plugin_modules
+
+    add_plugin_modules(args.plugin_modules)
+    if not args._reports_plugin_failures:
+        check_plugin_modules(args.plugin_modules)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # a number outside its declared range (benchbnn.core.limits) raises here
+        args = parser.parse_args(argv)
+    except BenchbnnError as exc:
+        return _bad_input(exc)
     if not getattr(args, "_handler", None):
         parser.print_help()
         return 2
     try:
         if args.plugin_modules:
-            from benchbnn.core.plugins import add_plugin_modules
-
-            add_plugin_modules(args.plugin_modules)
+            _load_plugin_modules(args)
         return int(args._handler(args) or 0)
     except BenchbnnError as exc:
-        print(f"benchbnn: error: {exc}", file=sys.stderr)
-        return 2
+        return _bad_input(exc)
     except RunFailed as exc:
         print(f"benchbnn: failed: {exc}", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
-"""``benchbnn ablate``: the paper's one-hyperparameter-at-a-time sweep (Bop2ndOrder paper, Fig. 3)."""
+"""``benchbnn ablate``: the paper's one-hyperparameter-at-a-time sweep (Bop2ndOrder paper,
+Fig. 3)."""
 
 from __future__ import annotations
 
 import argparse
 
 from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
+from benchbnn.core import limits
 
 NAME = "ablate"
 HELP = "sweep each hyperparameter by powers of ten around a base point (the paper's ablation)"
@@ -52,9 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(with =: the value starts with a minus) (default: -2,-1,1,2)",
     )
     parser.add_argument(
-        "--seeds", type=int, metavar="K", help="seeds per point (default: the suite's)"
+        "--seeds",
+        type=limits.argument(limits.SEED_COUNT, "--seeds"),
+        metavar="K",
+        help="seeds per point (default: the suite's)",
     )
-    parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
+    parser.add_argument(
+        "--epochs",
+        type=limits.argument(limits.EPOCHS, "--epochs"),
+        metavar="N",
+        help="override the suite's epochs",
+    )
     parser.add_argument("--arch", metavar="A", help="architecture (default: the suite's first)")
     add_device_arguments(parser)
     add_tracking_uri_argument(parser)

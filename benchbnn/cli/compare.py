@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
-from benchbnn.core.errors import BenchbnnError
+from benchbnn.core import limits
+from benchbnn.core.errors import BenchbnnError, HyperparameterError
+from benchbnn.core.values import Nullable, Number, ValueType, convert
 
 NAME = "compare"
 HELP = (
@@ -18,30 +20,75 @@ ORDER = 30
 
 
 def seeds_value(text: str) -> int | tuple[int, ...]:
-    """``3`` (a count) or ``0,1,5`` (these seeds)."""
+    """``3`` (a count) or ``0,1,5`` (these seeds), within their declared ranges
+    (:data:`~benchbnn.core.limits.SEED_COUNT`, :func:`~benchbnn.core.limits.seed_list`).
+
+    Raises argparse.ArgumentTypeError for text that is neither, BenchbnnError for a count or a
+    seed out of range.
+    """
     try:
         if "," in text:
-            return tuple(int(part) for part in text.split(",") if part.strip())
-        return int(text)
+            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+        else:
+            return limits.within(limits.SEED_COUNT, int(text), "--seeds")
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a seed count or a comma-separated list of seeds, got {text!r}"
         ) from None
+    return limits.seed_list(seeds, "--seeds")
+
+
+#: Declared types of the scalar protocol keys that ``--override`` reads as text (the ranges
+#: :meth:`benchbnn.bench.suites.Suite.override` checks); ``seeds`` reads like ``--seeds``, and
+#: the structured keys (``arch_options``, ``dataset_options``) take JSON objects whose values
+#: the suite converts to each option's declared type.
+OVERRIDE_TYPES: dict[str, ValueType] = {
+    "epochs": Number(int, low=1, high=limits.MAX_EPOCHS),
+    "batch_size": Number(int, low=1, high=limits.MAX_BATCH_SIZE),
+    "subset": Nullable(Number(int, low=1, high=limits.MAX_SUBSET)),
+    "val_fraction": Number(float, low=0.0, high=1.0, high_open=True),
+    "l2": Number(float, low=0.0),
+    "target_accuracy": Nullable(Number(float, low=0.0, high=100.0)),
+}
 
 
 def override_value(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (numbers, lists, objects)."""
+    """``KEY=VALUE``: VALUE read by the key's declared type (:data:`OVERRIDE_TYPES`), as a seed
+    count or list for ``seeds``, else as JSON when it is JSON (objects for ``arch_options``),
+    else kept as text for :meth:`~benchbnn.bench.suites.Suite.override` to refuse.
+
+    Raises argparse.ArgumentTypeError for text without ``=`` or a value that does not fit.
+    """
     key, sep, value = text.partition("=")
-    if not sep or not key.strip():
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if key in OVERRIDE_TYPES:
+        try:
+            return key, convert(value, OVERRIDE_TYPES[key], f"protocol key {key!r}")
+        except HyperparameterError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if key == "seeds":
+        return key, seeds_value(value)
     try:
         parsed: Any = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
-    return key.strip(), parsed
+    return key, parsed
 
 
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+#: What ``--storage`` is for ``leaderboard`` (studies only) and for ``compare`` (also its queue).
+STUDIES_STORAGE_HELP = "Optuna storage of the studies (with --tuned)"
+COMPARE_STORAGE_HELP = (
+    "Optuna storage of the run ledger and work queue: a journal file path or a postgresql:// "
+    "URL shared by every machine (default: .benchbnn/ledger.journal beside the tracking "
+    "store); with --tuned also that of the studies (a SQLite one only holds the studies)"
+)
+
+
+def add_protocol_arguments(
+    parser: argparse.ArgumentParser, storage_help: str = STUDIES_STORAGE_HELP
+) -> None:
     """Arguments that choose the runs (shared with ``benchbnn leaderboard``)."""
     add_suite_argument(parser)
     parser.add_argument(
@@ -50,9 +97,17 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N|LIST",
         help="number of seeds (the suite's first N) or a list like 0,1,2",
     )
-    parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
     parser.add_argument(
-        "--subset", type=int, metavar="N", help="train on N images of the training split"
+        "--epochs",
+        type=limits.argument(limits.EPOCHS, "--epochs"),
+        metavar="N",
+        help="override the suite's epochs",
+    )
+    parser.add_argument(
+        "--subset",
+        type=limits.argument(limits.SUBSET, "--subset"),
+        metavar="N",
+        help="train on N images of the training split",
     )
     parser.add_argument(
         "--optimizers",
@@ -67,7 +122,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
         type=override_value,
         metavar="KEY=VALUE",
         help="change another protocol key (batch_size, val_fraction, l2, target_accuracy, "
-        "arch_options, dataset_options; VALUE as JSON), e.g. --override 'arch_options={\"width\": 0.25}'",
+        "subset, seeds; arch_options and dataset_options as JSON), "
+        "e.g. --override 'arch_options={\"width\": 0.25}'",
     )
     add_tracking_uri_argument(parser)
     parser.add_argument(
@@ -81,9 +137,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use each entry's best hyperparameters from its 'benchbnn tune' study",
     )
-    parser.add_argument(
-        "--storage", metavar="URL", help="Optuna storage of the studies (with --tuned)"
-    )
+    parser.add_argument("--storage", metavar="URL", help=storage_help)
     parser.add_argument("--study", metavar="NAME", help="Optuna study name (with --tuned)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument(
@@ -93,16 +147,20 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def protocol_kwargs(args: argparse.Namespace, storage_alone: bool = False) -> dict[str, Any]:
     """The protocol keyword arguments of ``compare`` and ``leaderboard``, with the suite loaded.
 
     With ``--tuned`` the suite is resolved here, above the benchmark layer: every entry that
     takes part gets its study's best trial (:func:`benchbnn.tune.tuned.tuned_suite`).
+    ``storage_alone``: ``--storage`` has a use without ``--tuned`` (compare's ledger and queue).
+    Raises BenchbnnError for ``--study`` (or ``--storage``) without ``--tuned``.
     """
     from benchbnn.bench.suite_file import load_suite
 
-    if (args.storage or args.study) and not args.tuned:
-        raise BenchbnnError("--storage and --study only apply with --tuned")
+    if args.study and not args.tuned:
+        raise BenchbnnError("--study only applies with --tuned")
+    if args.storage and not args.tuned and not storage_alone:
+        raise BenchbnnError("--storage only applies with --tuned")
     overrides = dict(args.override)
     if args.subset is not None:
         overrides["subset"] = args.subset
@@ -131,8 +189,24 @@ def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_protocol_arguments(parser)
+    add_protocol_arguments(parser, storage_help=COMPARE_STORAGE_HELP)
     add_device_arguments(parser)
+    parser.add_argument(
+        "--workers",
+        type=limits.argument(limits.WORKERS, "--workers"),
+        metavar="N",
+        help="train the missing runs with N local 'benchbnn worker' processes, each with its "
+        "share of the machine (a GPU each when there are several, else cores // N CPU "
+        "threads); 0: queue them in --storage for workers started elsewhere and wait "
+        "(default: train here, one at a time)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=limits.argument(limits.HEARTBEAT_S, "--heartbeat"),
+        metavar="SECONDS",
+        help="heartbeat interval on a database --storage; a process silent for three "
+        "intervals loses its claims (default 30; the same for every process sharing it)",
+    )
     parser.add_argument(
         "--checkpoint-dir",
         metavar="DIR",
@@ -149,6 +223,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train again the runs recorded as failed instead of showing them",
     )
+    parser.add_argument(
+        "--reuse-any-environment",
+        action="store_true",
+        help="also reuse runs made in another numerical environment (device type, torch "
+        "version, CPU threads, world size); the leaderboard then says they mix",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the checkpoints of finished runs (default: deleted once a run finishes)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
 
 
@@ -160,6 +245,17 @@ def print_results(written: Any) -> None:
     print("\n".join(markdown_table(*main_table(written.leaderboard))))
 
 
+def ledger_storage(args: argparse.Namespace) -> str | None:
+    """The storage of compare's run ledger and queue: ``--storage``, except a SQLite storage
+    given with ``--tuned`` (it holds the studies, and SQLite is no safe queue): then the
+    default ledger beside the tracking store."""
+    from benchbnn.core.urls import scheme_of
+
+    if args.tuned and args.storage and scheme_of(args.storage) == "sqlite":
+        return None
+    return args.storage
+
+
 def main(args: argparse.Namespace) -> int:
     from benchbnn.bench.compare import compare
 
@@ -168,9 +264,14 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         checkpoint_dir=args.checkpoint_dir,
         retry_failed=args.retry_failed,
+        reuse_any_environment=args.reuse_any_environment,
+        keep_checkpoints=args.keep_checkpoints,
         data_note=args.data_note,
         quiet=args.quiet,
-        **protocol_kwargs(args),
+        workers=args.workers,
+        storage=ledger_storage(args),
+        heartbeat=args.heartbeat,
+        **protocol_kwargs(args, storage_alone=True),
     )
     print_results(result.written)
     return 0

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+from benchbnn.cli.run import read_assignments
+from benchbnn.core import limits
 from benchbnn.core.errors import BenchbnnError
 
 NAME = "describe"
@@ -25,16 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", metavar="ARCH", help="architecture name (see 'benchbnn plugins')")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=limits.argument(limits.IMAGE_SIDE, "--image-size"),
         default=32,
         metavar="N",
         help="input height and width (default 32; 224 for ImageNet layouts)",
     )
     parser.add_argument(
-        "--in-channels", type=int, default=3, metavar="C", help="input channels (default 3)"
+        "--in-channels",
+        type=limits.argument(limits.CHANNELS, "--in-channels"),
+        default=3,
+        metavar="C",
+        help="input channels (default 3)",
     )
     parser.add_argument(
-        "--num-classes", type=int, default=10, metavar="K", help="number of classes (default 10)"
+        "--num-classes",
+        type=limits.argument(limits.CLASSES, "--num-classes"),
+        default=10,
+        metavar="K",
+        help="number of classes (default 10)",
     )
     parser.add_argument(
         "--set",
@@ -47,16 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the breakdown as JSON")
 
 
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it is JSON (numbers, lists, true), else text."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise BenchbnnError(f"--set expects KEY=VALUE, got {text!r}")
-    try:
-        parsed: Any = json.loads(value)
-    except ValueError:
-        parsed = value
-    return key.strip(), parsed
+def parse_options(arch: str, assignments: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` texts as ``arch``'s options, each read by its declared type.
+
+    Raises BenchbnnError for an unknown architecture, text without ``=``, an unknown option or
+    a value that does not fit (naming the option and the accepted form).
+    """
+    from benchbnn.core.plugins import get_architecture
+
+    return read_assignments(assignments, "--set", get_architecture(arch).coerce_options)
 
 
 def _output_shapes(model: torch.nn.Module, input_size: tuple[int, ...]) -> dict[str, list[int]]:
@@ -115,7 +125,7 @@ def describe(
         "arch": spec.name,
         "input": [in_channels, image_size, image_size],
         "num_classes": num_classes,
-        "options": {**spec.options, **options},
+        "options": spec.resolve_options(options),
         **breakdown,
     }
 
@@ -165,7 +175,7 @@ def _print_table(data: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    options = dict(parse_option(text) for text in args.options)
+    options = parse_options(args.arch, args.options)
     data = describe(
         args.arch,
         image_size=args.image_size,

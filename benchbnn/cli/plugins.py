@@ -9,8 +9,14 @@ from typing import Any
 from benchbnn.core.formatting import settings
 
 NAME = "plugins"
-HELP = "list installed plugin distributions and the optimizers, architectures, datasets and suites they provide"
+HELP = (
+    "list installed plugin distributions and the optimizers, architectures, datasets and suites "
+    "they provide"
+)
 ORDER = 10
+#: A ``-p MODULE`` that cannot be loaded is listed under "problems" here, not refused: this
+#: command is where a user looks at what is broken.
+REPORTS_PLUGIN_FAILURES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +29,8 @@ def _describe(kind: str, spec: Any) -> dict[str, Any]:
             "name": spec.name,
             "description": spec.description,
             "latent_weights": spec.latent_weights,
+            "forward": spec.forward,
+            "needs_closure": spec.needs_closure,
             "defaults": spec.defaults,
             "hyperparameters": [h.as_dict() for h in spec.hparams],
             "search_space": sorted(spec.search_space),
@@ -75,6 +83,10 @@ def listing() -> dict[str, Any]:
             {"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
             for f in registry.failures
         ],
+        "warnings": [
+            {"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
+            for f in getattr(registry, "warnings", [])
+        ],
     }
 
 
@@ -101,5 +113,9 @@ def main(args: argparse.Namespace) -> int:
     if data["failures"]:
         print("\nproblems:")
         for f in data["failures"]:
+            print(f"  {f['plugin']} (from {f['distribution']}): {f['reason']}")
+    if data["warnings"]:
+        print("\nwarnings:")
+        for f in data["warnings"]:
             print(f"  {f['plugin']} (from {f['distribution']}): {f['reason']}")
     return 0

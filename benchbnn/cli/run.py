@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
-from benchbnn.core.names import DEFAULT_EXPERIMENT
+from benchbnn.core.names import DEFAULT_EXPERIMENT, TAG_FAILURE
 
 NAME = "run"
 HELP = "train and evaluate one configuration (dataset, architecture, optimizer), tracked in MLflow"
@@ -61,12 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset option (repeatable)",
     )
     budget = parser.add_argument_group("budget and data")
-    budget.add_argument("--epochs", type=int, default=10, help="epochs to train (default 10)")
-    budget.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
-    budget.add_argument("--seed", type=int, default=0, help="seed of all randomness (default 0)")
+    budget.add_argument(
+        "--epochs",
+        type=limits.argument(limits.EPOCHS, "--epochs"),
+        default=10,
+        help="epochs to train (default 10)",
+    )
+    budget.add_argument(
+        "--batch-size",
+        type=limits.argument(limits.BATCH_SIZE, "--batch-size"),
+        default=100,
+        help="batch size (default 100)",
+    )
+    budget.add_argument(
+        "--seed",
+        type=limits.argument(limits.SEED, "--seed"),
+        default=0,
+        help="seed of all randomness (default 0)",
+    )
     budget.add_argument(
         "--subset",
-        type=int,
+        type=limits.argument(limits.SUBSET, "--subset"),
         default=None,
         metavar="N",
         help="train on N training images, class-balanced and the same for every seed",
@@ -118,8 +134,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the last checkpoint of this configuration",
     )
     where.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the checkpoint once the run has finished (default: deleted then)",
+    )
+    where.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="the run ledger this configuration is claimed in, so that no other process trains "
+        "it at the same time: a journal file or a postgresql:// URL (default: "
+        ".benchbnn/ledger.journal beside the tracking store); while another live process "
+        "holds it, run waits and then reports that process's result",
+    )
+    where.add_argument(
         "--log-every",
-        type=int,
+        type=limits.argument(limits.LOG_EVERY, "--log-every"),
         default=None,
         metavar="STEPS",
         help="record the per-step flip ratio every STEPS steps (default 10)",
@@ -135,50 +165,43 @@ def split_assignment(text: str, flag: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _guess(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def read_assignments(
+    assignments: Sequence[str],
+    flag: str,
+    convert: Callable[[Mapping[str, str]], Mapping[str, Any]],
+) -> dict[str, Any]:
+    """``KEY=VALUE`` texts read by ``convert``, a spec's converter to its declared types.
 
-
-def option_value(text: str, default: Any) -> Any:
-    """A command-line option value in the type of the option's default (lists: "64,64")."""
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise BenchbnnError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if isinstance(default, (int, float)):
-        try:
-            number = float(text)
-        except ValueError:
-            raise BenchbnnError(f"expected a number, got {text!r}") from None
-        return int(number) if isinstance(default, int) and number.is_integer() else number
-    if isinstance(default, (list, tuple)):
-        items = [t.strip() for t in text.strip("()[] ").replace("x", ",").split(",") if t.strip()]
-        sample = default[0] if default else None
-        return [option_value(t, sample) if sample is not None else _guess(t) for t in items]
-    if isinstance(default, str):
-        return text
-    return _guess(text)
-
-
-def _options(assignments: Sequence[str], flag: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    options = {}
+    ``convert`` gets ``{key: text}`` and returns the value (e.g.
+    :meth:`~benchbnn.core.specs.ArchitectureSpec.coerce_options`), so every value is read by
+    the declared type of its option (:mod:`benchbnn.core.values`), never guessed. Raises
+    BenchbnnError naming the flag and the assignment for text without ``=``, an unknown name
+    or a value that does not fit.
+    """
+    values: dict[str, Any] = {}
     for text in assignments:
         key, value = split_assignment(text, flag)
         try:
-            options[key] = option_value(value, defaults.get(key))
+            values.update(convert({key: value}))
         except BenchbnnError as exc:
-            raise BenchbnnError(f"{flag} {key}: {exc}") from None
-    return options
+            raise BenchbnnError(f"{flag} {key}={value}: {exc}") from None
+    return values
+
+
+def hparam_converter(optimizer: str) -> Callable[[Mapping[str, str]], dict[str, Any]]:
+    """The converter of ``optimizer``'s hyperparameters for :func:`read_assignments`.
+
+    The returned function raises HyperparameterError for an unknown name or a bad value.
+    """
+    from benchbnn.core.plugins import get_optimizer
+
+    spec = get_optimizer(optimizer)
+
+    def convert(given: Mapping[str, str]) -> dict[str, Any]:
+        resolved = spec.resolve(**given)
+        return {key: resolved[key] for key in given}
+
+    return convert
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -187,16 +210,16 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     from benchbnn.optim.schedules import parse_schedule
     from benchbnn.train.engine import canonical_config
 
-    hparams = dict(split_assignment(t, "--set") for t in args.hparams)
+    hparams = read_assignments(args.hparams, "--set", hparam_converter(args.optimizer))
     schedules = {}
     for text in args.schedules:
         key, spec = split_assignment(text, "--schedule")
         schedules[key] = dict(parse_schedule(spec).to_dict())
-    arch_options = _options(
-        args.arch_options, "--arch-option", dict(get_architecture(args.arch).options)
+    arch_options = read_assignments(
+        args.arch_options, "--arch-option", get_architecture(args.arch).coerce_options
     )
-    dataset_options = _options(
-        args.dataset_options, "--dataset-option", dict(get_dataset(args.dataset).options)
+    dataset_options = read_assignments(
+        args.dataset_options, "--dataset-option", get_dataset(args.dataset).coerce_options
     )
     config = RunConfig(
         dataset=args.dataset,
@@ -217,11 +240,13 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from benchbnn.core.paths import check_writable_dir
     from benchbnn.train.engine import DEFAULT_LOG_EVERY, train
 
     config = build_config(args)
-    result = train(
-        config,
+    if args.checkpoint_dir:  # before the tracking store is created
+        check_writable_dir(args.checkpoint_dir, "checkpoints", "--checkpoint-dir")
+    options: dict[str, Any] = dict(
         data_dir=args.data_dir,
         device=args.device,
         tracking_uri=args.tracking_uri,
@@ -231,9 +256,61 @@ def main(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         download=args.download,
         log_every=args.log_every if args.log_every is not None else DEFAULT_LOG_EVERY,
+        keep_checkpoint=args.keep_checkpoints,
     )
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun ranks take no claim
+        result = train(config, **options)
+    else:
+        outcome = _train_claimed(config, args, options, train)
+        if isinstance(outcome, int):
+            return outcome
+        result = outcome
     if result.status != "FINISHED":
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
             print(f"benchbnn: failed: {result.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _train_claimed(
+    config: RunConfig, args: argparse.Namespace, options: dict[str, Any], train: Callable
+) -> Any:
+    """Train ``config`` holding its claim in the run ledger (``--storage``).
+
+    While another live process holds the configuration, wait, saying who; when that process
+    left a result (in this environment), report it and return the exit status (0 finished,
+    1 failed) instead of training it a second time. Otherwise return the RunResult. Raises
+    BenchbnnError when the ledger cannot be opened, and what ``train`` raises.
+    """
+    from benchbnn.train.exclusive import exclusively
+
+    what = config.config_hash()
+
+    def waiting(holder: Any) -> None:
+        print(
+            f"benchbnn: configuration {what} is being trained by {holder.describe()}; "
+            f"waiting for it",
+            file=sys.stderr,
+        )
+
+    with exclusively(
+        config,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        storage=args.storage,
+        device=args.device,
+        on_wait=waiting,
+    ) as held:
+        if held.done is not None:
+            run = held.done
+            held.claim.finish(True)
+            who = held.waited_for.describe() if held.waited_for else "another process"
+            print(f"{run.info.status} run {run.info.run_id} of configuration {what} ({who})")
+            if run.info.status != "FINISHED":
+                reason = run.data.tags.get(TAG_FAILURE, run.info.status)
+                print(f"benchbnn: failed: {reason}", file=sys.stderr)
+                return 1
+            return 0
+        result = train(config, plugins=[held.claim.guard()], **options)
+        held.end(result)
+    return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
+from benchbnn.core import limits
 
 NAME = "tune"
 HELP = "tune an optimizer's hyperparameters on a suite's protocol (Optuna, validation split)"
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", required=True, metavar="O", help="the optimizer to tune")
     parser.add_argument(
         "--trials",
-        type=int,
+        type=limits.argument(limits.TRIALS, "--trials"),
         metavar="N",
         help=f"total trials the study should have (default {DEFAULT_TRIALS}; grid: the grid size)",
     )
@@ -83,12 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=limits.argument(limits.SEED_COUNT, "--seeds"),
         default=1,
         metavar="K",
         help="score each trial by the mean over K seeds (default 1)",
     )
-    parser.add_argument("--epochs", type=int, metavar="N", help="override the suite's epochs")
+    parser.add_argument(
+        "--epochs",
+        type=limits.argument(limits.EPOCHS, "--epochs"),
+        metavar="N",
+        help="override the suite's epochs",
+    )
     parser.add_argument(
         "--entry",
         metavar="LABEL",
@@ -105,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sampler-seed",
-        type=int,
+        type=limits.argument(limits.SEED, "--sampler-seed"),
         default=0,
         metavar="S",
         help="seed of the sampler; each trial draws from (S, trial number), so "
@@ -113,18 +119,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--startup-trials",
-        type=int,
+        type=limits.argument(limits.STARTUP_TRIALS, "--startup-trials"),
         default=TPE_STARTUP_TRIALS,
         metavar="N",
         help=f"random trials before TPE models the results (default {TPE_STARTUP_TRIALS})",
     )
     parser.add_argument(
         "--heartbeat",
-        type=int,
+        type=limits.argument(limits.HEARTBEAT_S, "--heartbeat"),
         default=DEFAULT_HEARTBEAT_S,
         metavar="SECONDS",
         help="heartbeat interval on database storages; a trial silent for three "
         f"intervals is failed and retried (default {DEFAULT_HEARTBEAT_S})",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the checkpoints of trials' finished runs (default: deleted)",
     )
     parser.add_argument(
         "--quiet",
@@ -156,6 +167,7 @@ def main(args: argparse.Namespace) -> int:
         sampler_seed=args.sampler_seed,
         heartbeat=args.heartbeat,
         startup_trials=args.startup_trials,
+        keep_checkpoints=args.keep_checkpoints,
     )
     c = result.counts
     print(

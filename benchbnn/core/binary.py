@@ -10,7 +10,8 @@ binarize them. This module gives architecture plugins the pieces to support both
   and :func:`approx_sign` (Bi-Real Net's piecewise-linear gradient ``2 - 2|x|``);
 - :class:`BinaryConv2d` and :class:`BinaryLinear`, whose ``weight`` is the binary weight, with
   optional input binarization and optional per-output-channel scaling for latent training;
-- :func:`set_latent_mode` to switch every binary layer of a model between the two regimes;
+- :func:`set_latent_mode` to switch every binary layer of a model between the two regimes, and
+  :func:`set_ste_window` to move the straight-through window of latent mode during training;
 - :func:`split_parameters` and :func:`parameter_breakdown` for optimizers and reports.
 
 Every binary layer convolves (or multiplies) with exactly +-1 weights; the per-channel scale of
@@ -21,7 +22,7 @@ layer's output, which is the same function as scaling the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -140,7 +141,7 @@ class BinaryLayer:
     subclasses it (and reads its weight through :meth:`binarized_weight`) works with both.
     """
 
-    weight: nn.Parameter
+    weight: torch.Tensor  # an nn.Parameter (typed as the layers that mix this in type it)
     latent: bool
     clip: float
     scale_weights: bool
@@ -289,6 +290,17 @@ def set_latent_mode(model: nn.Module, latent: bool, clip: float = 1.0) -> int:
     return count
 
 
+def set_ste_window(layers: Iterable[BinaryLayer], clip: float) -> None:
+    """Set the straight-through window ``clip`` of each of ``layers`` (no other change).
+
+    Cheap enough for every optimizer step: it assigns one float per layer, and the next forward
+    pass uses it. Raises HyperparameterError unless ``clip`` is a positive finite number.
+    """
+    clip = _check_clip(clip)
+    for layer in layers:
+        layer.clip = clip
+
+
 def _binary_ids(model: nn.Module) -> set[int]:
     return {id(layer.weight) for _, layer in binary_layers(model) if layer.weight is not None}
 
@@ -327,7 +339,7 @@ def parameter_breakdown(model: nn.Module) -> dict[str, Any]:
     layers = []
     totals = {"binary_weights": 0, "real_parameters": 0, "frozen_parameters": 0, "state": 0}
     for name, module in model.named_modules():
-        row = {
+        row: dict[str, Any] = {
             "name": name or "(model)",
             "type": type(module).__name__,
             "binary_weights": 0,

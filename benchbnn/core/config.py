@@ -1,9 +1,24 @@
 """What identifies a training run.
 
-A :class:`RunConfig` is the resolved description of one run. Everything that changes the result
-is part of its identity (and its :meth:`RunConfig.config_hash`); where the data lives, which
-device runs it and where it is tracked are not. Compare and tune look finished runs up by that
-hash, so a configuration is never trained twice.
+A :class:`RunConfig` describes one run. Everything that changes the result is part of its
+identity (and its :meth:`RunConfig.config_hash`); where the data lives, which device runs it and
+where it is tracked are not (the numerical environment is recorded beside the identity, see
+:mod:`benchbnn.train.identity`). Compare and tune look finished runs up by that hash, so a
+configuration is never trained twice.
+
+The identity is the *resolved* configuration (schema :data:`CONFIG_SCHEMA_VERSION`): every
+optimizer hyperparameter with the plugin's defaults filled in, the architecture and dataset
+options (the dataset's augmentation included) with defaults filled in, each in its declared
+type, the schedules as data, the budget as whole numbers and floats, and the schema version.
+Writing a default explicitly or leaving it out is the same run; a plugin release that changes a
+default makes a new one. Computing it needs the optimizer, architecture and dataset plugins
+installed (:class:`~benchbnn.core.errors.UnknownNameError` otherwise).
+
+Runs tracked before schema 2 carry the hash of the configuration as written
+(:meth:`RunConfig.legacy_config_hash`, schema 1). They stand for a configuration only while the
+hyperparameters and architecture options they recorded with defaults filled in are those the
+configuration resolves to now (:func:`benchbnn.train.runs.find_config_runs`), so a default that
+changed since is never reused silently.
 """
 
 from __future__ import annotations
@@ -15,11 +30,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from benchbnn.core import limits
 from benchbnn.core.errors import BenchbnnError
 
 #: Bump when the meaning of a configuration changes (e.g. a fix to an update rule), so that old
-#: tracked runs stop being reused.
-CONFIG_SCHEMA_VERSION = 1
+#: tracked runs stop being reused. 2: the resolved configuration (defaults filled in).
+CONFIG_SCHEMA_VERSION = 2
+#: The schema of runs tracked before: the configuration as written (defaults left out).
+LEGACY_SCHEMA_VERSION = 1
 
 
 def _whole(value: Any) -> bool:
@@ -39,7 +57,9 @@ def check_budget(
 
     ``epochs`` and ``batch_size`` (per rank) are whole numbers >= 1, ``seed`` >= 0, ``subset``
     None or >= 1 images, ``val_fraction`` in [0, 1), ``l2`` finite and >= 0. This is the one
-    check of a run's budget: the engine, the input pipeline and suites all call it.
+    check of a run's budget: the engine, the input pipeline and suites all call it. Each value
+    also stays within its declared range (:mod:`benchbnn.core.limits`: at most 100,000 epochs,
+    ...).
     """
     for name, value in (("epochs", epochs), ("batch size", batch_size)):
         if not _whole(value) or value < 1:
@@ -48,13 +68,25 @@ def check_budget(
         raise BenchbnnError(f"seed must be a whole number >= 0, got {seed!r}")
     if subset is not None and (not _whole(subset) or subset < 1):
         raise BenchbnnError(f"subset must be a positive whole number or None, got {subset!r}")
+    for name, value, declared in (
+        ("epochs", epochs, limits.EPOCHS),
+        ("batch size", batch_size, limits.BATCH_SIZE),
+        ("seed", seed, limits.SEED),
+        ("subset", subset, limits.SUBSET),
+    ):
+        if value is not None:  # the declared upper ends: past them a value is a typo
+            limits.within(declared, value, name)
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, (int, float))
         or not 0 <= val_fraction < 1
     ):
         raise BenchbnnError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not (math.isfinite(l2) and l2 >= 0):
+    if (
+        isinstance(l2, bool)
+        or not isinstance(l2, (int, float))
+        or not (math.isfinite(l2) and l2 >= 0)
+    ):
         raise BenchbnnError(f"l2 must be a finite number >= 0, got {l2!r}")
 
 
@@ -72,7 +104,8 @@ class RunConfig:
     """One training run: data, model, optimizer with hyperparameters and schedules, budget, seed.
 
     ``hparams`` holds the optimizer hyperparameters as the user wrote them (defaults are filled
-    in by :meth:`resolved`); ``schedules`` maps a hyperparameter name to schedule data such as
+    in by :func:`resolved_options`, and the identity is of that resolved form); ``schedules``
+    maps a hyperparameter name to schedule data such as
     ``{"schedule": "polynomial", "start": 1e-5, "end": 1e-8}``.
     """
 
@@ -102,15 +135,28 @@ class RunConfig:
         )
 
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the result, in canonical form."""
-        data = {f.name: _frozen(getattr(self, f.name)) for f in fields(self)}
-        data["schema"] = CONFIG_SCHEMA_VERSION
-        return data
+        """Everything that determines the result: the resolved configuration (see the module
+        docstring), JSON-ready.
+
+        Raises UnknownNameError for an optimizer, architecture or dataset no plugin provides,
+        HyperparameterError for a hyperparameter or option it does not have or a value that
+        does not fit.
+        """
+        return resolved_identity(self)
 
     def config_hash(self) -> str:
-        """A short stable hash of :meth:`identity` (16 hex digits)."""
-        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A short stable hash of :meth:`identity` (16 hex digits); raises what it raises."""
+        return _digest(self.identity())
+
+    def legacy_identity(self) -> dict[str, Any]:
+        """The identity of schema 1: the fields as written (no plugin needed), never raises."""
+        data = {f.name: _frozen(getattr(self, f.name)) for f in fields(self)}
+        data["schema"] = LEGACY_SCHEMA_VERSION
+        return data
+
+    def legacy_config_hash(self) -> str:
+        """The hash runs tracked before schema 2 were tagged with (16 hex digits)."""
+        return _digest(self.legacy_identity())
 
     def to_dict(self) -> dict[str, Any]:
         return _frozen(asdict(self))
@@ -119,3 +165,62 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _digest(identity: Mapping[str, Any]) -> str:
+    """16 hex digits of the sha256 of ``identity`` as canonical JSON."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _as(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (int or float) when it is a number of either kind, else as is."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (kind is float or float(value).is_integer()):
+        return kind(value)
+    return value
+
+
+def resolved_options(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """``config``'s hyperparameters, architecture options and dataset options (augmentation
+    included) with the plugins' defaults filled in and every value in its declared type.
+
+    Returns ``{"hparams": ..., "arch_options": ..., "dataset_options": ...}``. Raises
+    UnknownNameError for a name no plugin provides, HyperparameterError for an unknown
+    hyperparameter or option or a value that does not fit.
+    """
+    from benchbnn.core.plugins import get_architecture, get_dataset, get_optimizer
+
+    hparams = get_optimizer(config.optimizer).resolve(**dict(config.hparams))
+    arch_options = get_architecture(config.arch).resolve_options(config.arch_options)
+    options, augmentation = get_dataset(config.dataset).resolve_options(config.dataset_options)
+    return {
+        "hparams": hparams,
+        "arch_options": arch_options,
+        "dataset_options": {**options, "augmentation": augmentation},
+    }
+
+
+def resolved_identity(config: RunConfig) -> dict[str, Any]:
+    """The identity of ``config`` in schema :data:`CONFIG_SCHEMA_VERSION` (JSON-ready).
+
+    The options come from :func:`resolved_options` (which raises what it raises); schedules are
+    taken as data, as :func:`benchbnn.train.engine.canonical_config` writes them.
+    """
+    options = resolved_options(config)
+    return {
+        "schema": CONFIG_SCHEMA_VERSION,
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "optimizer": config.optimizer,
+        "hparams": _frozen(options["hparams"]),
+        "schedules": _frozen(config.schedules),
+        "arch_options": _frozen(options["arch_options"]),
+        "dataset_options": _frozen(options["dataset_options"]),
+        "epochs": _as(int, config.epochs),
+        "batch_size": _as(int, config.batch_size),
+        "seed": _as(int, config.seed),
+        "subset": _as(int, config.subset),
+        "val_fraction": _as(float, config.val_fraction),
+        "l2": _as(float, config.l2),
+    }

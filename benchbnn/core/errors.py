@@ -34,7 +34,8 @@ class UnsupportedInputError(BenchbnnError, ValueError):
 
 
 class DataError(BenchbnnError):
-    """Data that is missing, in the wrong layout, truncated or corrupt (the message names the path)."""
+    """Data that is missing, in the wrong layout, truncated or corrupt (the message names the
+    path)."""
 
 
 class RunFailed(Exception):

@@ -16,7 +16,8 @@ RESULT_DECIMALS = 6
 
 
 def fixed(value: float | None, digits: int = 2, missing: str = "-") -> str:
-    """``value`` with ``digits`` decimals; ``missing`` for None, NaN or infinity; never ``-0.00``."""
+    """``value`` with ``digits`` decimals; ``missing`` for None, NaN or infinity; never
+    ``-0.00``."""
     if value is None or not math.isfinite(value):
         return missing
     text = f"{round(value, RESULT_DECIMALS):.{digits}f}"

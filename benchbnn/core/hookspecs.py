@@ -24,21 +24,30 @@ hookspec = pluggy.HookspecMarker("benchbnn")
 
 
 # --- registration -----------------------------------------------------------------------------
+#
+# A hookspec is a declaration: pluggy reads its name, arguments and docstring and never calls
+# its body, so the registration specs below, which declare what an implementation returns, keep
+# an empty body and tell mypy so (``empty-body``) on each ``def`` line.
 
 
 @hookspec
-def benchbnn_optimizers() -> list[OptimizerSpec]:
+def benchbnn_optimizers() -> list[OptimizerSpec]:  # type: ignore[empty-body]  # spec only
     """Return the :class:`benchbnn.OptimizerSpec` records this plugin provides.
 
     Called once when plugins load. Each spec names the optimizer (kebab-case, unique across all
     installed plugins), declares its hyperparameters with defaults, valid ranges and search
     ranges, and gives a factory ``factory(binary_params, real_params, **hparams)`` that returns a
-    ``torch.optim.Optimizer``.
+    ``torch.optim.Optimizer``. The usual implementation returns the specs derived from
+    ``benchbnn.optim.BinaryOptimizer`` subclasses, which declare all of this once::
+
+        @benchbnn.hookimpl
+        def benchbnn_optimizers():
+            return [benchbnn.optimizer_spec(MyOptimizer)]
     """
 
 
 @hookspec
-def benchbnn_architectures() -> list[ArchitectureSpec]:
+def benchbnn_architectures() -> list[ArchitectureSpec]:  # type: ignore[empty-body]  # spec only
     """Return the :class:`benchbnn.ArchitectureSpec` records this plugin provides.
 
     Called once when plugins load. The factory is called as
@@ -49,7 +58,7 @@ def benchbnn_architectures() -> list[ArchitectureSpec]:
 
 
 @hookspec
-def benchbnn_datasets() -> list[DatasetSpec]:
+def benchbnn_datasets() -> list[DatasetSpec]:  # type: ignore[empty-body]  # spec only
     """Return the :class:`benchbnn.DatasetSpec` records this plugin provides.
 
     Called once when plugins load. ``spec.load(root=, split=)`` returns a torch ``Dataset`` of
@@ -58,7 +67,7 @@ def benchbnn_datasets() -> list[DatasetSpec]:
 
 
 @hookspec
-def benchbnn_suites() -> list[SuiteSpec]:
+def benchbnn_suites() -> list[SuiteSpec]:  # type: ignore[empty-body]  # spec only
     """Return the :class:`benchbnn.SuiteSpec` records (TOML suite files) this plugin ships.
 
     Called once when plugins load; ``benchbnn compare NAME`` runs the suite called NAME.

@@ -40,6 +40,27 @@ TAG_ABLATION = "benchbnn.ablation"
 TAG_ROLE = "benchbnn.role"
 TAG_STUDY_UID = "benchbnn.study_uid"
 TAG_BEST_PREFIX = "benchbnn.best."
+#: The identity scheme of TAG_CONFIG_HASH (absent: schema 1, the configuration as written) and
+#: the schema-1 hash of the same configuration, kept on newer runs for reference.
+TAG_CONFIG_SCHEMA = "benchbnn.config_schema"
+TAG_LEGACY_CONFIG_HASH = "benchbnn.config_hash_v1"
+#: The numerical environment of a run: device type (cpu, cuda, mps), CPU threads (torch
+#: threads of a CPU run), and TAG_ENVIRONMENT, the one line compare matches runs by (with
+#: TAG_TORCH_VERSION and TAG_WORLD_SIZE). Runs without it are of UNKNOWN_ENVIRONMENT.
+TAG_DEVICE_TYPE = "benchbnn.device_type"
+TAG_CPU_THREADS = "benchbnn.cpu_threads"
+TAG_ENVIRONMENT = "benchbnn.environment"
+UNKNOWN_ENVIRONMENT = "unknown environment"
+#: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid
+#: configuration; a result) or FAILURE_ENVIRONMENT (killed, out of memory, I/O, a dead
+#: worker; never a result, redone by the next compare).
+TAG_FAILURE_CLASS = "benchbnn.failure_class"
+FAILURE_RUN, FAILURE_ENVIRONMENT = "run", "environment"
+#: The process that owns a RUNNING run: host name, pid and the process's start time (clock
+#: ticks since boot, Linux; empty elsewhere), so that a run whose owner died can be ended.
+TAG_HOST = "benchbnn.host"
+TAG_PID = "benchbnn.pid"
+TAG_PROCESS_START = "benchbnn.process_start"
 
 # --- metrics ---
 EPOCH_METRICS = (

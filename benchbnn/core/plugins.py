@@ -8,23 +8,33 @@ registered in-process with :func:`register_plugin`.
 Environment:
     BENCHBNN_PLUGINS                    comma-separated modules to load as plugins
     BENCHBNN_DISABLE_PLUGIN_AUTOLOAD    skip entry points of other distributions (built-ins stay)
-    BENCHBNN_STRICT_PLUGINS             raise on the first broken plugin instead of reporting it
+    BENCHBNN_STRICT_PLUGINS             raise on the first broken plugin instead of reporting it,
+                                        and on the first warning (a module that registered
+                                        nothing, a hook function left unmarked)
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as metadata
 import os
+import re
 import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
 from benchbnn.core import hookspecs
-from benchbnn.core.errors import PluginError, UnknownNameError, unknown_name_message
+from benchbnn.core.errors import (
+    BenchbnnError,
+    PluginError,
+    UnknownNameError,
+    unknown_name_message,
+)
 from benchbnn.core.specs import ArchitectureSpec, DatasetSpec, OptimizerSpec, SuiteSpec
 
 PROJECT = "benchbnn"
@@ -33,8 +43,25 @@ HOST_DISTRIBUTION = "benchbnn"
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: Every hook a plugin can implement (the functions of :mod:`benchbnn.core.hookspecs`).
+HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith(f"{PROJECT}_")))
+
+
+class PluginWarning(UserWarning):
+    """A plugin that loaded but will not do what its author meant (e.g. registered nothing)."""
+
+
+class _Record(Protocol):
+    """What the host needs of every registered spec: a name, and a check of itself."""
+
+    @property
+    def name(self) -> str: ...
+
+    def validate(self) -> None: ...
+
+
 #: registration hook name -> (kind shown to users, record type)
-KINDS: dict[str, tuple[str, type]] = {
+KINDS: dict[str, tuple[str, type[_Record]]] = {
     "benchbnn_optimizers": ("optimizer", OptimizerSpec),
     "benchbnn_architectures": ("architecture", ArchitectureSpec),
     "benchbnn_datasets": ("dataset", DatasetSpec),
@@ -87,6 +114,8 @@ class Registry:
     entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
     clashes: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    #: plugins that loaded but look wrong (errors in strict mode), e.g. registered nothing
+    warnings: list[Failure] = field(default_factory=list)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries.get(kind, {}))
@@ -116,7 +145,9 @@ def _new_plugin_manager() -> pluggy.PluginManager:
 
 
 def _truthy(value: str | None) -> bool:
-    return bool(value) and value.strip().lower() not in {"0", "false", "no", ""}
+    if not value:
+        return False
+    return value.strip().lower() not in {"0", "false", "no", ""}
 
 
 def _distribution_of(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -151,6 +182,14 @@ class _Loader:
             raise PluginError(str(failure))
         self.registry.failures.append(failure)
 
+    def warn(self, plugin: str, distribution: str, reason: str) -> None:
+        """Report a plugin that loaded but looks wrong: a warning, an error in strict mode."""
+        failure = Failure(plugin, distribution, reason)
+        if self.strict:
+            raise PluginError(f"{failure} (an error because BENCHBNN_STRICT_PLUGINS is set)")
+        self.registry.warnings.append(failure)
+        warnings.warn(f"benchbnn: {failure}", PluginWarning, stacklevel=2)
+
     def register(self, obj: Any, name: str, distribution: str, version: str) -> None:
         if self.pm.has_plugin(name) or self.pm.is_registered(obj):
             return
@@ -162,6 +201,18 @@ class _Loader:
         module = getattr(obj, "__name__", type(obj).__name__)
         hooks = tuple(sorted(impl_name for impl_name in _hook_names(self.pm, obj)))
         self.registry.plugins[name] = PluginInfo(name, distribution, version, module, hooks)
+        unmarked = _unmarked_hooks(obj)
+        if not hooks:
+            self.warn(
+                name,
+                distribution,
+                f"{module} registered nothing: it has no function marked @benchbnn.hookimpl "
+                f"named after a benchbnn hook ({', '.join(HOOK_NAMES)})"
+                + (f"; {'; '.join(unmarked)}" if unmarked else ""),
+            )
+        else:
+            for problem in unmarked:
+                self.warn(name, distribution, problem)
 
     def load_entry_points(self, autoload: bool) -> None:
         for ep in _entry_points():
@@ -171,7 +222,7 @@ class _Loader:
             try:
                 obj = ep.load()
             except Exception as exc:
-                self.fail(ep.name, distribution, f"failed to import {ep.value}: {exc!r}")
+                self.fail(ep.name, distribution, f"failed to import {ep.value}: {_why(exc)}")
                 continue
             self.register(obj, ep.name, distribution, version)
 
@@ -183,7 +234,7 @@ class _Loader:
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:
-                self.fail(module_name, "local module", f"failed to import: {exc!r}")
+                self.fail(module_name, "local module", f"failed to import: {_why(exc)}")
                 continue
             self.register(module, module_name, "local module", "-")
 
@@ -192,9 +243,15 @@ class _Loader:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             plugin = getattr(exc, "plugin", None)
-            name = self.pm.get_name(plugin) if plugin is not None else "?"
+            # check_pending() only reports registered plugins, which always have a name
+            name = (self.pm.get_name(plugin) if plugin is not None else None) or "?"
             info = self.registry.plugins.get(name)
-            self.fail(name, info.distribution if info else "?", str(exc))
+            reason = str(exc)
+            unknown = re.search(r"unknown hook '([^']+)'", reason)
+            close = unknown and difflib.get_close_matches(unknown.group(1), HOOK_NAMES, n=1)
+            if close:
+                reason += f" Did you mean {close[0]!r}?"
+            self.fail(name, info.distribution if info else "?", reason)
             if plugin is not None:
                 self.pm.unregister(plugin)
                 self.registry.plugins.pop(name, None)
@@ -251,6 +308,45 @@ def _hook_names(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     return [caller.name for caller in pm.get_hookcallers(plugin) or []]
 
 
+def _why(exc: BaseException) -> str:
+    """An import error as the user should read it: a BenchbnnError (e.g. a declaration refused
+    when an optimizer class was defined) by its message, anything else by its repr."""
+    return str(exc) if isinstance(exc, BenchbnnError) else repr(exc)
+
+
+def _unmarked_hooks(obj: Any) -> list[str]:
+    """What is wrong with functions of ``obj`` that look like hooks but will never be called:
+    a hook's name without ``@benchbnn.hookimpl``, or a name close to a hook's."""
+    members: dict[str, Any] = {}
+    for source in (obj, *type(obj).__mro__[:-1]):
+        try:
+            members = {**dict(vars(source)), **members}
+        except TypeError:  # objects without a __dict__
+            continue
+    marker = f"{PROJECT}_impl"
+    problems = []
+    for name, value in sorted(members.items()):
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if name.startswith("__") or not callable(value) or isinstance(value, type):
+            continue
+        marked = hasattr(value, marker)
+        if name in HOOK_NAMES:
+            if not marked:
+                problems.append(
+                    f"function {name} is not marked @benchbnn.hookimpl, so benchbnn never calls "
+                    f"it; put @benchbnn.hookimpl above it"
+                )
+        elif not marked:
+            close = difflib.get_close_matches(name.lower(), HOOK_NAMES, n=1, cutoff=0.85)
+            if close:
+                problems.append(
+                    f"function {name} is not a benchbnn hook (did you mean {close[0]}?); "
+                    f"name it {close[0]} and mark it @benchbnn.hookimpl"
+                )
+    return problems
+
+
 _lock = threading.Lock()
 _registry: Registry | None = None
 _extra_modules: list[str] = []
@@ -296,6 +392,21 @@ def add_plugin_modules(modules: Iterable[str]) -> None:
     """Load these modules as plugins too (what ``benchbnn -p MODULE`` does)."""
     _extra_modules.extend(m for m in modules if m not in _extra_modules)
     reset_registry()
+
+
+def check_plugin_modules(modules: Iterable[str]) -> None:
+    """Raise PluginError when one of ``modules`` (given with ``-p``) could not be used as a
+    plugin: it failed to import, its hooks are invalid, or a registration hook raised.
+
+    The reason is the registry's (:attr:`Registry.failures`); loads the registry if needed.
+    """
+    wanted = {m.strip() for m in modules if m.strip()}
+    for failure in get_registry().failures:
+        if failure.plugin in wanted and failure.distribution == "local module":
+            raise PluginError(
+                f"-p {failure.plugin}: {failure.reason}; pass the name of an importable module "
+                f"with benchbnn hooks (check its spelling and that its folder is on PYTHONPATH)"
+            )
 
 
 def register_plugin(obj: Any, name: str | None = None) -> str:

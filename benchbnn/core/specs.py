@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from benchbnn.core.errors import BenchbnnError, HyperparameterError, PluginError, did_you_mean
+from benchbnn.core.values import (
+    Number,
+    ValueType,
+    convert,
+    declare,
+    declared_type,
+    option_label,
+    quote,
+)
 
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -30,13 +40,54 @@ def check_name(name: str, kind: str) -> None:
 
 
 @dataclass(frozen=True)
+class ValueRange:
+    """An interval of real numbers that every value of a hyperparameter must lie in.
+
+    ``low``/``high`` are the ends (None: unbounded on that side); an end is included unless
+    ``low_open``/``high_open`` excludes it, so ``ValueRange(0.0, 1.0, low_open=True)`` is
+    ``(0, 1]``. NaN and infinities are never inside: a value for which an update rule is
+    undefined is outside every range.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        """True when the number ``value`` lies in the interval (False for NaN and +-inf)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+            return False
+        value = cast(float, value)  # a real number (checked above); ints stay exact
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (
+            value > self.high or (self.high_open and value == self.high)
+        )
+
+    def __str__(self) -> str:
+        """``[0.0, 1.0]``, ``(0.0, 1.0]``, ``[0.0, inf)``: brackets include, parentheses exclude."""
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"{left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
 class HParam:
     """One hyperparameter: its default, the range a value must lie in, and how to search it.
 
-    ``low``/``high`` bound every value a user may set (inclusive). ``search`` is the range an
-    Optuna study explores by default (``log=True`` samples it log-uniformly); ``None`` means the
-    hyperparameter is not tuned. Booleans are searched over ``(False, True)`` when ``search`` is
-    set to any truthy value.
+    ``low``/``high`` bound every value a user may set or a schedule may reach (inclusive unless
+    ``low_open``/``high_open``: ``low=0.0, low_open=True`` declares a value that must be
+    positive, for a rule that divides by it). ``search`` is the range an Optuna study explores
+    by default (``log=True`` samples it log-uniformly); ``None`` means the hyperparameter is not
+    tuned. Booleans are searched over ``(False, True)`` when ``search`` is set to any truthy
+    value. ``static=True`` says that the value cannot change during a run (the optimizer reads
+    it once, or it acts somewhere the engine cannot follow a schedule): scheduling it is
+    refused. Only real-valued hyperparameters can follow a schedule in any case.
     """
 
     name: str
@@ -46,6 +97,9 @@ class HParam:
     search: tuple[float, float] | None = None
     log: bool = False
     help: str = ""
+    low_open: bool = False
+    high_open: bool = False
+    static: bool = False
 
     @property
     def kind(self) -> type:
@@ -53,54 +107,47 @@ class HParam:
 
     @property
     def schedulable(self) -> bool:
-        """Only real-valued hyperparameters can follow a schedule."""
-        return self.kind is float
+        """True for real-valued hyperparameters not declared ``static``."""
+        return self.kind is float and not self.static
+
+    @property
+    def valid_range(self) -> ValueRange:
+        """The interval every value (set, searched or scheduled) must lie in."""
+        return ValueRange(self.low, self.high, self.low_open, self.high_open)
+
+    @property
+    def value_type(self) -> ValueType:
+        """The declared type: the default's, bounded by the valid range for numbers.
+
+        Raises PluginError for a default whose type declares nothing (None, a table).
+        """
+        declared = declared_type(self.default)
+        if isinstance(declared, Number):
+            declared = replace(
+                declared,
+                low=self.low,
+                high=self.high,
+                low_open=self.low_open,
+                high_open=self.high_open,
+            )
+        return declared
 
     def coerce(self, value: Any, owner: str = "") -> Any:
-        """Return ``value`` converted to this hyperparameter's type, or raise a clear error."""
-        where = f" of {owner}" if owner else ""
-        kind = self.kind
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
-                return value.lower() in {"true", "1", "yes"}
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise HyperparameterError(
-                f"hyperparameter {self.name!r}{where} must be true or false, got {value!r}"
-            )
-        if kind in (int, float):
-            if isinstance(value, bool):
-                raise HyperparameterError(
-                    f"hyperparameter {self.name!r}{where} must be a number, got {value!r}"
-                )
-            try:
-                number = kind(value) if not isinstance(value, str) else kind(float(value))
-            except (TypeError, ValueError):
-                raise HyperparameterError(
-                    f"hyperparameter {self.name!r}{where} must be a number, got {value!r}"
-                ) from None
-            if kind is int and not isinstance(value, int) and float(value) != number:
-                raise HyperparameterError(
-                    f"hyperparameter {self.name!r}{where} must be a whole number, got {value!r}"
-                )
-            if isinstance(number, float) and not math.isfinite(number):
-                raise HyperparameterError(
-                    f"hyperparameter {self.name!r}{where} must be finite, got {value!r}"
-                )
-            self.check_range(number, owner)
-            return number
-        return value
+        """``value`` (command-line text or a typed value) converted to :attr:`value_type`.
+
+        Raises HyperparameterError naming the hyperparameter, ``owner``, the value and the
+        accepted form (see :mod:`benchbnn.core.values`).
+        """
+        label = f"hyperparameter {self.name!r}" + (f" of {owner}" if owner else "")
+        return convert(value, self.value_type, label)
 
     def check_range(self, value: float, owner: str = "") -> None:
+        """Raise HyperparameterError unless ``value`` lies in :attr:`valid_range`."""
         where = f" of {owner}" if owner else ""
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
-        ):
+        if value not in self.valid_range:
             raise HyperparameterError(
                 f"hyperparameter {self.name!r}{where} = {value!r} is outside its valid range "
-                f"[{self.low}, {self.high}]"
+                f"{self.valid_range}"
             )
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,8 +157,11 @@ class HParam:
             "default": self.default,
             "low": self.low,
             "high": self.high,
+            "low_open": self.low_open,
+            "high_open": self.high_open,
             "search": list(self.search) if isinstance(self.search, tuple) else self.search,
             "log": self.log,
+            "static": self.static,
             "help": self.help,
         }
 
@@ -147,21 +197,187 @@ def resolve_hparams(
     return resolved
 
 
+#: How binary layers use an optimizer's binary weights while training (its ``forward``):
+#:
+#: * ``"sign"``: the weights are exactly +-1 (set so when the optimizer is built) and the layers
+#:   use them as they are (Bop and the other flip rules);
+#: * ``"latent"``: real-valued latent weights; the layers use their sign, with a straight-through
+#:   gradient (adam-latent);
+#: * ``"identity"``: real values the layers use as they are, e.g. continuous weights in (-1, 1)
+#:   or relaxed samples. Evaluating them would evaluate a real-valued network, so such an
+#:   optimizer must provide evaluation weights (``evaluation_weights()``).
+FORWARD_MODES = ("sign", "latent", "identity")
+
+#: Keywords of an optimizer's constructor that are not hyperparameters; no hyperparameter may
+#: take these names.
+RESERVED_NAMES = (
+    "binary_params",
+    "real_params",
+    "implementation",
+    "context",
+    "binary",
+    "real",
+    "options",
+)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the run knows about itself when it builds the optimizer (frozen).
+
+    The engine passes it as ``context=`` to an optimizer factory that has a parameter named
+    ``context`` (every :class:`~benchbnn.optim.BinaryOptimizer` has; it is then
+    ``optimizer.context``). Built outside the engine (``spec.build(...)`` without ``context=``),
+    an optimizer gets None and must either work without it or say what it lacks.
+
+    * ``train_size``: training images of the run, all ranks together (after ``subset`` and the
+      validation split);
+    * ``steps_per_epoch``, ``total_steps``: optimizer steps per epoch and in the whole run;
+    * ``world_size``: data-parallel ranks (1 without torchrun);
+    * ``device``: the ``torch.device`` the run trains on;
+    * ``seed``: the run's seed, the same on every rank (seed an optimizer's generators from it
+      and every rank draws alike).
+    """
+
+    train_size: int
+    steps_per_epoch: int
+    total_steps: int
+    world_size: int
+    device: Any
+    seed: int
+
+
+def _accepts_context(factory: Callable[..., Any]) -> bool:
+    """True when ``factory`` has a parameter named ``context`` (``**kwargs`` does not count)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("context")
+    return param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def _declared(factory: Any, attribute: str, kind: type) -> Any:
+    """The factory's own class-level declaration ``attribute`` when it is a ``kind``, else None."""
+    value = getattr(factory, attribute, None) if isinstance(factory, type) else None
+    return value if isinstance(value, kind) else None
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """An optimizer plugin: ``factory(binary_params, real_params, **hparams)`` -> Optimizer.
 
-    ``latent_weights`` is True for optimizers whose "binary" parameters are real-valued latent
-    weights (the forward pass binarizes them); False for optimizers that flip weights that are
-    exactly +-1.
+    The usual way to make one is from the optimizer's class, which declares everything once:
+    ``OptimizerSpec.from_class(MyOpt)`` (also ``benchbnn.optimizer_spec(MyOpt)``). Written out
+    field by field (the older spelling, still accepted):
+
+    ``forward`` is how binary layers use the binary weights while training, one of
+    :data:`FORWARD_MODES` (``"sign"``, ``"latent"``, ``"identity"``). ``latent_weights`` is its
+    older spelling: True means ``"latent"`` and False ``"sign"``; after construction it reads
+    ``forward == "latent"`` (the layers binarize in the forward pass). When neither is given,
+    the factory's own ``forward`` (a class attribute) is used, else ``"sign"``.
+
+    ``ste_window`` names the real-valued hyperparameter that is also the straight-through
+    window of the binary layers (their ``clip``: gradients pass where ``|x| <= clip``), for a
+    latent-weight optimizer whose clamp and window are one value. The engine keeps every binary
+    layer's window equal to that hyperparameter's value at every step, scheduled or not; its
+    valid range must exclude 0 and negative values. None (the default): the layers keep the
+    window of 1.
+
+    ``needs_closure``: the optimizer's ``step`` must be given a closure (the engine then calls
+    ``optimizer.step(closure)``; see ``BinaryOptimizer.needs_closure``). None: the factory's own
+    declaration, else False.
+
+    ``divergence_advice``: what to change when a run of this optimizer diverges, shown after
+    "training diverged: ..." (empty: the factory's declaration, else :meth:`divergence_hint`'s
+    generic advice naming the hyperparameters).
+
+    Contradictions (``latent_weights`` against ``forward``, a spec against its class's
+    declaration, ``"identity"`` without evaluation weights) are refused by :meth:`validate`.
     """
 
     name: str
     factory: Callable[..., Any]
     hparams: tuple[HParam, ...]
     description: str = ""
-    latent_weights: bool = False
+    latent_weights: bool | None = None
     reference: str = ""
+    ste_window: str | None = None
+    forward: str | None = None
+    needs_closure: bool | None = None
+    divergence_advice: str = ""
+
+    def __post_init__(self) -> None:
+        forward, conflict = self.forward, ""
+        if forward is None:
+            if self.latent_weights is None:
+                forward = _declared(self.factory, "forward", str) or "sign"
+            else:
+                forward = "latent" if self.latent_weights else "sign"
+        elif self.latent_weights is not None and bool(self.latent_weights) != (forward == "latent"):
+            conflict = (
+                f"latent_weights={bool(self.latent_weights)} contradicts forward={forward!r}; "
+                f"drop latent_weights (forward replaces it)"
+            )
+        object.__setattr__(self, "forward", forward)
+        object.__setattr__(self, "latent_weights", forward == "latent")
+        object.__setattr__(self, "_conflict", conflict)
+        if self.needs_closure is None:
+            object.__setattr__(
+                self, "needs_closure", bool(_declared(self.factory, "needs_closure", bool))
+            )
+        if not self.divergence_advice:
+            advice = _declared(self.factory, "divergence_advice", str) or ""
+            object.__setattr__(self, "divergence_advice", advice)
+
+    @classmethod
+    def from_class(cls, optimizer_class: type, **overrides: Any) -> OptimizerSpec:
+        """The spec of an optimizer class, every field read from its declaration.
+
+        ``optimizer_class`` is a :class:`~benchbnn.optim.BinaryOptimizer` subclass (or any class
+        with the same attributes): ``name``, ``hparams`` (for a BinaryOptimizer, derived from
+        ``rule_hparams``, ``option_hparams`` and ``real_hparams``), ``description`` (default:
+        the first line of its docstring), ``reference``, ``forward``, ``ste_window``,
+        ``needs_closure`` and ``divergence_advice``; the class itself is the factory.
+        ``overrides`` replace fields (e.g. ``name=`` to list a variant under another name).
+        Raises PluginError for a class without a name or a hyperparameter table.
+        """
+        owner = getattr(optimizer_class, "__qualname__", repr(optimizer_class))
+        if not isinstance(optimizer_class, type):
+            raise PluginError(
+                f"optimizer_spec() takes an optimizer class, got {optimizer_class!r}; pass the "
+                f"class itself (a benchbnn.optim.BinaryOptimizer subclass)"
+            )
+        name = overrides.pop("name", None) or getattr(optimizer_class, "name", "")
+        if not isinstance(name, str) or not name:
+            raise PluginError(
+                f"optimizer class {owner} declares no name; add name = 'my-optimizer' "
+                f"(lower-case kebab-case) to the class"
+            )
+        hparams = getattr(optimizer_class, "hparams", None)
+        if not isinstance(hparams, tuple):
+            raise PluginError(
+                f"optimizer class {owner} has no hyperparameter table (hparams); subclass "
+                f"benchbnn.optim.BinaryOptimizer and declare rule_hparams"
+            )
+        description = getattr(optimizer_class, "description", "") or ""
+        if not description:
+            description = (inspect.getdoc(optimizer_class) or "").strip().split("\n")[0]
+        fields: dict[str, Any] = {
+            "name": name,
+            "factory": optimizer_class,
+            "hparams": hparams,
+            "description": description,
+            "reference": getattr(optimizer_class, "reference", "") or "",
+            "forward": _declared(optimizer_class, "forward", str) or "sign",
+            "ste_window": getattr(optimizer_class, "ste_window", None),
+            "needs_closure": bool(_declared(optimizer_class, "needs_closure", bool)),
+            "divergence_advice": _declared(optimizer_class, "divergence_advice", str) or "",
+        }
+        return cls(**{**fields, **overrides})
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -177,32 +393,169 @@ class OptimizerSpec:
     def resolve(self, **overrides: Any) -> dict[str, Any]:
         return resolve_hparams(f"optimizer {self.name!r}", self.hparams, overrides)
 
-    def build(self, binary_params: Iterable[Any], real_params: Iterable[Any] = (), **hparams: Any):
-        """Build the optimizer for these parameters; unknown or bad hyperparameters raise."""
-        return self.factory(list(binary_params), list(real_params), **self.resolve(**hparams))
+    def build(
+        self,
+        binary_params: Iterable[Any],
+        real_params: Iterable[Any] = (),
+        *,
+        context: RunContext | None = None,
+        **hparams: Any,
+    ):
+        """Build the optimizer for these parameters; unknown or bad hyperparameters raise.
+
+        ``context`` (a :class:`RunContext`; the engine passes one) reaches a factory that has a
+        parameter named ``context``; other factories never see it.
+        """
+        kwargs = self.resolve(**hparams)
+        if context is not None and _accepts_context(self.factory):
+            kwargs["context"] = context
+        return self.factory(list(binary_params), list(real_params), **kwargs)
+
+    def divergence_hint(self) -> str:
+        """What to change when a run of this optimizer diverges: its ``divergence_advice``, or
+        a generic advice naming its real-valued hyperparameters."""
+        if self.divergence_advice:
+            return self.divergence_advice
+        names = [h.name for h in self.hparams if h.schedulable] or [h.name for h in self.hparams]
+        listed = f" (its hyperparameters: {', '.join(names)})" if names else ""
+        return (
+            f"lower the step sizes or rates of optimizer {self.name!r}{listed}, or schedule "
+            f"them down"
+        )
 
     def validate(self) -> None:
         check_name(self.name, "optimizer")
+        owner = f"optimizer {self.name!r}"
         if not callable(self.factory):
-            raise PluginError(f"optimizer {self.name!r}: factory is not callable")
-        _validate_hparams(f"optimizer {self.name!r}", self.hparams, self.factory, skip=2)
+            raise PluginError(f"{owner}: factory is not callable")
+        for h in self.hparams:
+            if getattr(h, "name", None) == "context":
+                raise PluginError(
+                    f"{owner}: a hyperparameter may not be called 'context' (spec.build passes "
+                    f"the run's context under that name); rename it"
+                )
+        _validate_hparams(owner, self.hparams, self.factory, skip=2)
+        self._validate_ste_window()
+        if getattr(self, "_conflict", ""):
+            raise PluginError(f"{owner}: {self._conflict}")  # type: ignore[attr-defined]
+        check_forward(
+            owner,
+            self.forward,
+            self.ste_window,
+            bool(getattr(self.factory, "provides_evaluation_weights", False)),
+        )
+        if not isinstance(self.needs_closure, bool):
+            raise PluginError(f"{owner}: needs_closure must be True or False")
+        self._validate_class_agreement()
+
+    def _validate_class_agreement(self) -> None:
+        """A spec written out by hand must say what its class declares (forward, closure)."""
+        cls = self.factory
+        for field_name, value in (
+            ("forward", self.forward),
+            ("needs_closure", self.needs_closure),
+        ):
+            declared = _declared(cls, field_name, str if field_name == "forward" else bool)
+            if declared is not None and declared != value:
+                raise PluginError(
+                    f"optimizer {self.name!r}: the spec says {field_name}={value!r} but its class "
+                    f"{cls.__qualname__} declares {field_name}={declared!r}; return "
+                    f"benchbnn.optimizer_spec({cls.__qualname__}) from the hook instead of "
+                    f"writing the spec out"
+                )
+
+    def _validate_ste_window(self) -> None:
+        """``ste_window`` names a positive real hyperparameter of a latent-weight optimizer.
+
+        Raises PluginError otherwise.
+        """
+        check_ste_window(f"optimizer {self.name!r}", self.ste_window, self.hparams, self.forward)
 
 
-def _validate_hparams(
-    owner: str, hparams: Iterable[HParam], factory: Callable[..., Any], skip: int = 0
+def check_ste_window(
+    owner: str, ste_window: str | None, hparams: Iterable[HParam], forward: str | None
 ) -> None:
+    """Raise PluginError unless ``ste_window`` is None or names a real-valued hyperparameter
+    with a positive range, of an optimizer whose ``forward`` is ``"latent"``."""
+    if ste_window is None:
+        return
+    table = {h.name: h for h in hparams}
+    if ste_window not in table or table[ste_window].kind is not float:
+        raise PluginError(
+            f"{owner}: ste_window {ste_window!r} is not one of its real-valued hyperparameters"
+        )
+    if forward != "latent":
+        raise PluginError(
+            f"{owner}: ste_window needs latent_weights=True, i.e. forward='latent' (binary "
+            f"layers only use a straight-through window on latent weights), not "
+            f"forward={forward!r}"
+        )
+    valid = table[ste_window].valid_range
+    if valid.low is None or valid.low < 0 or (valid.low == 0 and not valid.low_open):
+        raise PluginError(
+            f"{owner}: the straight-through window {ste_window!r} must be positive; "
+            f"declare its range with low > 0 (or low=0.0, low_open=True), not {valid}"
+        )
+
+
+def check_forward(
+    owner: str, forward: Any, ste_window: str | None, provides_evaluation_weights: bool
+) -> None:
+    """Raise PluginError for a ``forward`` outside :data:`FORWARD_MODES`, or ``"identity"``
+    without evaluation weights (the fix is in the message)."""
+    if forward not in FORWARD_MODES:
+        raise PluginError(
+            f"{owner}: forward {forward!r} is not one of {', '.join(FORWARD_MODES)}."
+            f"{did_you_mean(str(forward), FORWARD_MODES)} Declare forward = 'sign' (weights "
+            f"exactly +-1), 'latent' (sign with a straight-through gradient) or 'identity' "
+            f"(weights used as they are, with evaluation weights)"
+        )
+    if forward == "identity" and not provides_evaluation_weights:
+        raise PluginError(
+            f"{owner}: forward='identity' trains on the weights as they are, but it provides no "
+            f"evaluation weights, so evaluation would run a real-valued network; implement "
+            f"evaluation_weights() (a context manager that puts +-1 weights in place, e.g. "
+            f"their signs, and restores them) or declare forward='latent'"
+        )
+
+
+def validate_hparams(
+    owner: str, hparams: Iterable[HParam], factory: Callable[..., Any] | None = None
+) -> None:
+    """Raise PluginError for a malformed hyperparameter table, naming ``owner`` and the fix.
+
+    Checks that every entry is an :class:`HParam`, names are unique, each default is usable (a
+    number, flag, text or list, inside the valid range), open ends have a bound, search ranges
+    lie inside the valid range, and (with ``factory``) that the factory accepts each name.
+    """
     hparams = tuple(hparams)
-    names = [h.name for h in hparams]
-    if len(set(names)) != len(names):
-        raise PluginError(f"{owner} declares a hyperparameter twice: {names}")
-    accepted = _accepted_keywords(factory)
     for h in hparams:
         if not isinstance(h, HParam):
             raise PluginError(f"{owner}: {h!r} is not a benchbnn.HParam")
+    names = [h.name for h in hparams]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise PluginError(
+            f"{owner} declares hyperparameter {', '.join(map(repr, twice))} twice: {names}"
+        )
+    accepted = _accepted_keywords(factory) if factory is not None else None
+    for h in hparams:
         if accepted is not None and h.name not in accepted:
             raise PluginError(
                 f"{owner} declares hyperparameter {h.name!r} that its factory does not accept"
             )
+        if (h.low_open and h.low is None) or (h.high_open and h.high is None):
+            raise PluginError(f"{owner}: {h.name!r} has an open end without a bound")
+        if h.default is None:
+            raise PluginError(
+                f"{owner}: hyperparameter {h.name!r} has no usable default (None): a run that "
+                f"does not set it would stop mid-run. Give it a default value of its type, e.g. "
+                f"HParam({h.name!r}, 0.01, ...) (a number, true/false or text)"
+            )
+        try:
+            h.value_type  # noqa: B018 - raises for a default that declares no type
+        except PluginError as exc:
+            raise PluginError(f"{owner}: hyperparameter {h.name!r}: {exc}") from None
         if h.kind in (int, float):
             try:
                 h.check_range(h.default, owner)
@@ -218,10 +571,17 @@ def _validate_hparams(
                 except HyperparameterError:
                     raise PluginError(
                         f"{owner}: search range of {h.name!r} {h.search} leaves its valid range "
-                        f"[{h.low}, {h.high}]"
+                        f"{h.valid_range}"
                     ) from None
             if h.log and low <= 0:
                 raise PluginError(f"{owner}: log search range of {h.name!r} must be positive")
+
+
+def _validate_hparams(
+    owner: str, hparams: Iterable[HParam], factory: Callable[..., Any], skip: int = 0
+) -> None:
+    """:func:`validate_hparams` (the older name; ``skip`` is unused)."""
+    validate_hparams(owner, hparams, factory)
 
 
 @dataclass(frozen=True)
@@ -231,6 +591,11 @@ class ArchitectureSpec:
     ``input_sizes`` lists the image sizes the network is defined for (empty: any), and
     ``in_channels`` the channel counts (empty: any); ``build`` refuses others with a message
     naming what is supported.
+
+    ``options`` maps each option to its default. An option's declared type is the type of its
+    default unless ``option_types`` declares one (a :class:`~benchbnn.core.values.ValueType`
+    such as ``Choice(("batch", "layer"))`` or ``Number(float, positive=True)``); every value,
+    command-line text or typed, is converted by it (:mod:`benchbnn.core.values`).
     """
 
     name: str
@@ -240,10 +605,15 @@ class ArchitectureSpec:
     input_sizes: tuple[int, ...] = ()
     in_channels: tuple[int, ...] = ()
     reference: str = ""
+    option_types: Mapping[str, ValueType] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
         return dict(self.options)
+
+    def value_types(self) -> dict[str, ValueType]:
+        """Each option's declared type: its ``option_types`` entry, else its default's type."""
+        return _option_types(self.options, self.option_types)
 
     def build(
         self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options: Any
@@ -267,8 +637,12 @@ class ArchitectureSpec:
             **resolved,
         )
 
-    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The default options updated with ``options``; an unknown name is a clear error."""
+    def coerce_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` (text or typed values) converted to their declared types.
+
+        Only the names given come back. Raises HyperparameterError for an unknown name or a
+        value that does not fit (naming the option, the architecture and the accepted form).
+        """
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise HyperparameterError(
@@ -276,7 +650,19 @@ class ArchitectureSpec:
                 f"{did_you_mean(unknown[0], self.options)} "
                 f"Options: {', '.join(sorted(self.options)) or 'none'}."
             )
-        return {**self.options, **options}
+        owner = f"architecture {self.name!r}"
+        types = self.value_types()
+        return {
+            key: convert(value, types[key], option_label(owner, key))
+            for key, value in options.items()
+        }
+
+    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The default options updated with ``options`` converted to their declared types.
+
+        Raises HyperparameterError for an unknown name or a value that does not fit.
+        """
+        return {**self.options, **self.coerce_options(options)}
 
     def validate(self) -> None:
         check_name(self.name, "architecture")
@@ -289,6 +675,34 @@ class ArchitectureSpec:
                 raise PluginError(
                     f"architecture {self.name!r}: factory does not accept {sorted(missing)}"
                 )
+        _validate_option_types(f"architecture {self.name!r}", self.options, self.option_types)
+
+
+def _option_types(
+    options: Mapping[str, Any], declared: Mapping[str, ValueType]
+) -> dict[str, ValueType]:
+    """Each option's declared type: ``declared[name]`` (offering the default), else the type of
+    its default. Raises PluginError for a default that declares nothing."""
+    return {name: declare(default, declared.get(name)) for name, default in options.items()}
+
+
+def _validate_option_types(
+    owner: str, options: Mapping[str, Any], declared: Mapping[str, ValueType]
+) -> None:
+    """Every declaration names an option, and every default fits its option's declared type.
+
+    Raises PluginError naming the owner and the option.
+    """
+    strays = sorted(set(declared) - set(options))
+    if strays:
+        raise PluginError(f"{owner}: option_types names {strays[0]!r}, which is not an option")
+    for name, default in options.items():
+        try:
+            convert(default, declare(default, declared.get(name)), option_label(owner, name))
+        except PluginError as exc:
+            raise PluginError(f"{owner}: option {name!r}: {exc}") from None
+        except HyperparameterError as exc:
+            raise PluginError(f"default does not fit its declared type: {exc}") from None
 
 
 #: Augmentation operations the in-memory pipeline applies, vectorized per batch.
@@ -329,6 +743,63 @@ def parse_augmentation(text: str) -> tuple[tuple[str, int], ...]:
 
 
 @dataclass(frozen=True)
+class Augmentation(ValueType):
+    """The declared type of every data set's ``augmentation`` option (text, kept as given).
+
+    For an in-memory data set (``fixed`` None) operations of :data:`AUGMENTATION_OPS` such as
+    ``crop:4,flip``; for a loader data set only ``fixed`` (what its loader does) or none.
+    ``none`` and the empty text turn augmentation off in both. ``example`` (the data set's
+    default) is offered in messages.
+    """
+
+    fixed: str | None = None
+    example: str = ""
+
+    def parse(self, text: str, label: str) -> str:
+        text = text.strip()
+        if self.fixed is not None:
+            if text == self.fixed or text.lower() in ("", "none"):
+                return text
+            raise self.error(
+                label,
+                text,
+                f"cannot be changed: its loader fixes the augmentation "
+                f"({self.fixed or 'none'}); only 'none' can turn it off, got {text!r}",
+            )
+        try:
+            parse_augmentation(text)
+        except ValueError as exc:
+            problem = f"must be {self.describe()}, got {text!r} ({exc})"
+            raise self.error(label, text, problem) from None
+        return text
+
+    def check(self, value: Any, label: str) -> str:
+        if isinstance(value, str):
+            return self.parse(value, label)
+        raise self.error(label, value)
+
+    def describe(self) -> str:
+        if self.fixed is not None:
+            return f"its loader's augmentation ({self.fixed or 'none'}) or none"
+        return "augmentation operations joined by commas (crop:P, flip) or none"
+
+    def plural(self) -> str:
+        return "augmentations"
+
+    def accepted(self) -> str:
+        off = f"{quote('none')} or {quote('')} for none"
+        if self.fixed is not None:
+            own = f"{quote(self.fixed)} (what its loader does), " if self.fixed else ""
+            return own + off
+        samples = [self.example] if self.example.strip().lower() not in ("", "none") else []
+        samples += [s for s in ("crop:4,flip", "crop:4", "flip") if s not in samples]
+        return (
+            "operations joined by commas, crop:P (pad by P pixels, then crop at random) and "
+            f"flip (mirror at random), such as {', '.join(quote(s) for s in samples)}; or {off}"
+        )
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A dataset plugin: what it is (classes, image shape, normalization) and how to load it.
 
@@ -349,7 +820,9 @@ class DatasetSpec:
     change them through its options). ``augmentation`` is the default training augmentation: for
     ``tensors`` data sets operations from :data:`AUGMENTATION_OPS` (``"crop:4,flip"``); for
     ``loader`` data sets a description of what the loader does. ``needs_data_dir`` is False for
-    datasets that are embedded or generated (they ignore ``root``).
+    datasets that are embedded or generated (they ignore ``root``). ``options`` and
+    ``option_types`` declare the plugin's options as for :class:`ArchitectureSpec`; the
+    ``augmentation`` option every data set takes is declared by :class:`Augmentation`.
     """
 
     name: str
@@ -367,6 +840,7 @@ class DatasetSpec:
     tensors: Callable[..., Any] | None = None
     pixel_max: float = 255.0
     reference: str = ""
+    option_types: Mapping[str, ValueType] = field(default_factory=dict)
 
     #: Options every data set accepts; the pipeline consumes them, the plugin never sees them.
     PIPELINE_OPTIONS = ("augmentation",)
@@ -392,36 +866,43 @@ class DatasetSpec:
     def resolve_options(
         self, options: Mapping[str, Any] | None = None
     ) -> tuple[dict[str, Any], str]:
-        """``(loader options with defaults filled in, augmentation text)``; unknown names raise."""
+        """``(loader options with defaults filled in, augmentation text)``.
 
-        owner = f"dataset {self.name!r}"
-        given = dict(options or {})
+        Raises HyperparameterError for an unknown name or a value that does not fit its
+        declared type (see :meth:`coerce_options`).
+        """
+        given = self.coerce_options(options or {})
         augmentation = given.pop("augmentation", self.augmentation)
-        if not isinstance(augmentation, str):
-            raise BenchbnnError(
-                f"{owner}: option 'augmentation' must be a string such as "
-                f"'crop:4,flip' or 'none', got {augmentation!r}"
-            )
-        if self.in_memory:
-            try:
-                parse_augmentation(augmentation)
-            except ValueError as exc:
-                raise BenchbnnError(f"{owner}: {exc}") from None
-        elif augmentation != self.augmentation and augmentation.strip().lower() not in ("", "none"):
-            raise BenchbnnError(
-                f"{owner}: its loader fixes the augmentation "
-                f"({self.augmentation or 'none'}); only 'none' can turn it off"
-            )
-        resolved = dict(self.options.items())
-        for key, value in given.items():
-            if key not in self.options:
-                valid = sorted([*self.options, *self.PIPELINE_OPTIONS])
+        return {**self.options, **given}, augmentation
+
+    def value_types(self) -> dict[str, ValueType]:
+        """Each option's declared type (``augmentation`` included): its ``option_types`` entry,
+        else its default's type."""
+        types = _option_types(self.options, self.option_types)
+        fixed = None if self.in_memory else self.augmentation
+        types["augmentation"] = Augmentation(fixed=fixed, example=self.augmentation)
+        return types
+
+    def coerce_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` (text or typed values, ``augmentation`` included) converted to their
+        declared types; only the names given come back.
+
+        Raises HyperparameterError for an unknown name or a value that does not fit (naming
+        the option, the data set and the accepted form).
+        """
+        owner = f"dataset {self.name!r}"
+        types = self.value_types()
+        for key in options:
+            if key not in types:
+                valid = sorted(types)
                 raise HyperparameterError(
                     f"{owner} has no option {key!r}.{did_you_mean(key, valid)} "
                     f"Options: {', '.join(valid)}."
                 )
-            resolved[key] = HParam(key, self.options[key]).coerce(value, owner)
-        return resolved, augmentation
+        return {
+            key: convert(value, types[key], option_label(owner, key))
+            for key, value in options.items()
+        }
 
     def _check_request(self, root: str | Path | None, split: str) -> None:
 
@@ -442,12 +923,14 @@ class DatasetSpec:
         download: bool = False,
         **options: Any,
     ):
-        """The split as :class:`~benchbnn.data.tensors.ImageTensors` (``tensors`` data sets only)."""
+        """The split as :class:`~benchbnn.data.tensors.ImageTensors` (``tensors`` data sets
+        only)."""
 
         if not self.in_memory:
             raise BenchbnnError(f"dataset {self.name!r} is read through its loader, not as tensors")
         self._check_request(root, split)
         resolved, _ = self.resolve_options(options)
+        assert self.tensors is not None  # in_memory means a tensors function
         data = self.tensors(root=root, split=split, download=download, **resolved)
         data.check(f"dataset {self.name!r} ({split})")
         return data
@@ -474,6 +957,7 @@ class DatasetSpec:
         if self.in_memory:
             data = self.read_tensors(root=root, split=split, download=download, **resolved)
             return data.as_dataset(self, augmentation if augment else "")
+        assert self.loader is not None  # not in_memory means a loader
         return self.loader(root=root, split=split, download=download, augment=augment, **resolved)
 
     def validate(self) -> None:
@@ -513,6 +997,7 @@ class DatasetSpec:
                 parse_augmentation(self.augmentation)
             except ValueError as exc:
                 raise PluginError(f"{owner}: {exc}") from None
+        _validate_option_types(owner, self.options, self.option_types)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def _grouped_by_class(labels: torch.Tensor, num_classes: int, seed: Any) -> list
 
 
 def _fill_quotas(available: list[int], total: int) -> list[int]:
-    """Spread ``total`` over classes as evenly as their sizes allow (lower classes first on ties)."""
+    """Spread ``total`` over classes as evenly as their sizes allow (lower classes first on
+    ties)."""
     quotas = [0] * len(available)
     left = total
     while left > 0:
@@ -420,6 +421,9 @@ def build_loaders(
     device = torch.device(device)
     loader_options, augmentation = spec.resolve_options(options)
     common = {"seed": seed, "device": device, "rank": rank, "world_size": world_size}
+    train: BatchLoader | StreamLoader
+    val: BatchLoader | StreamLoader | None
+    test: BatchLoader | StreamLoader
 
     if spec.in_memory:
         train_data = spec.read_tensors(data_dir, "train", download, **loader_options)
@@ -439,16 +443,21 @@ def build_loaders(
         channels = shape[0]
         train_norm = Normalizer(spec, augmentation, channels, device)
         eval_norm = Normalizer(spec, "", channels, device)
-        make = lambda data, idx, norm, bs, train: BatchLoader(
-            data, idx, norm, batch_size=bs, train=train, **common
-        )
-        train = make(train_data, train_idx, train_norm, batch_size, True)
+
+        def make_batches(
+            data: ImageTensors, idx: torch.Tensor, norm: Normalizer, bs: int, train: bool
+        ) -> BatchLoader:
+            return BatchLoader(data, idx, norm, batch_size=bs, train=train, **common)
+
+        train = make_batches(train_data, train_idx, train_norm, batch_size, True)
         val = (
-            make(train_data, val_idx, eval_norm, eval_batch_size, False)
+            make_batches(train_data, val_idx, eval_norm, eval_batch_size, False)
             if val_idx is not None
             else None
         )
-        test = make(test_data, torch.arange(len(test_data)), eval_norm, eval_batch_size, False)
+        test = make_batches(
+            test_data, torch.arange(len(test_data)), eval_norm, eval_batch_size, False
+        )
         classes = train_data.classes
     else:
         augment = augmentation.strip().lower() not in ("", "none")
@@ -462,22 +471,24 @@ def build_loaders(
             labels, len(train_set), num_classes, subset, val_fraction, spec.name
         )
         workers = default_num_workers() if num_workers is None else num_workers
-        make = lambda ds, idx, bs, train: StreamLoader(
-            ds, idx, batch_size=bs, train=train, num_workers=workers, **common
-        )
-        train = make(train_set, train_idx, batch_size, True)
+
+        def make_stream(ds: Any, idx: torch.Tensor, bs: int, train: bool) -> StreamLoader:
+            return StreamLoader(ds, idx, batch_size=bs, train=train, num_workers=workers, **common)
+
+        train = make_stream(train_set, train_idx, batch_size, True)
         val = None
         if val_idx is not None:
             val_set = spec.load(data_dir, "train", download, augment=False, **options or {})
-            val = make(val_set, val_idx, eval_batch_size, False)
-        test = make(test_set, torch.arange(len(test_set)), eval_batch_size, False)
+            val = make_stream(val_set, val_idx, eval_batch_size, False)
+        test = make_stream(test_set, torch.arange(len(test_set)), eval_batch_size, False)
         shape = _stream_shape(spec, loader_options)
 
     if len(train) == 0:
         raise BenchbnnError(
             f"the training split of {spec.name!r} has {train.dataset_size} images"
             f"{' after the validation split' if val is not None else ''}, fewer than one batch of "
-            f"{batch_size} per rank x {world_size} rank(s); lower the batch size or raise the subset"
+            f"{batch_size} per rank x {world_size} rank(s); "
+            f"lower the batch size or raise the subset"
         )
     return DataBundle(train, val, test, num_classes, tuple(shape), spec, tuple(classes))
 

@@ -125,7 +125,8 @@ def data_error(problem: str, path: Path | str, expected: str, obtain: str) -> Da
 
 
 def user_cache_dir() -> Path:
-    """Where caches go when the data directory is read-only: $BENCHBNN_CACHE_DIR or ~/.cache/benchbnn."""
+    """Where caches go when the data directory is read-only: $BENCHBNN_CACHE_DIR or
+    ~/.cache/benchbnn."""
     configured = os.environ.get(CACHE_ENV)
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "benchbnn"
 

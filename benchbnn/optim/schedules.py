@@ -1,4 +1,5 @@
-"""Hyperparameter schedules: how gamma, sigma, threshold, scaler or lr change over a run.
+"""Hyperparameter schedules: how a real-valued hyperparameter (a rate, a threshold, a learning
+rate, a clipping bound) changes over a run.
 
 A schedule is written as data (in a config or suite file)::
 
@@ -16,6 +17,15 @@ or as a compact string (on the command line, in tracked parameters)::
 Schedules are evaluated per optimizer step: step 0 gives START and, for polynomial and cosine,
 the last step (``total_steps - 1``) gives END. :func:`apply_schedules` writes the values into
 every param group that has the hyperparameter, where the optimizer reads them.
+
+Every value a schedule takes during a run must lie in the hyperparameter's valid range
+(:attr:`benchbnn.core.specs.HParam.valid_range`). :func:`validate_schedules` checks this with
+what is known: the values a schedule declares (START, END) always; with the run's epochs, the
+value at the start of every epoch (the same for any number of steps per epoch); with the steps
+per epoch too, every step, naming the first one outside. Every kind is monotone in the step, so
+the values of a run lie between those of its first and last steps and the steps outside the
+range, if any, follow those inside: a binary search finds the first one exactly from a few
+evaluations of the same :meth:`Schedule.value` the run uses.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from benchbnn.core.errors import BenchbnnError, HyperparameterError, did_you_mean
+from benchbnn.core.specs import HParam, ValueRange
 
 FORMS = {
     "constant": "constant:V",
@@ -54,14 +65,45 @@ class Schedule:
     positional: ClassVar[tuple[str, ...]] = ()
     #: Trailing fields that the compact form may leave out (they have defaults).
     optional: ClassVar[int] = 0
+    #: True when the value depends only on the epochs elapsed (``step / steps_per_epoch``), not
+    #: on the run's length: the start of every epoch then has the same value for any batch count.
+    by_epoch: ClassVar[bool] = True
 
     def value(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         """The value at optimizer step ``step`` (counted from 0)."""
         raise NotImplementedError
 
     def values(self) -> tuple[float, ...]:
-        """Values the schedule passes through that must lie in the hyperparameter's range."""
+        """Values the schedule declares (START, END), in range whatever the run's length."""
         raise NotImplementedError
+
+    def first_outside(
+        self, valid: ValueRange, steps_per_epoch: int, total_steps: int
+    ) -> int | None:
+        """The first step (from 0) of a run whose value lies outside ``valid``, or None.
+
+        Exact and cheap: every kind is monotone in the step, so the steps inside the range come
+        first (when step 0 is inside) and a binary search over ``[0, total_steps)`` finds the
+        first step outside with about ``log2(total_steps)`` evaluations of :meth:`value`.
+        Raises ScheduleError for ``steps_per_epoch < 1`` or ``total_steps < 1``.
+        """
+        _check_position(0, steps_per_epoch, total_steps)
+
+        def outside(step: int) -> bool:
+            return self.value(step, steps_per_epoch, total_steps) not in valid
+
+        if outside(0):
+            return 0
+        inside, out = 0, total_steps - 1
+        if not outside(out):
+            return None
+        while out - inside > 1:
+            middle = (inside + out) // 2
+            if outside(middle):
+                out = middle
+            else:
+                inside = middle
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": self.kind, **asdict(self)}
@@ -114,6 +156,26 @@ def _progress(step: int, total_steps: int) -> float:
     return min(step / (total_steps - 1), 1.0)
 
 
+def _scaled(start: float, factor: float, exponent: float) -> float:
+    """``start * factor ** exponent``; an infinity of START's sign where that overflows.
+
+    The infinity lies outside every valid range, so a schedule that grows past the float range
+    within a run is refused instead of raising OverflowError mid-run.
+    """
+    if start == 0:
+        return float(start)
+    try:
+        return float(start * factor**exponent)
+    except OverflowError:
+        return math.copysign(math.inf, start)
+
+
+def _between(value: float, start: float, end: float) -> float:
+    """``value`` kept between ``start`` and ``end``, where float rounding may overshoot by an
+    ulp: a schedule whose ends lie in a range then never leaves it."""
+    return min(max(value, min(start, end)), max(start, end))
+
+
 @dataclass(frozen=True)
 class Constant(Schedule):
     """The same value at every step."""
@@ -157,7 +219,7 @@ class Step(Schedule):
 
     def value(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         _check_position(step, steps_per_epoch, total_steps)
-        return float(self.start * self.factor ** math.floor(self.periods(step, steps_per_epoch)))
+        return _scaled(self.start, self.factor, math.floor(self.periods(step, steps_per_epoch)))
 
     def values(self) -> tuple[float, ...]:
         return (float(self.start),)
@@ -171,7 +233,7 @@ class Exponential(Step):
 
     def value(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         _check_position(step, steps_per_epoch, total_steps)
-        return float(self.start * self.factor ** float(self.periods(step, steps_per_epoch)))
+        return _scaled(self.start, self.factor, float(self.periods(step, steps_per_epoch)))
 
 
 @dataclass(frozen=True)
@@ -188,6 +250,7 @@ class Polynomial(Schedule):
     kind: ClassVar[str] = "polynomial"
     positional: ClassVar[tuple[str, ...]] = ("start", "end", "power")
     optional: ClassVar[int] = 1
+    by_epoch: ClassVar[bool] = False
 
     def _check(self) -> None:
         super()._check()
@@ -199,7 +262,8 @@ class Polynomial(Schedule):
         t = _progress(step, total_steps)
         if t <= 0.0 or t >= 1.0:
             return float(self.start if t <= 0.0 else self.end)
-        return float(self.end + (self.start - self.end) * (1.0 - t) ** self.power)
+        value = self.end + (self.start - self.end) * (1.0 - t) ** self.power
+        return float(_between(value, self.start, self.end))
 
     def values(self) -> tuple[float, ...]:
         return (float(self.start), float(self.end))
@@ -213,13 +277,15 @@ class Cosine(Schedule):
     end: float
     kind: ClassVar[str] = "cosine"
     positional: ClassVar[tuple[str, ...]] = ("start", "end")
+    by_epoch: ClassVar[bool] = False
 
     def value(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         _check_position(step, steps_per_epoch, total_steps)
         t = _progress(step, total_steps)
         if t <= 0.0 or t >= 1.0:
             return float(self.start if t <= 0.0 else self.end)
-        return float(self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * t)) / 2.0)
+        value = self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * t)) / 2.0
+        return float(_between(value, self.start, self.end))
 
     def values(self) -> tuple[float, ...]:
         return (float(self.start), float(self.end))
@@ -299,11 +365,20 @@ def parse_schedule(obj: Any) -> Schedule:
     raise ScheduleError(f"cannot read a schedule from {obj!r}; accepted: {SYNTAX}")
 
 
-def validate_schedules(spec: Any, schedules: Mapping[str, Any]) -> dict[str, Schedule]:
+def validate_schedules(
+    spec: Any,
+    schedules: Mapping[str, Any],
+    *,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict[str, Schedule]:
     """Parse ``schedules`` (name -> schedule) for the optimizer ``spec``; raise clear errors.
 
-    Names must be real-valued hyperparameters of the optimizer, and the values a schedule
-    starts and ends at must lie in the hyperparameter's valid range.
+    Names must be schedulable hyperparameters of the optimizer (real-valued, not ``static``),
+    and every value a schedule takes must lie in the hyperparameter's valid range, checked with
+    what is known of the run (see :func:`check_schedule_range`): ``epochs`` (its length in
+    epochs) and ``steps_per_epoch`` (optimizer steps per epoch, known once the data are).
+    Raises HyperparameterError (or ScheduleError for a malformed schedule).
     """
     table = {h.name: h for h in spec.hparams}
     schedulable = sorted(name for name, h in table.items() if h.schedulable)
@@ -315,20 +390,68 @@ def validate_schedules(spec: Any, schedules: Mapping[str, Any]) -> dict[str, Sch
                 f"{did_you_mean(name, table)} Schedulable: {', '.join(schedulable) or 'none'}."
             )
         if not table[name].schedulable:
+            why = "it is declared static" if table[name].static else "it is not a real number"
             raise HyperparameterError(
-                f"cannot schedule {name!r} of optimizer {spec.name!r}: it is not a real number. "
+                f"cannot schedule {name!r} of optimizer {spec.name!r}: {why}. "
                 f"Schedulable: {', '.join(schedulable) or 'none'}."
             )
         schedule = parse_schedule(raw)
-        for value in schedule.values():
-            try:
-                table[name].check_range(value, f"optimizer {spec.name!r}")
-            except HyperparameterError as exc:
-                raise HyperparameterError(
-                    f"schedule {schedule.describe()} for {name!r}: {exc}"
-                ) from None
+        check_schedule_range(
+            schedule, table[name], f"optimizer {spec.name!r}", epochs, steps_per_epoch
+        )
         parsed[name] = schedule
     return parsed
+
+
+def check_schedule_range(
+    schedule: Schedule,
+    hparam: HParam,
+    owner: str,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> None:
+    """Raise HyperparameterError where ``schedule`` takes a value outside ``hparam``'s range.
+
+    With ``epochs`` and ``steps_per_epoch`` every step of the run is checked and the message
+    names the first step outside (exactly). With ``epochs`` alone, the values every run of that
+    many epochs takes whatever its batch count: the start of each epoch for kinds that follow
+    the epochs (constant, step, exponential). In every case the values the schedule declares
+    (START, END) must lie in the range. The message is one line: the schedule, the
+    hyperparameter and ``owner`` (e.g. ``"optimizer 'bop'"``), the range, where, the value.
+    """
+    valid = hparam.valid_range
+    found = _departure(schedule, valid, epochs, steps_per_epoch)
+    if found is not None:
+        where, value = found
+        raise HyperparameterError(
+            f"schedule {schedule.describe()} for {hparam.name!r} of {owner} is outside its "
+            f"valid range {valid} {where}: {hparam.name} = {value!r}"
+        )
+
+
+def _departure(
+    schedule: Schedule, valid: ValueRange, epochs: int | None, steps_per_epoch: int | None
+) -> tuple[str, float] | None:
+    """``(where, value)`` of the first point known to lie outside ``valid``, or None."""
+    if epochs is not None and steps_per_epoch is not None:
+        total = epochs * steps_per_epoch
+        step = schedule.first_outside(valid, steps_per_epoch, total)
+        if step is None:
+            return None
+        epoch, batch = divmod(step, steps_per_epoch)
+        where = (
+            f"from step {step + 1} of {total} (epoch {epoch + 1} of {epochs}, "
+            f"batch {batch + 1} of {steps_per_epoch})"
+        )
+        return where, schedule.value(step, steps_per_epoch, total)
+    if epochs is not None and schedule.by_epoch:
+        step = schedule.first_outside(valid, 1, epochs)
+        if step is not None:
+            return f"at the start of epoch {step + 1} of {epochs}", schedule.value(step, 1, epochs)
+    for label, value in zip(("start", "end"), schedule.values()):
+        if value not in valid:
+            return f"at its {label}", value
+    return None
 
 
 def apply_schedules(

@@ -10,6 +10,7 @@ Without those variables everything here is a no-op and training is a single proc
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -145,10 +146,12 @@ def average_gradients(params: list[nn.Parameter], world: World) -> None:
     """Average ``.grad`` over the ranks (a missing gradient counts as zeros)."""
     if not world.parallel:
         return
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    average_([p.grad for p in params], world)
+        grads.append(p.grad)
+    average_(grads, world)
 
 
 def average_buffers(model: nn.Module, world: World) -> None:
@@ -170,7 +173,7 @@ def all_reduce_max(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def checksum(params: list[torch.Tensor]) -> torch.Tensor:
+def checksum(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """A float64 fingerprint of parameter values, sensitive to position as well as value."""
     total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
     for i, p in enumerate(params):
@@ -180,7 +183,7 @@ def checksum(params: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def check_in_sync(params: list[torch.Tensor], world: World) -> bool:
+def check_in_sync(params: Sequence[torch.Tensor], world: World) -> bool:
     """True when every rank holds exactly the same values in ``params`` (a collective call)."""
     if not world.parallel:
         return True

@@ -4,13 +4,25 @@
 tracking location, the data) and raises :class:`~benchbnn.core.errors.BenchbnnError` with nothing
 started. It then trains with cross-entropy, applying schedules per step, and evaluates every
 epoch. Tracking (MLflow), the progress display and any extra metrics are plugins of the
-lifecycle hooks in :mod:`benchbnn.core.hookspecs`, called through a plugin manager built for the run,
-so the loop itself only trains and keeps running sums on the device.
+lifecycle hooks in :mod:`benchbnn.core.hookspecs`, called through a plugin manager built for the
+run, so the loop itself only trains and keeps running sums on the device.
+
+The optimizer's declaration (its spec) decides how the binary layers use its weights
+(``forward``), whether a step is ``optimizer.step(closure)`` (``needs_closure``) and what the
+divergence message advises; every evaluation runs inside the optimizer's
+``evaluation_weights()`` and on binary layers whose weights are exactly +-1, or the run fails
+(RunFailed: a real-valued network is never reported as a BNN).
 
 Outcomes: a finished run returns ``status="FINISHED"``; a diverging run (non-finite loss)
 returns ``status="FAILED"`` and never raises; an interruption (Ctrl-C, SIGTERM) or an exception
 from a lifecycle plugin ends the run as KILLED and propagates; any other crash ends it as FAILED
-and raises :class:`~benchbnn.core.errors.RunFailed`.
+and raises :class:`~benchbnn.core.errors.RunFailed`. A run that did not finish is tagged with its
+failure class (:mod:`benchbnn.train.identity`): ``run`` when it failed because of itself
+(divergence, an invalid configuration), ``environment`` when because of where it ran
+(interrupted, killed, out of memory, I/O or permission errors); only the first is a result.
+
+Every run is tagged with its identity schema, its numerical environment and its owner process.
+A finished run's checkpoint is deleted unless ``keep_checkpoint`` is set.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +48,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchbnn.core import hookspecs
-from benchbnn.core.binary import set_latent_mode, split_parameters
+from benchbnn.core.binary import binary_layers, set_latent_mode, set_ste_window, split_parameters
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed
-from benchbnn.core.names import DEFAULT_EXPERIMENT, RUN_METRICS
+from benchbnn.core.names import (
+    DEFAULT_EXPERIMENT,
+    FAILURE_ENVIRONMENT,
+    FAILURE_RUN,
+    RUN_METRICS,
+)
 from benchbnn.core.plugins import (
     PROJECT,
     get_architecture,
     get_dataset,
     get_optimizer,
     get_registry,
+    hookimpl,
 )
+from benchbnn.core.specs import OptimizerSpec, RunContext
 from benchbnn.data.pipeline import build_loaders
+from benchbnn.optim.base import ClosureResult, EvaluationSamples
 from benchbnn.optim.schedules import apply_schedules, validate_schedules
 from benchbnn.train import checkpoint, distributed
+from benchbnn.train.identity import (
+    environment_tags,
+    failure_class_of,
+    identity_tags,
+    owner_tags,
+    reopened_tags,
+)
 from benchbnn.train.progress import ProgressDisplay
 from benchbnn.train.tracking import MlflowTracker
 
@@ -67,7 +94,10 @@ class RunResult:
     """How a run ended and what it measured.
 
     ``history`` has one dict per finished epoch (``epoch`` plus EPOCH_METRICS and any extras);
-    ``metrics`` is the last epoch's plus RUN_METRICS.
+    ``metrics`` is the last epoch's plus RUN_METRICS. ``failure_class`` is None for a finished
+    run, else ``"run"`` (it failed because of itself: a result) or ``"environment"`` (because
+    of where it ran: not a result). ``checkpoint`` is the path of the last checkpoint, None
+    when there is none (a finished run's is deleted unless kept).
     """
 
     status: str
@@ -77,6 +107,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     checkpoint: str | None = None
+    failure_class: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -110,6 +141,10 @@ class Run:
     * ``log_every`` (steps between reads of device-side figures), ``quiet``,
       ``checkpoint_dir``, ``replaced_checkpoint_epoch`` (set when a checkpoint was replaced),
       ``note`` (shown by the progress display when the run starts).
+    * ``ste_window`` the scheduled hyperparameter that sets the straight-through window of
+      ``ste_layers`` (the model's binary layers) at every step; None when none is scheduled.
+    * ``optimizer_spec`` the optimizer's :class:`~benchbnn.core.specs.OptimizerSpec`;
+      ``context`` the :class:`~benchbnn.core.specs.RunContext` the optimizer was built with.
     """
 
     config: RunConfig
@@ -120,8 +155,9 @@ class Run:
     device: torch.device
     world: distributed.World
     data: Any = None
-    model: nn.Module | None = None
-    optimizer: torch.optim.Optimizer | None = None
+    # Set by the engine before any hook sees the run (hooks never see a run without them).
+    model: nn.Module = None  # type: ignore[assignment]
+    optimizer: torch.optim.Optimizer = None  # type: ignore[assignment]
     binary_params: list[nn.Parameter] = field(default_factory=list)
     real_params: list[nn.Parameter] = field(default_factory=list)
     l2_params: list[nn.Parameter] = field(default_factory=list)
@@ -143,6 +179,14 @@ class Run:
     checkpoint_dir: Path | None = None
     replaced_checkpoint_epoch: int | None = None
     note: str | None = None  # shown by the progress display when the run starts
+    #: the scheduled hyperparameter the binary layers' straight-through window follows (the
+    #: optimizer's ``ste_window``), and those layers; None and empty when nothing follows
+    ste_window: str | None = None
+    ste_layers: list[Any] = field(default_factory=list)
+    #: the optimizer's spec (its declaration: forward mode, closure, divergence advice) and the
+    #: RunContext it was built with; set with the optimizer
+    optimizer_spec: OptimizerSpec | None = None
+    context: RunContext | None = None
 
     @property
     def rank(self) -> int:
@@ -172,8 +216,10 @@ def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
     """``config`` with hyperparameters converted to their types and schedules written as data.
 
     ``--set gamma=1e-7`` (a string) and ``gamma = 1e-7`` in a suite (a float) then give the same
-    configuration and the same :meth:`~benchbnn.core.config.RunConfig.config_hash`. Unknown names and
-    malformed values raise BenchbnnError. Already canonical configurations come back unchanged.
+    configuration and the same :meth:`~benchbnn.core.config.RunConfig.config_hash`. Unknown
+    names and malformed values raise BenchbnnError, and so does a network of more parameters than
+    :data:`benchbnn.core.limits.MAX_PARAMETERS` (counted on the meta device, nothing allocated).
+    Already canonical configurations come back unchanged.
     """
 
     if not isinstance(config, RunConfig):
@@ -184,9 +230,13 @@ def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
         raise BenchbnnError(f"{exc}; fix the run configuration") from None
     spec = get_optimizer(config.optimizer)
     resolved = spec.resolve(**dict(config.hparams))
-    schedules = validate_schedules(spec, dict(config.schedules))
+    # every epoch start of the run (the steps per epoch are known once the data are: _build)
+    schedules = validate_schedules(spec, dict(config.schedules), epochs=config.epochs)
     get_dataset(config.dataset)
-    get_architecture(config.arch).resolve_options(config.arch_options)
+    arch_options = get_architecture(config.arch).resolve_options(config.arch_options)
+    from benchbnn.core.limits import check_model_size
+
+    check_model_size(config.arch, config.dataset, arch_options)  # counted, not allocated
     return dataclasses.replace(
         config,
         hparams={k: resolved[k] for k in config.hparams},
@@ -260,6 +310,34 @@ def l2_parameters(model: nn.Module, real_params: Iterable[nn.Parameter]) -> list
     ]
 
 
+def _set_latent_mode(run: Run, spec: OptimizerSpec) -> None:
+    """Put the model's binary layers in the optimizer's mode, with its straight-through window.
+
+    A latent-weight optimizer that declares ``ste_window`` sets the window to that
+    hyperparameter's value at step 0 (its schedule's first value when scheduled; then
+    :func:`_follow_ste_window` keeps it in step). Any other optimizer leaves the window at 1.
+    Raises HyperparameterError for a window that is not a positive number.
+    """
+    name = spec.ste_window if spec.latent_weights else None
+    window = 1.0 if name is None else run.hparams[name]
+    if name is not None and name in run.schedules:
+        run.ste_window = name
+        run.ste_layers = [layer for _, layer in binary_layers(run.model)]
+        window = run.schedules[name].value(0, run.steps_per_epoch, run.total_steps)
+    set_latent_mode(run.model, bool(spec.latent_weights), clip=window)
+
+
+def _follow_ste_window(run: Run, step: int) -> None:
+    """Set the binary layers' window to its hyperparameter's scheduled value at ``step`` (from 0).
+
+    Called after a resume, so that the layers hold the window of the last step taken; during
+    training :func:`_optimizer_step` sets it together with the optimizer's value.
+    """
+    if run.ste_window is not None:
+        value = run.schedules[run.ste_window].value(step, run.steps_per_epoch, run.total_steps)
+        set_ste_window(run.ste_layers, value)
+
+
 def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
 
     cfg = run.config
@@ -290,6 +368,13 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
             f"{run.data.train.num_samples} training images per rank; lower --batch-size"
         )
     run.total_steps = run.steps_per_epoch * cfg.epochs
+    # the last point before training: every step's scheduled value, now that the steps are known
+    validate_schedules(
+        get_optimizer(cfg.optimizer),
+        run.schedules,
+        epochs=cfg.epochs,
+        steps_per_epoch=run.steps_per_epoch,
+    )
     seed_everything(cfg.seed)
     channels, height, _ = run.data.image_shape
     arch = get_architecture(cfg.arch)
@@ -301,9 +386,20 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
     )
     run.model = model.to(run.device)
     spec = get_optimizer(cfg.optimizer)
-    set_latent_mode(run.model, spec.latent_weights, clip=run.hparams.get("clip", 1.0))
+    _set_latent_mode(run, spec)
     run.binary_params, run.real_params = split_parameters(run.model)
-    run.optimizer = spec.build(run.binary_params, run.real_params, **dict(cfg.hparams))
+    run.optimizer_spec = spec
+    run.context = RunContext(
+        train_size=run.data.train.dataset_size,
+        steps_per_epoch=run.steps_per_epoch,
+        total_steps=run.total_steps,
+        world_size=run.world_size,
+        device=run.device,
+        seed=cfg.seed,
+    )
+    run.optimizer = spec.build(
+        run.binary_params, run.real_params, context=run.context, **dict(cfg.hparams)
+    )
     run.l2_params = l2_parameters(run.model, run.real_params) if cfg.l2 else []
 
 
@@ -314,22 +410,88 @@ def _restore(run: Run, state: Mapping[str, Any]) -> None:
     run.history = [dict(h) for h in state["history"]]
     run.start_epoch = run.epoch = int(state["epoch"])
     run.step = int(state["step"])
+    _follow_ste_window(run, max(run.step - 1, 0))
     if run.world.is_main:
         run.run_id = state.get("run_id")
 
 
+def _resume(run: Run, tracker: MlflowTracker | None) -> None:
+    """Continue ``run`` from its checkpoint, if there is one (else a note says so).
+
+    The checkpoint is first checked against the run as built (:func:`checkpoint.check_resumable`);
+    plugin releases that changed without changing the state layout are named in ``run.note``.
+    Raises CheckpointMismatch when it cannot continue the run (unreadable, another format, or
+    made with another model or optimizer state layout, or restoring it fails), after ending its
+    MLflow run KILLED with the reason, so that no run is left RUNNING that nothing will continue.
+    """
+    assert run.checkpoint_dir is not None, "resuming needs a checkpoint folder"
+    path = run.checkpoint_dir / checkpoint.FILENAME
+    try:
+        state = checkpoint.load(run.checkpoint_dir, run.config_hash)
+        if state is None:
+            run.note = f"no checkpoint in {run.checkpoint_dir} to resume from; starting over"
+            return
+        changes = checkpoint.check_resumable(state, path, run.config, run.model, run.optimizer)
+        try:
+            _restore(run, state)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise checkpoint.CheckpointMismatch(
+                f"checkpoint {path} cannot be restored ({why})",
+                run_id=state.get("run_id"),
+                epoch=state.get("epoch"),
+            ) from exc
+    except checkpoint.CheckpointMismatch as exc:
+        if tracker is not None:
+            tracker.abandon(exc.run_id, f"its checkpoint cannot be resumed: {exc.reason}")
+        raise
+    if changes:
+        run.note = (
+            f"the checkpoint was made with other plugin releases ({'; '.join(changes)}); "
+            f"their state layout is the same, so the run continues"
+        )
+    if tracker is not None:
+        _retag_resumed(run, tracker)
+
+
+def _retag_resumed(run: Run, tracker: MlflowTracker) -> None:
+    """Give the tracked run being resumed its new owner (this process), and mark its
+    environment mixed when it was started in another one (:func:`identity.reopened_tags`).
+
+    A run that is not in this store (the tracker then creates one with this run's tags) is left
+    alone; a store error becomes a warning.
+    """
+    if not run.run_id or tracker.client is None:
+        return
+    from mlflow.entities import RunTag
+
+    try:
+        existing = tracker.client.get_run(run.run_id)
+    except Exception:  # not in this store: the tracker creates a new run with the tags
+        return
+    tags = reopened_tags(existing.data.tags, run.tags)
+    try:
+        tracker.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    except Exception as exc:
+        warnings.warn(f"benchbnn: could not tag resumed run {run.run_id}: {exc!r}", stacklevel=2)
+
+
 def _save(run: Run) -> str | None:
-    if not run.world.is_main:
+    if not run.world.is_main or run.checkpoint_dir is None:
         return None
+    optimizer_state = run.optimizer.state_dict()
     path = checkpoint.save(
         run.checkpoint_dir,
         {
             "config_hash": run.config_hash,
             "config": run.config.to_dict(),
+            checkpoint.RECORD: checkpoint.made_with(
+                run.config_hash, run.config, optimizer_state, run.optimizer
+            ),
             "epoch": run.epoch,
             "step": run.step,
             "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "rng": checkpoint.rng_state(),
             "history": run.history,
             "run_id": run.run_id,
@@ -366,9 +528,10 @@ def _check_finite(run: Run, totals: torch.Tensor) -> None:
     distributed.all_reduce_max(bad, run.world)
     if bad.item():
         loss = totals[0].item()
+        spec = run.optimizer_spec or get_optimizer(run.config.optimizer)
         raise _Diverged(
             f"training diverged: the loss is {loss} in epoch {run.epoch} (by step {run.step}); "
-            f"lower the step sizes (lr, gamma) or the threshold schedule"
+            f"{spec.divergence_hint()}"
         )
 
 
@@ -377,20 +540,64 @@ def _optimizer_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Schedules, forward, cross-entropy, backward, gradient averaging, L2, step."""
     if run.schedules:
-        apply_schedules(
+        values = apply_schedules(
             run.optimizer, run.schedules, run.step - 1, run.steps_per_epoch, run.total_steps
         )
+        if run.ste_window is not None:  # the layers' window moves with the optimizer's value
+            set_ste_window(run.ste_layers, values[run.ste_window])
+    if run.optimizer_spec is not None and run.optimizer_spec.needs_closure:
+        return _closure_step(run, images, labels)
     logits = run.model(images)
     loss = F.cross_entropy(logits, labels)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    _finish_gradients(run)
+    run.optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def _finish_gradients(run: Run) -> None:
+    """Average the gradients over the ranks, then add the L2 term (after each backward)."""
     if run.world.parallel:
         distributed.average_gradients(run.binary_params + run.real_params, run.world)
     for p in run.l2_params:  # d/dw of l2 * ||w||^2, as Keras' l2 regularizer
         if p.grad is not None:
             p.grad.add_(p.detach(), alpha=2.0 * run.config.l2)
-    run.optimizer.step()
-    return loss.detach(), logits.detach()
+
+
+def _closure_step(
+    run: Run, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``optimizer.step(closure)`` for an optimizer that declares ``needs_closure``.
+
+    Each call of the closure clears the gradients, runs the forward and backward pass on this
+    batch at the weights the parameters hold then, averages the gradients over the ranks (every
+    rank calls it as often as the others: the optimizer's draws are seeded alike) and adds the
+    L2 term; it returns a :class:`~benchbnn.optim.base.ClosureResult` (loss, logits). The
+    step's metrics are the first call's.
+    """
+    calls: list[ClosureResult] = []
+    model, optimizer = run.model, run.optimizer
+    assert model is not None and optimizer is not None
+
+    def closure() -> Any:
+        with torch.enable_grad():
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+        _finish_gradients(run)
+        result = ClosureResult(loss.detach(), logits.detach())
+        calls.append(result)
+        return result
+
+    optimizer.step(closure)
+    if not calls:
+        raise RunFailed(
+            f"optimizer {run.config.optimizer!r} declares needs_closure but its step did not "
+            f"call the closure"
+        )
+    return calls[0].loss, calls[0].logits
 
 
 @torch.no_grad()
@@ -456,15 +663,95 @@ def _train_epoch(
     return totals, flips
 
 
+class _Networks:
+    """The networks one evaluation runs: the model as it is, or the optimizer's sampled networks
+    (:class:`~benchbnn.optim.base.EvaluationSamples`). The first time each is used, every binary
+    layer's weight, as the layer uses it, is checked to be exactly +-1."""
+
+    def __init__(self, run: Run, samples: EvaluationSamples | None) -> None:
+        self.run, self.samples = run, samples
+        self.count = 1 if samples is None else samples.count
+        self._checked: set[int] = set()
+
+    def use(self, index: int) -> None:
+        if self.samples is not None:
+            self.samples.draw(index)
+        if index not in self._checked:
+            _check_evaluated_weights(self.run, index if self.samples is not None else None)
+            self._checked.add(index)
+
+
+def _check_evaluated_weights(run: Run, sample: int | None = None) -> None:
+    """Raise RunFailed unless every binary layer evaluates with exactly +-1 weights: a network
+    of real-valued weights is not a BNN, and its accuracy must never be reported as one."""
+    assert run.model is not None
+    for name, layer in binary_layers(run.model):
+        weight, _ = layer.binarized_weight()
+        if not bool((weight.abs() == 1).all()):
+            provides = getattr(run.optimizer, "provides_evaluation_weights", False)
+            which = f", sampled network {sample}" if sample is not None else ""
+            fix = (
+                "its evaluation_weights() must put exactly ±1 weights in place"
+                if provides
+                else "declare forward='latent', or forward='identity' with evaluation_weights()"
+            )
+            raise RunFailed(
+                f"evaluated weights of layer {name or '(model)'} are not ±1: the optimizer must "
+                f"provide evaluation weights (optimizer {run.config.optimizer!r}{which}; {fix})"
+            )
+
+
+@contextlib.contextmanager
+def _evaluation_networks(run: Run) -> Iterator[_Networks]:
+    """The optimizer's evaluation weights in place (``optimizer.evaluation_weights()``, when
+    it has one) for the duration of an evaluation; what it yields says which networks to run."""
+    provide = getattr(run.optimizer, "evaluation_weights", None)
+    manager = provide() if callable(provide) else contextlib.nullcontext()
+    with torch.no_grad(), manager as samples:
+        if samples is not None:
+            count, draw = getattr(samples, "count", None), getattr(samples, "draw", None)
+            if not (isinstance(count, int) and count >= 1 and callable(draw)):
+                raise RunFailed(
+                    f"optimizer {run.config.optimizer!r}: evaluation_weights() yielded "
+                    f"{samples!r}; yield None (evaluate the network as it is) or "
+                    f"EvaluationSamples(count >= 1, draw)"
+                )
+        yield _Networks(run, samples)
+
+
+def _mean_prediction(run: Run, networks: _Networks, images: torch.Tensor) -> torch.Tensor:
+    """The log of the sampled networks' mean softmax output (log-probabilities, batch x classes)."""
+    probabilities: torch.Tensor | None = None
+    assert run.model is not None
+    for index in range(networks.count):
+        networks.use(index)
+        p = F.softmax(run.model(images).float(), dim=1)
+        probabilities = p if probabilities is None else probabilities.add_(p)
+    assert probabilities is not None
+    probabilities.div_(networks.count)
+    return probabilities.clamp_min_(torch.finfo(probabilities.dtype).tiny).log_()
+
+
 @torch.no_grad()
-def _evaluate(run: Run, loader: Any) -> torch.Tensor:
-    """Summed loss, top-1 hits, top-5 hits and images over ``loader`` (this rank's share)."""
+def _evaluate(run: Run, loader: Any, networks: _Networks | None = None) -> torch.Tensor:
+    """Summed loss, top-1 hits, top-5 hits and images over ``loader`` (this rank's share).
+
+    ``networks`` (from :func:`_evaluation_networks`) says which networks to evaluate; sampled
+    networks are scored by their mean prediction.
+    """
     run.model.eval()
     sums = torch.zeros(4, dtype=_stats_dtype(run.device), device=run.device)
     for images, labels in loader:
-        logits = run.model(images)
+        if networks is None or networks.samples is None:
+            if networks is not None:
+                networks.use(0)
+            logits = run.model(images)
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+        else:
+            logits = _mean_prediction(run, networks, images)
+            loss = F.nll_loss(logits, labels, reduction="sum")
         hits = _hits(logits, labels)
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[0] += loss
         sums[1] += hits[:, 0].sum()
         sums[2] += hits.sum()
         sums[3] += labels.shape[0]
@@ -542,10 +829,12 @@ def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
     train_time = time.perf_counter() - started
     distributed.average_buffers(run.model, run.world)
     parts = {"train": train_sums}
-    for split in ("val", "test"):
-        loader = getattr(run.data, split)
-        if loader is not None:
-            parts[split] = _evaluate(run, loader)
+    loaders = {split: getattr(run.data, split) for split in ("val", "test")}
+    loaders = {split: loader for split, loader in loaders.items() if loader is not None}
+    if loaders:  # with the optimizer's evaluation weights in place, checked to be exactly +-1
+        with _evaluation_networks(run) as networks:
+            for split, loader in loaders.items():
+                parts[split] = _evaluate(run, loader, networks)
     metrics = _epoch_metrics(run, parts, flips, [train_time, time.perf_counter() - started])
     if run.world.parallel and not distributed.check_in_sync(run.binary_params, run.world):
         raise RunFailed(f"binary weights differ between ranks after epoch {epoch}")
@@ -569,10 +858,25 @@ def _run_metrics(run: Run) -> dict[str, Any]:
 
 
 def _result(run: Run, status: str, error: str | None) -> RunResult:
-    metrics = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k != "epoch"}
-    if run.optimizer is not None:
-        metrics.update(_run_metrics(run))
-    last = run.checkpoint_dir / checkpoint.FILENAME if run.checkpoint_dir else None
+    """The run's outcome; never raises (what cannot be summarised is left out, with a warning).
+
+    It runs on the failure path, where the optimizer or the history may be in any state: a
+    summary that raised here would keep the run_end hooks, and so the tracker, from ending the
+    MLflow run.
+    """
+    metrics: dict[str, Any] = {}
+    try:
+        last_epoch = run.history[-1] if run.history else {}
+        metrics.update({k: v for k, v in last_epoch.items() if k != "epoch"})
+        if run.optimizer is not None:
+            metrics.update(_run_metrics(run))
+    except Exception as exc:
+        warnings.warn(f"benchbnn: could not summarise the run: {exc!r}", RuntimeWarning, 2)
+    try:
+        last = run.checkpoint_dir / checkpoint.FILENAME if run.checkpoint_dir else None
+        saved = str(last) if last is not None and last.is_file() else None
+    except OSError:
+        saved = None
     return RunResult(
         status=status,
         run_id=run.run_id,
@@ -580,12 +884,18 @@ def _result(run: Run, status: str, error: str | None) -> RunResult:
         history=[dict(h) for h in run.history],
         metrics=metrics,
         error=error,
-        checkpoint=str(last) if last is not None and last.is_file() else None,
+        checkpoint=saved,
     )
 
 
 def _end(pm: pluggy.PluginManager, run: Run, result: RunResult) -> None:
-    """Call every run_end implementation, even when one of them fails."""
+    """Call every run_end implementation, even when one of them fails.
+
+    An exception is reported as a warning. An interruption inside one (KeyboardInterrupt,
+    SystemExit) does not stop the others either, so that the tracker, called last, still ends
+    the MLflow run; the first such interruption is raised again once all have run.
+    """
+    interrupted: BaseException | None = None
     for impl in reversed(pm.hook.benchbnn_run_end.get_hookimpls()):
         kwargs = {"run": run, "result": result}
         try:
@@ -596,6 +906,10 @@ def _end(pm: pluggy.PluginManager, run: Run, result: RunResult) -> None:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 @contextlib.contextmanager
@@ -616,7 +930,13 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
-    status, error, pending = "FINISHED", None, None
+    """Run the epochs; end the run (run_end hooks) however they stop, then raise what stopped it.
+
+    Never leaves the run without its run_end hooks: the summary (:func:`_result`) does not raise,
+    and neither an exception nor an interruption inside one hook keeps the others from running.
+    """
+    status, error, why = "FINISHED", None, None
+    pending: BaseException | None = None
     try:
         with _sigterm_interrupts():
             if run.device.type == "cuda":
@@ -625,19 +945,24 @@ def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
             for epoch in range(run.start_epoch + 1, run.config.epochs + 1):
                 _run_epoch(run, pm, epoch)
     except _Diverged as exc:
-        status, error = "FAILED", str(exc)
+        status, error, why = "FAILED", str(exc), FAILURE_RUN
     except _PluginRaised as exc:
         status, error = "KILLED", f"stopped by a plugin: {exc.original!r}"
-        pending = exc.original
+        pending, why = exc.original, FAILURE_ENVIRONMENT
     except KeyboardInterrupt as exc:
         status, error, pending = "KILLED", f"interrupted ({exc or 'Ctrl-C'})", exc
+        why = FAILURE_ENVIRONMENT
     except RunFailed as exc:
-        status, error, pending = "FAILED", str(exc), exc
+        status, error, pending, why = "FAILED", str(exc), exc, failure_class_of(exc)
     except Exception as exc:
-        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        status, error, why = "FAILED", f"{type(exc).__name__}: {exc}", failure_class_of(exc)
         pending = RunFailed(f"run crashed: {error}")
         pending.__cause__ = exc
+    except BaseException as exc:  # SystemExit and the like: end the run too, then let it go on
+        status, error, pending = "KILLED", f"stopped ({type(exc).__name__}: {exc})", exc
+        why = FAILURE_ENVIRONMENT
     result = _result(run, status, error)
+    result.failure_class = why
     _end(pm, run, result)
     if pending is not None:
         raise pending
@@ -660,6 +985,7 @@ def train(
     run_name: str | None = None,
     download: bool = False,
     log_every: int = DEFAULT_LOG_EVERY,
+    keep_checkpoint: bool = False,
 ) -> RunResult:
     """Train and evaluate one configuration; track it in MLflow; checkpoint every epoch.
 
@@ -672,10 +998,20 @@ def train(
     per-step flip ratio is recorded, and divergence checked, every this many steps (the only
     host synchronisations of the training loop). Under torchrun the run is data-parallel over
     the ranks, ``batch_size`` being the global batch split evenly over them; only rank 0
-    tracks, checkpoints and prints.
+    tracks, checkpoints and prints. Once the run has finished its checkpoint is deleted
+    (:func:`benchbnn.train.checkpoint.remove`), unless ``keep_checkpoint``; an unfinished
+    run's stays, to resume from.
+
+    Besides ``tags``, the MLflow run is tagged with its identity schema, its numerical
+    environment and the host, pid and start time of this process
+    (:mod:`benchbnn.train.identity`); a run that does not finish also with its failure class.
 
     Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
-    returns ``status="FAILED"`` when training diverges.
+    returns ``status="FAILED"`` when training diverges. With ``resume``, a checkpoint that
+    cannot continue the run (made with another optimizer state layout or model, in another
+    format, or unreadable) raises :class:`~benchbnn.train.checkpoint.CheckpointMismatch`, a
+    BenchbnnError saying what differs, with nothing trained and the checkpoint's MLflow run
+    ended KILLED; :func:`train_or_start_over` starts such a run over instead.
     """
 
     if not isinstance(log_every, int) or log_every < 1:
@@ -683,6 +1019,13 @@ def train(
     world = distributed.world_from_env()
     run = _new_run(config, distributed.resolve_device(device, world.local_rank), world)
     run.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    run.tags.update(
+        {
+            **identity_tags(run.config),
+            **environment_tags(run.device, world.world_size),
+            **owner_tags(),
+        }
+    )
     run.parent_run_id, run.log_every, run.quiet = parent_run_id, log_every, quiet
     run.run_name = run_name or (
         f"{run.config.optimizer}-{run.config.arch}-{run.config.dataset}-s{run.config.seed}"
@@ -702,15 +1045,57 @@ def train(
     try:
         _build(run, data_dir, download)
         if resume:
-            state = checkpoint.load(run.checkpoint_dir, run.config_hash)
-            if state is not None:
-                _restore(run, state)
-            else:
-                run.note = f"no checkpoint in {run.checkpoint_dir} to resume from; starting over"
+            _resume(run, tracker)
         elif world.is_main:
             run.replaced_checkpoint_epoch = checkpoint.saved_epoch(
                 run.checkpoint_dir, run.config_hash
             )
-        return _execute(run, pm)
+        result = _execute(run, pm)
     finally:
         distributed.shutdown(run.world)
+    if result.finished and world.is_main and not keep_checkpoint:
+        checkpoint.remove(run.checkpoint_dir)
+        result.checkpoint = None
+    return result
+
+
+def train_or_start_over(
+    config: RunConfig | Mapping[str, Any],
+    *,
+    on_start_over: Callable[[checkpoint.CheckpointMismatch], None] | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """Resume ``config`` from its checkpoint, or train it from scratch if that cannot continue it.
+
+    For unattended callers (``compare``, workers), where ``benchbnn run --resume`` refuses:
+    ``train(config, resume=True, **kwargs)``, and when its checkpoint was made with another
+    optimizer state layout, model or format, or cannot be read, ``on_start_over`` receives the
+    :class:`~benchbnn.train.checkpoint.CheckpointMismatch` saying why and the run starts over
+    from epoch 1 in a new MLflow run. The checkpoint's MLflow run has ended KILLED with that
+    reason, so no run's metric history mixes epochs of two state layouts; the checkpoint is
+    replaced after the first new epoch. Raises what :func:`train` raises.
+    """
+    try:
+        return train(config, resume=True, **kwargs)
+    except checkpoint.CheckpointMismatch as exc:
+        if on_start_over is not None:
+            on_start_over(exc)
+        started_over = _StartedOver(exc.reason)
+    plugins = [*kwargs.pop("plugins", ()), started_over]
+    return train(config, resume=False, plugins=plugins, **kwargs)
+
+
+class _StartedOver:
+    """Says why a run starts over although a checkpoint exists (see train_or_start_over).
+
+    It replaces the progress display's "pass --resume to continue it" note, which would be
+    wrong for a checkpoint that cannot continue the run.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @hookimpl(tryfirst=True)
+    def benchbnn_run_start(self, run: Run) -> None:
+        run.replaced_checkpoint_epoch = None
+        run.note = f"starting over: {self.reason}"

@@ -30,8 +30,8 @@ def plot_curves(
         acc.legend()
     acc.grid(alpha=0.3)
     if steps:
-        xs, ys = zip(*sorted(steps))
-        flips.plot(xs, ys, linewidth=0.8, label="per step (sampled)")
+        step_xs, step_ys = zip(*sorted(steps))
+        flips.plot(step_xs, step_ys, linewidth=0.8, label="per step (sampled)")
     means = [(h["epoch"], h["flip_log_ratio"]) for h in history if "flip_log_ratio" in h]
     if means:  # an epoch's mean drawn at the epoch's last step (or at the epoch, without steps)
         scale = steps_per_epoch if steps else 1

@@ -3,8 +3,14 @@
 A :class:`RunRecord` is what a leaderboard needs of one planned run: its identity (entry label,
 optimizer, architecture, seed, configuration hash), its status and the per-epoch history of the
 metrics the tables print. :func:`collect_records` finds, for each planned configuration, the run
-that stands for it in the store (a finished one first, then a failed one, then the newest
-unfinished one).
+that stands for it in the store (a finished one first, then one that failed because of itself,
+then the newest other one: unfinished, or failed because of its environment).
+
+:func:`find_config_runs` finds the runs of a configuration by its hash, and runs tracked before
+identity schema 2 by the hash of the configuration as written when what they recorded is what
+the configuration resolves to now (:mod:`benchbnn.train.identity`). Given an environment, runs
+of other environments are left out unless asked for (then ranked after those of the same
+environment). :func:`reap_dead_runs` ends RUNNING runs whose owner process on this host is gone.
 """
 
 from __future__ import annotations
@@ -19,17 +25,32 @@ from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
     FAILED,
+    FAILURE_ENVIRONMENT,
     FINISHED,
+    KILLED,
     MISSING,
     RUN_METRICS,
+    RUNNING,
     STEP_FLIP_METRIC,
     TAG_CONFIG_HASH,
     TAG_DATA_NOTE,
     TAG_DEVICE,
     TAG_FAILURE,
+    TAG_FAILURE_CLASS,
     TAG_HARDWARE,
+    TAG_HOST,
+    TAG_PID,
     TAG_TORCH_VERSION,
     TAG_WORLD_SIZE,
+)
+from benchbnn.core.urls import redact
+from benchbnn.train.identity import (
+    environment_of,
+    is_result,
+    owner_state,
+    recorded_as_resolved,
+    recorded_failure_class,
+    schema_of,
 )
 from benchbnn.train.tracking import client_for, resolve_tracking_uri
 
@@ -47,10 +68,16 @@ HISTORY_METRICS = (
 
 
 class PlannedEntry(Protocol):
-    """What a record needs of a suite entry: its label and optimizer name."""
+    """What a record needs of a suite entry: its label and optimizer name.
 
-    label: str
-    optimizer: str
+    Read-only, so that frozen records (``SuiteEntry``) satisfy it.
+    """
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def optimizer(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,10 @@ class RunRecord:
     hardware: str = ""
     data_note: str = ""
     step_flips: tuple[tuple[int, float], ...] = ()
+    #: the run's environment line (benchbnn.environment; "unknown environment" before it was
+    #: recorded, "" for a MISSING record) and, when it did not finish, its failure class
+    environment: str = ""
+    failure_class: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -87,6 +118,8 @@ class RunRecord:
         """How a run that gave no result ended, in a few words."""
         if self.status == MISSING:
             return "not run"
+        if self.status == FAILED and self.failure_class == FAILURE_ENVIRONMENT:
+            return f"failed in its environment, to be run again: {self.failure or 'failed'}"
         if self.status == FAILED:
             return self.failure or "failed"
         epochs = len(self.history)
@@ -96,26 +129,105 @@ class RunRecord:
 def _preference(run: Any) -> tuple[int, int]:
     """Which of several runs with one configuration hash stands for it.
 
-    A finished run first (the earliest, so later duplicates never change a table), then a
-    failed one with its reason, then the most recent unfinished one.
+    A finished run first (the earliest, so later duplicates never change a table), then one
+    that failed because of itself (a result, with its reason), then the most recent other one
+    (unfinished, or failed because of its environment: not a result).
     """
     status = run.info.status
     start = int(run.info.start_time or 0)
     if status == FINISHED:
         return (0, start)
-    if status == FAILED:
+    if is_result(status, run.data.tags):
         return (1, start)
     return (2, -start)
 
 
 def find_runs(client: Any, experiment_id: str, config_hash: str) -> list[Any]:
-    """Every run of ``config_hash`` in the experiment, the preferred one first."""
+    """Every run tagged with ``config_hash`` in the experiment, the preferred one first."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}'",
         max_results=1000,
     )
     return sorted(runs, key=_preference)
+
+
+def find_config_runs(
+    client: Any,
+    experiment_id: str,
+    config: RunConfig,
+    environment: str | None = None,
+    any_environment: bool = True,
+) -> list[Any]:
+    """Every run that stands for ``config`` in the experiment, the preferred one first.
+
+    Runs tagged with ``config.config_hash()``, and runs tracked before identity schema 2
+    tagged with ``config.legacy_config_hash()`` whose recorded hyperparameters and
+    architecture options are those ``config`` resolves to now
+    (:func:`~benchbnn.train.identity.recorded_as_resolved`). With ``environment`` (an
+    environment line, :meth:`~benchbnn.train.identity.Environment.key`), runs of other
+    environments are left out, or with ``any_environment`` ranked after those of
+    ``environment`` that are as good. Raises what ``config_hash`` and the store raise.
+    """
+    runs = find_runs(client, experiment_id, config.config_hash())
+    legacy = [
+        r
+        for r in find_runs(client, experiment_id, config.legacy_config_hash())
+        if schema_of(r.data.tags) < 2 and recorded_as_resolved(r.data.params, config)
+    ]
+    return in_environment(runs + legacy, environment, any_environment)
+
+
+def in_environment(
+    runs: Sequence[Any], environment: str | None, any_environment: bool = True
+) -> list[Any]:
+    """``runs`` in order of preference, restricted to ``environment`` (None: all) unless
+    ``any_environment``, in which case those of ``environment`` come first among equals."""
+
+    def key(run: Any) -> tuple[int, int, int]:
+        rank, start = _preference(run)
+        elsewhere = environment is not None and environment_of(run.data.tags) != environment
+        return (rank, int(elsewhere), start)
+
+    kept = [
+        r
+        for r in runs
+        if environment is None or any_environment or environment_of(r.data.tags) == environment
+    ]
+    return sorted(kept, key=key)
+
+
+def end_killed(client: Any, run: Any, reason: str) -> None:
+    """End a RUNNING ``run`` KILLED as an environment failure with ``reason``.
+
+    Raises what the store raises.
+    """
+    from mlflow.entities import RunTag
+
+    tags = [RunTag(TAG_FAILURE, reason[:5000]), RunTag(TAG_FAILURE_CLASS, FAILURE_ENVIRONMENT)]
+    client.log_batch(run.info.run_id, tags=tags)
+    client.set_terminated(run.info.run_id, status=KILLED)
+
+
+def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """End KILLED every RUNNING run of the experiment whose owner process on this host is gone.
+
+    The owner is the host, pid and process start time the engine tags every run with
+    (:func:`~benchbnn.train.identity.owner_state`). Runs owned by another host, and runs
+    tracked before owners were recorded, are left alone: only a heartbeat could tell whether
+    they still train. Returns the ids of the runs ended; raises what the store raises.
+    """
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = '{RUNNING}'", max_results=10000
+    )
+    ended = []
+    for run in running:
+        tags = run.data.tags
+        if owner_state(tags) is False:
+            why = f"its process {tags.get(TAG_PID)} on {tags.get(TAG_HOST)} is gone"
+            end_killed(client, run, why)
+            ended.append(run.info.run_id)
+    return ended
 
 
 def _history(client: Any, run_id: str) -> tuple[dict[str, float], ...]:
@@ -162,6 +274,8 @@ def record_of(client: Any, run: Any, entry: PlannedEntry, arch: str, seed: int) 
         hardware=hardware_of(tags),
         data_note=tags.get(TAG_DATA_NOTE, ""),
         step_flips=steps,
+        environment=environment_of(tags),
+        failure_class=recorded_failure_class(run.info.status, tags),
     )
 
 
@@ -169,8 +283,16 @@ def collect_records(
     plan: Sequence[tuple[PlannedEntry, str, RunConfig]],
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    environment: str | None = None,
+    any_environment: bool = True,
 ) -> list[RunRecord]:
-    """The tracked run standing for each planned configuration (MISSING ones left out)."""
+    """The tracked run standing for each planned configuration (MISSING ones left out).
+
+    Runs are found by :func:`find_config_runs`: with ``environment``, only runs of that
+    environment stand for a configuration unless ``any_environment`` (then they are preferred);
+    without, the preferred run of any environment does, as ``benchbnn leaderboard`` reads the
+    store. Raises BenchbnnError when the store cannot be read.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     if _missing_sqlite_file(uri):  # nothing tracked there; do not create an empty store
         return []
@@ -180,7 +302,7 @@ def collect_records(
         return []
     records = []
     for entry, arch, config in plan:
-        runs = find_runs(client, found, config.config_hash())
+        runs = find_config_runs(client, found, config, environment, any_environment)
         if runs:
             records.append(record_of(client, runs[0], entry, arch, config.seed))
     return records
@@ -199,7 +321,7 @@ def _get_experiment(client: Any, name: str, uri: str) -> str | None:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchbnnError(
-            f"cannot read tracking store {uri}: {first}; pass --tracking-uri with the store "
-            f"that holds the runs"
+            f"cannot read tracking store {redact(uri)}: {first}; pass --tracking-uri with the "
+            f"store that holds the runs"
         ) from None
     return None if found is None else found.experiment_id

@@ -11,7 +11,9 @@ names). What is written, with the names from :mod:`benchbnn.core.config`:
   per-step ``step_flip_log_ratio`` with ``step=global step``; RUN_METRICS at the end;
 - tags: config hash, benchbnn version, git commit, torch version, device, world size, the
   distribution that provided the optimizer / architecture / dataset, caller-provided tags,
-  ``mlflow.parentRunId`` when nested, ``benchbnn.failure_reason`` when FAILED or KILLED;
+  ``mlflow.parentRunId`` when nested, ``benchbnn.failure_reason`` and
+  ``benchbnn.failure_class`` when FAILED or KILLED (the engine adds the identity schema, the
+  numerical environment and the owner process: :mod:`benchbnn.train.identity`);
 - artifacts: ``config.json`` (resolved configuration), ``metrics.json`` (final metrics and
   history), ``curves.png`` (accuracy per epoch and pi_t per step).
 
@@ -40,6 +42,7 @@ from benchbnn.core import names
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.paths import writable_dir
 from benchbnn.core.plugins import hookimpl, provenance
+from benchbnn.core.urls import check_database_url, redact, scheme_of, with_installed_driver
 from benchbnn.train.run_figure import plot_curves
 
 #: flush buffered per-step metrics at least this often (seconds) so live views stay current
@@ -59,7 +62,34 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if "://" not in uri and uri.endswith(".db"):
         return f"sqlite:///{Path(uri).resolve()}"
-    return uri
+    return with_installed_driver(uri)  # postgresql:// with psycopg2, as Optuna's storages
+
+
+#: What MLflow can track to, as the message about an unsupported tracking URI lists it.
+TRACKING_SCHEMES = (
+    "MLflow tracks to a folder (a path or file://), sqlite:///PATH.db, a database "
+    "(postgresql://, mysql://, mssql://), an MLflow server (http:// or https://) or databricks"
+)
+#: Schemes whose stores are SQLAlchemy databases (their drivers are checked).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+#: The other schemes MLflow's tracking stores take.
+OTHER_SCHEMES = ("", "file", "http", "https", "databricks", "databricks-uc", "uc")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise BenchbnnError unless MLflow can track to ``uri``: a scheme it has a store for and,
+    for a database, an installed driver. Nothing is opened or connected; the message hides a
+    password and lists the schemes that work (:data:`TRACKING_SCHEMES`).
+    """
+    scheme = scheme_of(uri)
+    what = f"the tracking URI {redact(uri)}"
+    if scheme in DATABASE_SCHEMES:
+        check_database_url(uri, what, "--tracking-uri", TRACKING_SCHEMES)
+    elif scheme not in OTHER_SCHEMES:
+        raise BenchbnnError(
+            f"{what}: unsupported scheme {scheme!r}; {TRACKING_SCHEMES}; pass --tracking-uri "
+            f"with one of them"
+        )
 
 
 def _local_path(uri: str) -> Path | None:
@@ -76,7 +106,9 @@ def _local_path(uri: str) -> Path | None:
 
 
 def check_tracking_location(uri: str) -> None:
-    """Raise BenchbnnError if a local store could not be written (before anything starts)."""
+    """Raise BenchbnnError if MLflow cannot track to ``uri`` (:func:`check_tracking_uri`) or a
+    local store could not be written (before anything starts)."""
+    check_tracking_uri(uri)
     path = _local_path(uri)
     if path is None:
         return
@@ -107,12 +139,18 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def client_for(uri: str):
-    """An ``MlflowClient`` for ``uri`` (MLflow's migration chatter silenced)."""
+    """An ``MlflowClient`` for ``uri`` (MLflow's migration chatter silenced).
+
+    A new local SQLite store is created safely when several processes open it at once
+    (:func:`benchbnn.train.store.open_client`). Raises BenchbnnError for a URI MLflow cannot
+    track to (:func:`check_tracking_uri`), otherwise what MLflow raises.
+    """
+    check_tracking_uri(uri)
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from mlflow import MlflowClient
+    from benchbnn.train.store import open_client
 
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
@@ -257,8 +295,8 @@ class MlflowTracker:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchbnnError(
-                f"cannot use tracking location {self.uri}: {first}; pass --tracking-uri with a "
-                f"reachable, writable MLflow store"
+                f"cannot use tracking location {redact(self.uri)}: {first}; pass --tracking-uri "
+                f"with a reachable, writable MLflow store"
             ) from None
 
     # -- lifecycle hooks -----------------------------------------------------------------------
@@ -319,6 +357,11 @@ class MlflowTracker:
 
     @hookimpl(trylast=True)
     def benchbnn_run_end(self, run: Any, result: Any) -> None:
+        """Log the final metrics and artifacts, then end the MLflow run with the result's status.
+
+        The run is ended whatever fails before (see :meth:`_terminate`); what failed is raised
+        afterwards (the engine reports it as a warning).
+        """
         if self.run_id is None:
             return
         try:
@@ -326,9 +369,65 @@ class MlflowTracker:
             self._log_run_metrics(result)
             self._log_artifacts(run, result)
         finally:
-            if result.status != "FINISHED" and result.error:
-                self.client.set_tag(self.run_id, names.TAG_FAILURE, str(result.error)[:5000])
-            self.client.set_terminated(self.run_id, status=result.status)
+            self._terminate(result.status, result.error, getattr(result, "failure_class", None))
+
+    def _terminate(self, status: str, error: str | None, failure_class: str | None = None) -> None:
+        """End the MLflow run as ``status``; a run that did not finish gets a failure reason and
+        its failure class (``run`` or ``environment``; KILLED runs are always ``environment``).
+
+        ``set_terminated`` is attempted even when the failure tags cannot be written; a status
+        MLflow would not end a run with becomes KILLED. Raises what the store raises.
+        """
+        if status not in (names.FINISHED, names.FAILED, names.KILLED):
+            status = names.KILLED
+        try:
+            if status != names.FINISHED:
+                from mlflow.entities import RunTag
+
+                reason = str(error or f"ended {status.lower()}")
+                if status == names.KILLED:
+                    failure_class = names.FAILURE_ENVIRONMENT
+                tags = [
+                    RunTag(names.TAG_FAILURE, reason[:5000]),
+                    RunTag(names.TAG_FAILURE_CLASS, failure_class or names.FAILURE_RUN),
+                ]
+                self.client.log_batch(self.run_id, tags=tags)
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def abandon(self, run_id: str | None, reason: str) -> bool:
+        """End run ``run_id`` of this experiment KILLED with ``reason`` as its failure reason,
+        because nothing will continue it (its checkpoint cannot be resumed).
+
+        Only a RUNNING run (left so by a killed process) or a KILLED one (whose reason is
+        updated) is touched; a finished or failed run stays as it is. Never raises: a store
+        error becomes a warning. Returns whether the run was changed.
+        """
+        if not run_id or self.client is None:
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_run(run_id)
+        except MlflowException:  # not in this store: nothing to end
+            return False
+        except Exception as exc:
+            warnings.warn(f"benchbnn: could not look up run {run_id}: {exc!r}", stacklevel=2)
+            return False
+        if found.info.experiment_id != self.experiment_id or found.info.status not in (
+            names.RUNNING,
+            names.KILLED,
+        ):
+            return False
+        try:
+            self.client.set_tag(run_id, names.TAG_FAILURE, reason[:5000])
+            self.client.set_tag(run_id, names.TAG_FAILURE_CLASS, names.FAILURE_ENVIRONMENT)
+            if found.info.status == names.RUNNING:
+                self.client.set_terminated(run_id, status=names.KILLED)
+        except Exception as exc:
+            warnings.warn(f"benchbnn: could not end run {run_id}: {exc!r}", stacklevel=2)
+            return False
+        return True
 
     # -- helpers -------------------------------------------------------------------------------
 

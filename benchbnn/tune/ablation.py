@@ -33,13 +33,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchbnn.bench.compare import RESUME, TRAIN, check_data, plan_runs
+from benchbnn.bench.compare import RESUME, TRAIN, check_configs, check_data, plan_runs
 from benchbnn.bench.suite_file import load_suite
+from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.figures import new_figure, save_png
 from benchbnn.core.formatting import fixed
-from benchbnn.core.names import DEFAULT_EXPERIMENT, TAG_ABLATION, TAG_ENTRY, TAG_SUITE
+from benchbnn.core.names import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_SUITE,
+    TAG_ABLATION,
+    TAG_ENTRY,
+    TAG_SUITE,
+)
+from benchbnn.core.paths import check_writable_dir
 from benchbnn.core.plugins import get_optimizer
 from benchbnn.train.engine import train
 from benchbnn.train.runs import collect_records
@@ -79,17 +87,22 @@ class PointResult:
 
 
 def parse_factors(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"-2,-1,1,2"`` -> (-2, -1, 1, 2); powers of ten, whole numbers, 0 is always added."""
+    """``"-2,-1,1,2"`` -> (-2, -1, 1, 2); powers of ten, whole numbers, 0 is always added.
+
+    Raises BenchbnnError for an item that is no whole number, one beyond
+    :data:`~benchbnn.core.limits.FACTOR` (at most 12 decades either way), or no non-zero one.
+    """
     items = text.split(",") if isinstance(text, str) else list(text)
     factors = []
     for item in items:
         try:
-            factors.append(int(str(item).strip()))
+            factor = int(str(item).strip())
         except ValueError:
             raise BenchbnnError(
                 f"--factors takes whole powers of ten separated by commas (e.g. -2,-1,1,2), "
                 f"got {item!r}"
             ) from None
+        factors.append(limits.within(limits.FACTOR, factor, "each of --factors"))
     if not any(factors):
         raise BenchbnnError("--factors needs at least one non-zero power of ten, e.g. -2,-1,1,2")
     return tuple(sorted(set(factors)))
@@ -191,7 +204,16 @@ def plan_ablation(
             f"nothing to sweep in suite {suite.name!r}: no entry has a log-scale hyperparameter "
             f"in its search space"
         )
+    _check_points(suite, points, arch)
     return points
+
+
+def _check_points(suite: Any, points: Sequence[AblationPoint], arch: str) -> None:
+    """Every run of the sweep as the engine checks it before training (each value against its
+    valid range, the schedules kept over the sweep's epochs), so that no bad point waits
+    behind the others. Raises BenchbnnError naming the entry."""
+    entries = {e.label: e for e in suite.entries}
+    check_configs([(entries[p.label], arch, c) for p in points for c in p.configs])
 
 
 def _unique_runs(
@@ -236,7 +258,9 @@ def run_ablation(
     check_tracking_location(uri)
     data_root = Path(data_dir).expanduser() if data_dir is not None else None
     check_data(suite, data_root)
-    planned = plan_runs(_unique_runs(suite, points, arch), uri, experiment, retry_failed)
+    planned = plan_runs(
+        _unique_runs(suite, points, arch), uri, experiment, retry_failed, device=device
+    )
     todo = [p for p in planned if p.action in (RESUME, TRAIN)]
     say(
         f"ablation of suite {suite.name}: {len(points)} points, {len(planned)} runs; "
@@ -291,10 +315,12 @@ def collect_ablation(
     metric = f"{suite.eval_split}_top1"
     results = []
     for p in points:
-        found = [records.get(c.config_hash()) for c in p.configs]
+        # a run tracked before identity schema 2 is tagged with the hash as written
+        found = [
+            records.get(c.config_hash()) or records.get(c.legacy_config_hash()) for c in p.configs
+        ]
         done = [r for r in found if r is not None and r.finished]
-        accuracies = [r.final(metric) for r in done]
-        accuracies = [a for a in accuracies if a is not None]
+        accuracies = [a for a in (r.final(metric) for r in done) if a is not None]
         pis = [
             [row[PI_METRIC] for row in r.history if row.get(PI_METRIC) is not None] for r in done
         ]
@@ -328,7 +354,9 @@ class Spread:
 
     @property
     def range(self) -> float | None:
-        return None if self.minimum is None else self.maximum - self.minimum
+        if self.minimum is None or self.maximum is None:
+            return None
+        return self.maximum - self.minimum
 
 
 def robustness(results: Sequence[PointResult]) -> list[Spread]:
@@ -504,13 +532,13 @@ def plot_robustness(
     fig = new_figure(7, 1.2 + 0.6 * max(1, len(overall)))
     ax = fig.subplots()
     for i, s in enumerate(overall):
-        distinct = {
+        distinct: dict[tuple[str, int], float] = {
             (r.point.hparam if r.point.factor else "", r.point.factor): r.accuracy
             for r in results
             if r.point.label == s.label and r.accuracy is not None
         }
         values = [distinct[k] for k in sorted(distinct)]
-        if s.minimum is not None:
+        if s.minimum is not None and s.maximum is not None:
             ax.plot([s.minimum, s.maximum], [i, i], linewidth=6, alpha=0.35, color=f"C{i % 10}")
         ax.plot(values, [i] * len(values), "o", color=f"C{i % 10}")
     ax.set_yticks(range(len(overall)), [s.label for s in overall])
@@ -561,7 +589,7 @@ class AblationResult:
 
 
 def ablate(
-    suite: Any = "quick",
+    suite: Any = DEFAULT_SUITE,
     *,
     optimizers: Sequence[str] | None = None,
     hparams: Sequence[str] | None = None,
@@ -578,11 +606,17 @@ def ablate(
     retry_failed: bool = False,
     say: Callable[[str], None] | None = print,
 ) -> AblationResult:
-    """Plan the sweep, train what is missing, write the figures and tables."""
+    """Plan the sweep, train what is missing, write the figures and tables.
+
+    Raises BenchbnnError before anything trains for bad input, including an ``out`` that is
+    not a writable directory.
+    """
 
     echo = say or (lambda _line: None)
     suite_obj = load_suite(suite) if isinstance(suite, (str, Path)) else suite
     factors = parse_factors(factors)
+    # where the figures go is checked now, not after the sweep has trained
+    check_writable_dir(out if out is not None else default_out(suite_obj), "the ablation", "--out")
     if seeds is not None:
         suite_obj = suite_obj.expanded(seeds=seeds)
     if epochs is not None:

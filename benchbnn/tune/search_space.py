@@ -32,26 +32,34 @@ class SearchParam:
     log: bool = False
     grid: tuple[Any, ...] | None = None
 
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a numeric parameter; ValueError for a boolean one."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"search parameter {self.name!r} ({self.kind}) has no range")
+        return self.low, self.high
+
     def suggest(self, trial: Any) -> Any:
         if self.kind == "bool":
             return trial.suggest_categorical(self.name, [False, True])
+        low, high = self.bounds()
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+            return trial.suggest_int(self.name, int(low), int(high), log=self.log)
+        return trial.suggest_float(self.name, low, high, log=self.log)
 
     def grid_values(self) -> list[Any]:
         if self.grid is not None:
             return list(self.grid)
         if self.kind == "bool":
             return [False, True]
+        low, high = self.bounds()
         if self.kind == "int":
-            low, high = int(self.low), int(self.high)
-            if high - low < 10:
-                return list(range(low, high + 1))
-            return sorted({round(low + (high - low) * i / 4) for i in range(5)})
+            first, last = int(low), int(high)
+            if last - first < 10:
+                return list(range(first, last + 1))
+            return sorted({round(first + (last - first) * i / 4) for i in range(5)})
         if self.log:
-            return powers_of_ten(self.low, self.high)
-        return [float(f"{self.low + (self.high - self.low) * i / 4:.6g}") for i in range(5)]
+            return powers_of_ten(low, high)
+        return [float(f"{low + (high - low) * i / 4:.6g}") for i in range(5)]
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.kind}
@@ -134,7 +142,25 @@ def search_space(
         else:
             params.pop(name, None)
             fixed[name] = narrowed_param
+    for name, param in params.items():
+        _check_grid(table[name], param, where)
     return SearchSpace(spec.name, params, fixed)
+
+
+def _check_grid(h: HParam, param: SearchParam, where: str) -> None:
+    """Every value the grid sampler would try lies in ``h``'s valid range (open ends too).
+
+    The ends of a range are checked when it is read; this covers the points computed between
+    them (rounded to 6 significant digits on linear ranges). Raises HyperparameterError.
+    """
+    if param.kind == "bool":
+        return
+    for value in param.grid_values():
+        if value not in h.valid_range:
+            raise HyperparameterError(
+                f"{where}, {h.name!r}: the grid reaches {value!r}, outside its valid range "
+                f"{h.valid_range}"
+            )
 
 
 def _narrow(h: HParam, value: Any, where: str) -> SearchParam | Any:

@@ -13,14 +13,12 @@ without training (``benchbnn.surplus``) and does not count either.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,17 @@ from typing import Any
 import optuna
 
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.paths import check_file_name
 from benchbnn.core.processes import pid_alive
+from benchbnn.train.storage import (  # noqa: F401 - re-exported: the tuning API names them here
+    DEFAULT_HEARTBEAT_S,
+    STORAGE_SCHEMES,
+    check_storage,
+    is_url,
+    open_storage,
+    quiet_optuna,
+    redact,
+)
 from benchbnn.tune.search_space import SearchSpace
 
 TrialState = optuna.trial.TrialState
@@ -38,7 +46,6 @@ DEFAULT_TUNE_DIR = Path("tuning")
 JOURNAL_NAME = "optuna.journal"
 #: An Optuna storage URL or journal path used when ``--storage`` is not given.
 STORAGE_ENV = "BENCHBNN_TUNE_STORAGE"
-DEFAULT_HEARTBEAT_S = 30
 TPE_STARTUP_TRIALS = 10
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -52,21 +59,6 @@ ATTR_PARENT = "benchbnn.mlflow_parent_run_id"
 ATTR_FAILURE = "benchbnn.failure"
 ATTR_SURPLUS = "benchbnn.surplus"
 ATTR_WORKER = "benchbnn.worker"
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's own log lines (benchbnn prints one line per trial instead) and its warnings
-    about experimental features are silenced while benchbnn drives it."""
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings("ignore", message=".*failed_trial_callback.*")
-            yield
-    finally:
-        optuna.logging.set_verbosity(previous)
 
 
 class PerTrialSeedSampler(optuna.samplers.BaseSampler):
@@ -153,145 +145,8 @@ def default_storage(out: str | Path | None = None) -> str:
     return str(Path(out or DEFAULT_TUNE_DIR) / JOURNAL_NAME)
 
 
-def is_url(storage: str) -> bool:
-    return "://" in storage
-
-
-def redact(storage: str) -> str:
-    """The storage URL with any password hidden (for messages, tags and best.json)."""
-    if not is_url(storage):
-        return storage
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(storage).render_as_string(hide_password=True)
-    except Exception:
-        return storage
-
-
-def _unreachable(storage: str, exc: BaseException) -> BenchbnnError:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = reason[0] if reason else type(exc).__name__
-    return BenchbnnError(
-        f"cannot open the Optuna storage {redact(storage)} ({first}); check that the database "
-        f"server is running and reachable and that the host, port, database name and "
-        f"credentials in the URL are right"
-    )
-
-
-def open_storage(storage: str, heartbeat: int | None = DEFAULT_HEARTBEAT_S, create: bool = True):
-    """An Optuna storage for a journal path or a database URL (heartbeats on databases).
-
-    A database storage gets ``heartbeat`` second heartbeats and a grace period of three beats:
-    the trial of a worker that stops beating becomes FAIL and is queued again with the same
-    parameters. ``create=False`` refuses a journal file that does not exist yet.
-    """
-    with quiet_optuna():
-        return _open_storage(storage, heartbeat, create)
-
-
-def _open_storage(storage: str, heartbeat: int | None, create: bool):
-    if not is_url(storage):
-        return _journal(Path(storage), create)
-    if storage.startswith(("redis://", "rediss://")):
-        return _redis_journal(storage)
-    url = storage
-    if url.startswith("postgres://"):  # Heroku-style; SQLAlchemy only knows postgresql://
-        url = "postgresql://" + url[len("postgres://") :]
-    url = _with_installed_driver(url)
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    callbacks = (
-        {"heartbeat_stale_trial_callback": retry()}
-        if retry is not None
-        else {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback()}
-    )
-    hb = (
-        {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, **callbacks}
-        if heartbeat
-        else {}
-    )
-    for attempt in range(SCHEMA_RACE_ATTEMPTS):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-        except Exception as exc:
-            if attempt + 1 < SCHEMA_RACE_ATTEMPTS and _schema_race(exc):
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise _storage_error(storage, exc) from None
-    raise AssertionError("the loop above returns or raises")
-
-
-def _with_installed_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed.
-
-    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, while benchbnn's ``postgres``
-    extra installs psycopg2; a URL that names no driver should work with whichever is there.
-    """
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url[len("postgresql://") :]
-    return url
-
-
-#: How often to try opening a database storage whose tables another worker is creating.
-SCHEMA_RACE_ATTEMPTS = 5
-
-
-def _schema_race(exc: BaseException) -> bool:
-    """Two workers that open a fresh database at once both create Optuna's tables; the slower
-    one fails on a duplicate type or table (optuna/optuna#1092). Opening again then succeeds."""
-    import sqlalchemy.exc
-
-    text = str(exc).lower()
-    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and (
-        "duplicate key" in text or "already exists" in text
-    )
-
-
-def _storage_error(storage: str, exc: BaseException) -> BenchbnnError:
-    """The one-line error for a storage that could not be opened."""
-    if isinstance(exc, ImportError):
-        return BenchbnnError(
-            f"no database driver for the Optuna storage {redact(storage)} ({exc}); for PostgreSQL "
-            f"install psycopg2-binary (pip install 'benchbnn[postgres]')"
-        )
-    return _unreachable(storage, exc)  # SQLAlchemy's connection and URL errors
-
-
-def _redis_journal(url: str):
-    """A journal kept in Redis (no heartbeats: only dead workers on this machine are noticed)."""
-    from optuna.storages.journal import JournalRedisBackend
-
-    try:
-        return optuna.storages.JournalStorage(JournalRedisBackend(url))
-    except ImportError:
-        raise BenchbnnError(
-            f"the Optuna storage {redact(url)} needs the redis package (pip install redis)"
-        ) from None
-    except Exception as exc:
-        raise _unreachable(url, exc) from None
-
-
-def _journal(path: Path, create: bool):
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    if not path.exists() and not create:
-        raise BenchbnnError(
-            f"no Optuna storage at {path}; run 'benchbnn tune' first or pass the --storage "
-            f"that your tuning used"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-    except OSError as exc:
-        raise BenchbnnError(f"cannot use {path} as an Optuna journal file: {exc}") from None
-    return optuna.storages.JournalStorage(backend)
+# Opening storages (journal files, Redis, databases with heartbeats) lives in the training layer,
+# which the work queue and the run claims share: benchbnn.train.storage.
 
 
 # --- studies ----------------------------------------------------------------------------------
@@ -300,6 +155,17 @@ def _journal(path: Path, create: bool):
 def study_name(suite: str, optimizer: str, entry: str | None = None) -> str:
     """``<suite>-<optimizer>``, plus ``-<entry>`` when a suite entry was chosen."""
     return f"{suite}-{optimizer}" + (f"-{entry}" if entry else "")
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it can name the study's folder (``TUNE_DIR/NAME/``) and nothing outside it.
+
+    Raises BenchbnnError for a name with a path separator, a control character, ``.`` or
+    ``..`` (:func:`benchbnn.core.paths.check_file_name`).
+    """
+    return check_file_name(
+        name, "study name", "choose another with --study NAME (letters, digits, '-', '_', '.')"
+    )
 
 
 def jsonable(value: Any) -> Any:
@@ -472,7 +338,9 @@ def open_study(
         attrs = _wait_for_description(study, wait_s)
         check_study_matches(name, attrs, space, protocol, storage_url)
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-            raise BenchbnnError(f"study {name!r} minimizes; choose another name with --study NAME")
+            raise BenchbnnError(
+                f"study {name!r} minimizes; choose another name with --study NAME"
+            ) from None
         return study, attrs
     try:
         uid = uuid.uuid4().hex

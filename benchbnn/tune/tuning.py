@@ -2,8 +2,8 @@
 
 ``benchbnn tune SUITE --optimizer O`` (or :func:`tune`) searches the hyperparameters that O's
 plugin declares searchable (``HParam.search``), narrowed by the suite's ``[tune.O]`` table. Each
-trial trains the suite's protocol through :func:`benchbnn.train.engine.train` with a validation split
-held out of the training data, reports validation top-1 after every epoch (so hopeless trials
+trial trains the suite's protocol through :func:`benchbnn.train.engine.train` with a validation
+split held out of the training data, reports validation top-1 after every epoch (so hopeless trials
 are pruned) and returns the final validation top-1, averaged over ``seeds`` seeds. The test split
 never takes part in the selection.
 
@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,21 +45,34 @@ import optuna
 
 from benchbnn.bench.compare import check_data
 from benchbnn.bench.suite_file import load_suite
+from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed
 from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
+    DEFAULT_SUITE,
+    FAILURE_ENVIRONMENT,
+    FAILURE_RUN,
+    KILLED,
     TAG_BEST_PREFIX,
     TAG_ENTRY,
+    TAG_FAILURE,
+    TAG_FAILURE_CLASS,
     TAG_ROLE,
     TAG_STUDY,
     TAG_STUDY_UID,
     TAG_SUITE,
     TAG_TRIAL,
 )
+from benchbnn.core.paths import check_writable_dir
 from benchbnn.core.plugins import get_optimizer, get_suite, hookimpl
 from benchbnn.train import tracking
-from benchbnn.train.engine import train
+from benchbnn.train.engine import canonical_config, train
+from benchbnn.train.exclusive import stored_result
+from benchbnn.train.identity import current_environment, owner_tags
+from benchbnn.train.ledger import claim_key, open_ledger, this_holder
+from benchbnn.train.runs import reap_dead_runs
+from benchbnn.train.storage import check_queue_storage
 from benchbnn.tune.search_space import SearchParam, SearchSpace, powers_of_ten, search_space
 from benchbnn.tune.studies import (
     ATTR_FAILURE,
@@ -76,7 +89,9 @@ from benchbnn.tune.studies import (
     STORAGE_ENV,
     TPE_STARTUP_TRIALS,
     Counts,
+    check_storage,
     check_study_matches,
+    check_study_name,
     count_trials,
     default_storage,
     fail_lost_trials,
@@ -275,6 +290,10 @@ class TrainOptions:
     quiet: bool = True
     download: bool = False
     checkpoint_root: Path = DEFAULT_TUNE_DIR / "checkpoints"
+    #: keep the checkpoints of trials' finished runs (else deleted, as those of unfinished ones)
+    keep_checkpoints: bool = False
+    #: the run ledger a trial's configuration is claimed in before it trains (None: no claim)
+    ledger: Any = None
 
 
 class Objective:
@@ -328,25 +347,39 @@ class Objective:
         self, trial: Any, params: Mapping[str, Any], seed: int, reporter: TrialReporter
     ) -> float:
 
-        # A trial's checkpoints are only an interruption's safety net: removed when it ends.
+        # A trial's checkpoints are only an interruption's safety net: removed when it ends
+        # (a finished run's are kept with keep_checkpoints).
         checkpoints = self.options.checkpoint_root / f"trial-{trial.number}-seed-{seed}"
-        try:
-            result = train(
-                self.protocol.config(params, seed),
-                data_dir=self.options.data_dir,
-                device=self.options.device,
-                tracking_uri=self.options.tracking_uri,
-                experiment=self.options.experiment,
-                quiet=self.options.quiet,
-                plugins=[reporter],
-                parent_run_id=self.parent_run_id,
-                tags={TAG_STUDY: self.study_name, TAG_TRIAL: str(trial.number)},
-                run_name=f"{self.study_name}/trial-{trial.number}/seed-{seed}",
-                download=self.options.download,
-                checkpoint_dir=checkpoints,
-            )
-        finally:
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        keep = self.options.keep_checkpoints
+        config = self.protocol.config(params, seed)
+        result = None
+        with self._claimed(config) as claim:
+            if claim is not None and claim.waited_for is not None:
+                done = self._result_of_waited(config, claim)
+                if done is not None:
+                    return self._adopt(done, reporter, seed)
+            guard = [claim.guard()] if claim is not None else []
+            try:
+                result = train(
+                    config,
+                    data_dir=self.options.data_dir,
+                    device=self.options.device,
+                    tracking_uri=self.options.tracking_uri,
+                    experiment=self.options.experiment,
+                    quiet=self.options.quiet,
+                    plugins=[reporter, *guard],
+                    parent_run_id=self.parent_run_id,
+                    tags={TAG_STUDY: self.study_name, TAG_TRIAL: str(trial.number)},
+                    run_name=f"{self.study_name}/trial-{trial.number}/seed-{seed}",
+                    download=self.options.download,
+                    checkpoint_dir=checkpoints,
+                    keep_checkpoint=keep,
+                )
+            finally:
+                if not (keep and result is not None and result.finished):
+                    shutil.rmtree(checkpoints, ignore_errors=True)
+            if claim is not None:
+                claim.finish(result.finished or result.failure_class == FAILURE_RUN)
         if result.status == "KILLED":  # interrupted: the trial is queued again, not counted
             raise KeyboardInterrupt(result.error or "training was interrupted")
         if result.status != "FINISHED":
@@ -354,6 +387,39 @@ class Objective:
         value = result.metrics.get(OBJECTIVE_METRIC)
         if value is None or not math.isfinite(float(value)):
             raise TrialDiverged(f"seed {seed}: final {OBJECTIVE_METRIC} is {value}")
+        return float(value)
+
+    @contextlib.contextmanager
+    def _claimed(self, config: RunConfig) -> Iterator[Any]:
+        """Hold ``config``'s claim in the run ledger while the block trains it (None: tuning
+        without a ledger), waiting while another live process holds it."""
+        ledger = self.options.ledger
+        if ledger is None:
+            yield None
+            return
+        uri, experiment = str(self.options.tracking_uri), self.options.experiment
+        key = claim_key(uri, experiment, config.config_hash())
+        with ledger.hold(key, this_holder("tune", ledger.heartbeat_s)) as claim:
+            yield claim
+
+    def _result_of_waited(self, config: RunConfig, claim: Any) -> Any | None:
+        """The result the process this trial waited for left in the store (None: none)."""
+        environment = current_environment(self.options.device).key()
+        uri, experiment = str(self.options.tracking_uri), self.options.experiment
+        found = stored_result(uri, experiment, config, environment)
+        if found is not None:
+            claim.finish(True)
+        return found
+
+    def _adopt(self, run: Any, reporter: TrialReporter, seed: int) -> float:
+        """Score a seed by a run another process trained while this trial waited for it."""
+        reporter.run_ids.append(run.info.run_id)
+        reporter.trial.set_user_attr(ATTR_RUN_ID, reporter.run_ids[0])
+        reporter.trial.set_user_attr(ATTR_RUN_IDS, list(reporter.run_ids))
+        value = run.data.metrics.get(OBJECTIVE_METRIC)
+        if run.info.status != "FINISHED" or value is None or not math.isfinite(float(value)):
+            why = run.data.tags.get(TAG_FAILURE) or f"final {OBJECTIVE_METRIC} is {value}"
+            raise TrialDiverged(f"seed {seed}: {why}")
         return float(value)
 
 
@@ -526,8 +592,8 @@ class StudyTracking:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BenchbnnError(
-                f"cannot use tracking location {self.uri}: {first}; pass --tracking-uri with a "
-                f"reachable, writable MLflow store"
+                f"cannot use tracking location {redact(self.uri)}: {first}; pass --tracking-uri "
+                f"with a reachable, writable MLflow store"
             ) from None
 
     def create(self, name: str, uid: str, protocol: Protocol, space: SearchSpace) -> str:
@@ -601,10 +667,24 @@ class StudyTracking:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
-    def set_status(self, run_id: str, status: str) -> None:
+    def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Set the parent run's status: RUNNING (owned by this process from now on, so that
+        :func:`~benchbnn.train.runs.reap_dead_runs` ends it if this process dies), or ended as
+        ``status``; a KILLED one gets ``reason`` and the environment failure class. Raises what
+        the store raises."""
+        from mlflow.entities import RunTag
+
         if status == "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
+            tags = [RunTag(k, v) for k, v in owner_tags().items()]
+            self.client.log_batch(run_id, tags=tags)
         else:
+            if status == KILLED:
+                tags = [
+                    RunTag(TAG_FAILURE, (reason or "stopped")[:5000]),
+                    RunTag(TAG_FAILURE_CLASS, FAILURE_ENVIRONMENT),
+                ]
+                self.client.log_batch(run_id, tags=tags)
             self.client.set_terminated(run_id, status=status)
 
 
@@ -630,7 +710,7 @@ class TuneResult:
 
 
 def tune(
-    suite: Any = "quick",
+    suite: Any = DEFAULT_SUITE,
     optimizer: str | None = None,
     *,
     trials: int | None = None,
@@ -654,11 +734,15 @@ def tune(
     download: bool = False,
     poll_s: float = 2.0,
     log: Callable[[str], None] | None = None,
+    keep_checkpoints: bool = False,
 ) -> TuneResult:
     """Tune ``optimizer`` on ``suite`` until the study has ``trials`` counted trials.
 
     See the module docstring for the budget, storage and tracking rules. Bad input raises
-    BenchbnnError before any trial starts.
+    BenchbnnError before any trial starts, and before the tracking store or the Optuna storage
+    is opened: counts outside :mod:`benchbnn.core.limits`, a study name that is no single file
+    name, an ``out`` that cannot be written, a storage URL of an unknown scheme or without its
+    database driver.
     """
     with quiet_optuna():
         return _tune(**locals())
@@ -689,15 +773,22 @@ def _tune(
     download: bool,
     poll_s: float,
     log: Callable[[str], None] | None,
+    keep_checkpoints: bool,
 ) -> TuneResult:
     say = (lambda _msg: None) if quiet else (log or print)
     suite_obj, spec, space, protocol = _inputs(
         suite, optimizer, sampler, pruner, heartbeat, entry, arch, seeds, epochs, data_dir
     )
     target = _target(trials, sampler, space, say)
+    limits.within(limits.STARTUP_TRIALS, startup_trials, "--startup-trials")
+    limits.within(limits.SEED, sampler_seed, "--sampler-seed")
     url = storage or default_storage(out)
-    name = study or study_name(suite_obj.name, spec.name, entry)
+    name = check_study_name(study or study_name(suite_obj.name, spec.name, entry))
+    # everything this worker writes or opens, checked before the tracking store is touched
+    check_writable_dir(Path(out or DEFAULT_TUNE_DIR) / name, "the tuning results", "--out")
+    check_storage(url)
     tracking = StudyTracking(tracking_uri, experiment)
+    ledger = open_ledger(_claims_storage(url), tracking.uri, heartbeat)
     store = open_storage(url, heartbeat=heartbeat)
     epochs_run = protocol.base.epochs
     the_study, attrs = open_study(
@@ -713,7 +804,15 @@ def _tune(
     parent = tracking.find(name, attrs, protocol, space)
     out_dir = Path(out or DEFAULT_TUNE_DIR) / name
     options = TrainOptions(
-        data_dir, device, tracking.uri, experiment, quiet, download, out_dir / "checkpoints"
+        data_dir,
+        device,
+        tracking.uri,
+        experiment,
+        quiet,
+        download,
+        out_dir / "checkpoints",
+        keep_checkpoints,
+        ledger,
     )
     objective = Objective(protocol, space, name, parent, options, target)
     extra = {
@@ -730,6 +829,7 @@ def _tune(
         f"{spec.name} on {protocol.base.dataset}/{protocol.base.arch}, {epochs_run} epochs, "
         f"{len(protocol.seeds)} seed(s), {sampler} sampler, {pruner} pruner, {target} trials"
     )
+    reap_dead_runs(tracking.client, tracking.experiment_id)  # trials and parents of dead workers
     tracking.set_status(parent, "RUNNING")
     ran = 0
     try:
@@ -739,8 +839,12 @@ def _tune(
         best = recorder.update(the_study, counts.done)
         if counts.done >= target:
             tracking.set_status(parent, "FINISHED")
+        elif counts.running == 0:  # stopped early, and no other worker will end the study
+            why = f"the study stopped after {counts.done} of {target} trials (interrupted)"
+            tracking.set_status(parent, KILLED, why)
         with contextlib.suppress(OSError):  # left empty by trials that ended
             options.checkpoint_root.rmdir()
+        options.ledger.close()
     return TuneResult(
         name,
         redact(url),
@@ -751,6 +855,17 @@ def _tune(
         recorder.path if best is not None else None,
         ran,
     )
+
+
+def _claims_storage(url: str) -> str | None:
+    """Where a study's trials claim their configurations: the study's own storage when it is
+    a database other workers share (PostgreSQL, MySQL), else the ledger beside the tracking
+    store (None), which ``compare``, ``run`` and ``worker`` use by default too."""
+    try:
+        check_queue_storage(url)
+    except BenchbnnError:  # SQLite: not a safe ledger
+        return None
+    return url if "://" in url and not url.startswith(("redis://", "rediss://")) else None
 
 
 def _inputs(
@@ -790,7 +905,9 @@ def _inputs(
     protocol = build_protocol(
         suite_obj, spec.name, entry=entry, arch=arch, seeds=seeds, epochs=epochs, space=space
     )
-    spec.resolve(**protocol.base.hparams)
+    # the base point as every trial keeps it: its values, and its schedules over the epochs
+    # tuned on (which --epochs may change from the suite's own)
+    canonical_config(protocol.base)
     check_data(suite_obj, Path(data_dir).expanduser() if data_dir else None)
     return suite_obj, spec, space, protocol
 

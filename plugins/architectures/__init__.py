@@ -7,15 +7,16 @@ after ``benchbnn.list_architectures()`` (or importing the module) ``timm.create_
 ``binarynet``, ``bnn_mlp``, ``xnornet`` and ``birealnet18``.
 
 The helpers below turn option values that arrive as text (``--set width=0.5``) into the types
-the models take, and check the input shape, with errors that say what is supported; the parts
+the models take, with the declared types each family's spec names in ``option_types`` (so the
+host checks a value before anything builds, with the same message), and check the input shape,
+with errors that say what is supported; the parts
 every family shares (timm's default-config fields, the builder, the classifier interface) are
 here too, so each family file holds only what makes its network different.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from benchbnn.core.binary import BinaryLayer, set_latent_mode
 from benchbnn.core.errors import HyperparameterError, UnsupportedInputError
+from benchbnn.core.values import Choice, ListOf, Number, convert, option_label
 
 #: CIFAR-10 training-set channel statistics, for the default configs of the 32x32 variants
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -32,6 +34,10 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "MAX_UNITS",
+    "MAX_WIDTH",
+    "SIZES",
+    "WIDTH",
     "ClassifierHead",
     "UnsupportedInputError",
     "as_choice",
@@ -48,52 +54,43 @@ __all__ = [
 ]
 
 
+#: Width multipliers stay below MAX_WIDTH and a layer has at most MAX_UNITS units; what a whole
+#: network may hold is bounded by its parameter count (benchbnn.core.limits.MAX_PARAMETERS),
+#: which a width just below MAX_WIDTH already exceeds (so no message offers that end).
+MAX_WIDTH = 64.0
+MAX_UNITS = 2**20
+#: Declared type of the width multipliers (``ArchitectureSpec.option_types``).
+WIDTH = Number(float, positive=True, high=MAX_WIDTH, high_open=True)
+#: Declared type of layer sizes such as ``512,512`` (``ArchitectureSpec.option_types``).
+SIZES = ListOf(Number(int, positive=True, high=MAX_UNITS), nonempty=True)
+
+
 def as_float(arch: str, name: str, value: Any, *, positive: bool = True) -> float:
-    """``value`` as a finite float (strings accepted), or an error naming the option."""
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or (positive and number <= 0):
-        need = "a positive number" if positive else "a number"
-        raise HyperparameterError(
-            f"architecture {arch!r}: option {name!r} must be {need}, got {value!r}"
-        )
-    return number
+    """``value`` (text or a number) as a finite float, positive unless ``positive=False``.
+
+    Raises HyperparameterError naming the architecture, the option, the value and the accepted
+    form (the converter of :mod:`benchbnn.core.values`).
+    """
+    declared = WIDTH if positive else Number(float)
+    return convert(value, declared, option_label(f"architecture {arch!r}", name))
 
 
 def as_choice(arch: str, name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` as one of ``choices`` (case-insensitive), or an error listing them."""
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise HyperparameterError(
-            f"architecture {arch!r}: option {name!r} must be one of {', '.join(choices)}, got {value!r}"
-        )
-    return text
+    """``value`` as one of ``choices`` (case-insensitive).
+
+    Raises HyperparameterError naming the option and offering every choice.
+    """
+    return convert(value, Choice(tuple(choices)), option_label(f"architecture {arch!r}", name))
 
 
-def as_sizes(arch: str, name: str, value: Any) -> tuple[int, ...]:
-    """A non-empty tuple of positive ints from a sequence or text such as ``"512,512"``."""
-    items: Iterable[Any]
-    if isinstance(value, str):
-        items = [v for v in value.replace("x", ",").strip("()[] ").split(",") if v.strip()]
-    elif isinstance(value, int) and not isinstance(value, bool):
-        items = [value]
-    else:
-        items = value
-    try:
-        sizes = tuple(int(str(v).strip()) if isinstance(v, str) else v for v in items)
-        ok = bool(sizes) and all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
-        )
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise HyperparameterError(
-            f"architecture {arch!r}: option {name!r} must be one or more positive whole numbers "
-            f"such as 4096,4096,4096, got {value!r}"
-        )
-    return sizes
+def as_sizes(arch: str, name: str, value: Any, example: Any = None) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints from a sequence, one int, or text such as
+    ``"512,512"`` or ``"64x64"``.
+
+    Raises HyperparameterError naming the option and offering ``example`` (or a sample).
+    """
+    declared = SIZES.with_example(example) if example is not None else SIZES
+    return tuple(convert(value, declared, option_label(f"architecture {arch!r}", name)))
 
 
 def scaled(channels: int, width: float) -> int:
@@ -108,9 +105,10 @@ def image_hw(arch: str, img_size: Any) -> tuple[int, int]:
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
     ):
         raise UnsupportedInputError(
-            f"architecture {arch!r}: image size must be a positive whole number or a pair, got {img_size!r}"
+            f"architecture {arch!r}: image size must be a positive whole number or a pair, "
+            f"got {img_size!r}"
         )
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def check_channels(arch: str, in_chans: Any) -> int:

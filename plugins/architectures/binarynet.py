@@ -23,15 +23,18 @@ config builds the 1x28x28 variant.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import benchbnn
 from benchbnn.core.binary import BinaryConv2d, BinaryLinear
+from benchbnn.core.values import Choice
 from benchbnn_plugins.architectures import (
+    WIDTH,
     ClassifierHead,
     UnsupportedInputError,
     as_choice,
@@ -52,15 +55,21 @@ MIN_SIDE = 10  # valid 3x3 conv, then three 2x2 max-pools must leave at least on
 # --- blocks ----------------------------------------------------------------------------------
 
 
-class _CenteredBatchNorm:
-    """Batch norm with a learned offset and no learned scale (Keras ``scale=False``)."""
+class _CenteredBatchNorm(_BatchNorm):
+    """Batch norm with a learned offset and no learned scale (Keras ``scale=False``).
+
+    A mixin placed before ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``, which share this base.
+    """
 
     def __init__(self, num_features: int, **kwargs: Any):
-        super().__init__(num_features, affine=False, **kwargs)  # type: ignore[call-arg]
+        super().__init__(num_features, affine=False, **kwargs)
         self.bias = nn.Parameter(torch.zeros(num_features))  # F.batch_norm adds it
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, scale=False, center=True"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"scale=False, center=True"
+        )
 
 
 class CenteredBatchNorm1d(_CenteredBatchNorm, nn.BatchNorm1d):
@@ -174,7 +183,9 @@ class BinaryNet(ClassifierHead, nn.Module):
 
     def _head_like(self) -> nn.Module:
         # a new binary head takes the mode of the one it replaces, or of the last hidden layer
-        return self.head.fc if isinstance(self.head, DenseBlock) else self.hidden[-1].fc
+        if isinstance(self.head, DenseBlock):
+            return self.head.fc
+        return cast(DenseBlock, self.hidden[-1]).fc
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(self.flatten(self.stages(x)))
@@ -239,6 +250,7 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
             name=ARCH,
             factory=build,
             options={"width": 1.0, "norm": "batch"},
+            option_types={"width": WIDTH, "norm": Choice(NORMS)},
             description=(
                 "BinaryNet as in the Bop/Bop2ndOrder code: 6 binary convs + 3 binary dense, "
                 "BN without scale; width multiplies channels, norm=layer for the paper's Fig. 2"

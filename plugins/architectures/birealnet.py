@@ -31,9 +31,11 @@ from torch import nn
 
 import benchbnn
 from benchbnn.core.binary import BinaryConv2d
+from benchbnn.core.values import Choice
 from benchbnn_plugins.architectures import (
     CIFAR_MEAN,
     CIFAR_STD,
+    WIDTH,
     ClassifierHead,
     UnsupportedInputError,
     as_choice,
@@ -238,6 +240,7 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
             name=ARCH,
             factory=build,
             options={"width": 1.0, "stem": "auto"},
+            option_types={"width": WIDTH, "stem": Choice(STEMS)},
             description=(
                 "Bi-Real Net 18: 16 binary 3x3 convs with real-valued shortcuts, ApproxSign, "
                 "mean|w| scaling in latent training; CIFAR stem (3x3/1, no max-pool) below 112 px"

@@ -19,7 +19,7 @@ by default; ``img_size`` changes the input).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.models import generate_default_cfgs, register_model
@@ -28,6 +28,7 @@ from torch import nn
 import benchbnn
 from benchbnn.core.binary import BinaryLinear
 from benchbnn_plugins.architectures import (
+    SIZES,
     ClassifierHead,
     as_sizes,
     build_with_cfg,
@@ -77,7 +78,7 @@ class BnnMlp(ClassifierHead, nn.Module):
         self.num_classes = check_num_classes(ARCH, num_classes)
         in_chans = check_channels(ARCH, in_chans)
         height, width = image_hw(ARCH, img_size)
-        self.hidden_sizes = as_sizes(ARCH, "hidden", hidden)
+        self.hidden_sizes = as_sizes(ARCH, "hidden", hidden, example=DEFAULT_HIDDEN)
         self.input_size = (in_chans, height, width)
 
         sizes = (in_chans * height * width, *self.hidden_sizes)
@@ -97,7 +98,8 @@ class BnnMlp(ClassifierHead, nn.Module):
         return DenseBlock(self.num_features, num_classes, binarize_input=True)
 
     def _head_like(self) -> nn.Module:
-        return self.blocks[-1].fc  # a new binary head takes the last hidden layer's mode
+        # a new binary head takes the last hidden layer's mode
+        return cast(DenseBlock, self.blocks[-1]).fc
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.flatten(x))
@@ -156,6 +158,7 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
             name=ARCH,
             factory=build,
             options={"hidden": DEFAULT_HIDDEN},
+            option_types={"hidden": SIZES},
             description=(
                 "BNN paper's MLP: flatten -> binary dense + BN per hidden size (default "
                 "3 x 4096) -> binary dense + BN; any input size (timm name: bnn_mlp)"

@@ -4,7 +4,8 @@ ImageNet (224x224)::
 
     conv96 11x11/4 (full precision) -> BN -> ReLU -> maxpool3/2
     -> BN -> binary conv256 5x5 -> maxpool3/2
-    -> BN -> binary conv384 3x3 -> BN -> binary conv384 3x3 -> BN -> binary conv256 3x3 -> maxpool3/2
+    -> BN -> binary conv384 3x3 -> BN -> binary conv384 3x3
+    -> BN -> binary conv256 3x3 -> maxpool3/2
     -> BN -> binary conv4096 6x6 valid -> BN -> binary conv4096 1x1 -> BN -> ReLU
     -> flatten -> dense(num_classes) (full precision, no bias)
 
@@ -41,6 +42,7 @@ from benchbnn.core.binary import BinaryConv2d
 from benchbnn_plugins.architectures import (
     CIFAR_MEAN,
     CIFAR_STD,
+    WIDTH,
     ClassifierHead,
     UnsupportedInputError,
     as_float,
@@ -222,6 +224,7 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
             name=ARCH,
             factory=build,
             options={"width": 1.0},
+            option_types={"width": WIDTH},
             input_sizes=INPUT_SIZES,
             description=(
                 "XNOR-Net (AlexNet-based, larq zoo layout) for 224x224; a 32x32 variant with a "

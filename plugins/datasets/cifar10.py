@@ -3,7 +3,8 @@
 ``--data-dir`` points at one of two layouts, or at the folder that contains it:
 
 * the official pickled batches, as torchvision downloads them: ``cifar-10-batches-py/``
-  with ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``;
+  with ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``, read by an unpickler that
+  builds numpy arrays and plain values only (a crafted batch cannot run code);
 * an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (PNG or JPEG), label i being
   the i-th class folder in sorted order (CIFAR-10's official class order is alphabetical);
   looked for in the folder itself or in a ``cifar10-jpeg``, ``cifar10`` or ``cifar-10``
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,14 +70,72 @@ def find_layout(root: Path) -> tuple[str, Path]:
 # --- the official pickled batches ---------------------------------------------------------------
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that asks for a callable besides those that build numpy arrays."""
+
+
+def _latin1(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol 2, and nothing else."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _array_builders() -> dict[tuple[str, str], Any]:
+    """The callables numpy arrays, dtypes and scalars pickle themselves with, by the module and
+    name numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) write. They are taken from
+    numpy's own reductions, so the deprecated ``numpy.core`` is never imported."""
+    array = np.zeros(1, np.uint8)
+    builders: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        builders[f"{package}.multiarray", "_reconstruct"] = array.__reduce__()[0]
+        builders[f"{package}.multiarray", "scalar"] = np.int64(0).__reduce__()[0]
+        builders[f"{package}.numeric", "_frombuffer"] = array.__reduce_ex__(5)[0]
+    return builders
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and plain values (dict, list, tuple, str, bytes, int, float) only.
+
+    Plain values need no callable; anything a pickle names besides :func:`_array_builders`
+    (``os.system`` in a crafted ``__reduce__``, any class) raises :class:`_Refused` before it is
+    looked up, so a crafted batch file cannot run code.
+    """
+
+    BUILDERS = _array_builders()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.BUILDERS.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch's images (n, 3072) and labels, read by :class:`_ArraysOnly`.
+
+    Raises DataError naming the file for a batch that asks to call anything but numpy's array
+    builders, and for one that is truncated, corrupt or of the wrong shape.
+    """
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = _ArraysOnly(handle, encoding="bytes").load()
         # Python 2 pickles (the official files) load with bytes keys, Python 3 ones with str keys.
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
+    except _Refused as exc:
+        raise data_error(
+            f"refused to unpickle CIFAR-10 batch: it asks to call {exc}, and only numpy arrays "
+            f"and plain values are read (a crafted or foreign file)",
+            path,
+            LAYOUTS,
+            OBTAIN,
+        ) from None
     except (
         OSError,
         EOFError,
@@ -164,7 +225,8 @@ def _download(root: Path, split: str) -> None:
     except Exception as exc:
         raise benchbnn.BenchbnnError(
             f"could not download CIFAR-10 into {root}: {exc}. Check the connection, or download "
-            f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there"
+            f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+            f"and extract it there"
         ) from None
 
 
@@ -174,16 +236,19 @@ def read_cifar10(root, split: str = "train", download: bool = False) -> ImageTen
     if download:
         _download(root, split)
     kind, directory = find_layout(root)
+    sources: Sequence[Path | str]
     if kind == "pickles":
-        files = _pickle_files(directory, split)
-        decode = lambda: _decode_pickles(files)
+        batch_files = _pickle_files(directory, split)
+        sources = batch_files
+        decode = lambda: _decode_pickles(batch_files)
     else:
-        classes, files, labels = _folder_files(directory, split)
-        decode = lambda: _decode_folder(classes, files, labels)
+        classes, image_files, labels = _folder_files(directory, split)
+        sources = image_files
+        decode = lambda: _decode_folder(classes, image_files, labels)
     return cached_tensors(
         "cifar10",
         split,
-        files,
+        sources,
         decode,
         beside=directory,
         version={"format": FORMAT, "layout": kind},
@@ -202,7 +267,11 @@ def benchbnn_datasets():
             mean=(0.5,),
             std=(0.5,),
             augmentation="crop:4,flip",
-            description="CIFAR-10, 50,000 train / 10,000 test 32x32 RGB (pickled batches or image folders)",
-            reference="Krizhevsky 2009; augmentation as in Courbariaux et al. 2016 and the Bop papers",
+            description=(
+                "CIFAR-10, 50,000 train / 10,000 test 32x32 RGB (pickled batches or image folders)"
+            ),
+            reference=(
+                "Krizhevsky 2009; augmentation as in Courbariaux et al. 2016 and the Bop papers"
+            ),
         )
     ]

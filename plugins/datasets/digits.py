@@ -31,7 +31,8 @@ _SPLIT_SEED = "digits-test-split"
 
 
 def _bundled_file() -> list[Path]:
-    """scikit-learn's digits file, found without importing scikit-learn (its identity keys the cache)."""
+    """scikit-learn's digits file, found without importing scikit-learn (its identity keys the
+    cache)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise benchbnn.BenchbnnError(
@@ -55,7 +56,8 @@ def _decode(split: str) -> ImageTensors:
 
 
 def read_digits(root=None, split: str = "train", download: bool = False) -> ImageTensors:
-    """The train (1,437) or test (360) split as uint8 tensors; ``root`` and ``download`` are unused."""
+    """The train (1,437) or test (360) split as uint8 tensors; ``root`` and ``download`` are
+    unused."""
     return cached_tensors(
         "digits",
         split,

@@ -19,11 +19,14 @@ import os
 from pathlib import Path
 
 import benchbnn
+from benchbnn.core.values import Number, convert, option_label
 from benchbnn.data import data_error
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
+#: Declared type of option ``image_size``: the side of the square crop, at least 8 pixels.
+IMAGE_SIZE = Number(int, low=8, example=224)
 LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the same class folders in both)"
 OBTAIN = (
     "ImageNet cannot be downloaded automatically: get ILSVRC 2012 from https://image-net.org, "
@@ -81,10 +84,7 @@ def load_imagenet(
 
     if download:
         raise benchbnn.BenchbnnError(OBTAIN)
-    if image_size < 8:
-        raise benchbnn.HyperparameterError(
-            f"dataset 'imagenet': image_size must be >= 8, got {image_size}"
-        )
+    image_size = convert(image_size, IMAGE_SIZE, option_label("dataset 'imagenet'", "image_size"))
     directory = find_root(Path(root).expanduser())
     check_layout(directory)
     folder = directory / SPLIT_FOLDERS[split]
@@ -108,7 +108,10 @@ def benchbnn_datasets():
             std=STD,
             augmentation="random-resized-crop:224,flip",
             options={"image_size": 224},
-            description="ILSVRC 2012 from train/<wnid>/ and val/<wnid>/ image folders (val = test split)",
+            option_types={"image_size": IMAGE_SIZE},
+            description=(
+                "ILSVRC 2012 from train/<wnid>/ and val/<wnid>/ image folders (val = test split)"
+            ),
             reference="Russakovsky et al. 2015",
         )
     ]

@@ -144,7 +144,9 @@ def benchbnn_datasets():
             image_shape=(1, 28, 28),
             mean=(0.5,),
             std=(0.5,),
-            description="MNIST, 60,000 train / 10,000 test 28x28 grayscale (torchvision's raw IDX files)",
+            description=(
+                "MNIST, 60,000 train / 10,000 test 28x28 grayscale (torchvision's raw IDX files)"
+            ),
             reference="LeCun et al. 1998",
         )
     ]

@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 import benchbnn
+from benchbnn.core.values import Number, convert, option_label
 from benchbnn.data import ImageTensors, derived_generator
+
+OWNER = "dataset 'synthetic'"
 
 DEFAULTS = {
     "num_classes": 10,
@@ -25,13 +28,19 @@ DEFAULTS = {
     "test_size": 512,
     "data_seed": 0,
 }
+#: Declared types of the options (the rest are whole numbers like their defaults).
+TYPES = {
+    "num_classes": Number(int, low=2),
+    "channels": Number(int, low=1),
+    "size": Number(int, low=1),
+    "train_size": Number(int, low=1),
+    "test_size": Number(int, low=1),
+}
 
 
-def _check(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise benchbnn.HyperparameterError(
-            f"dataset 'synthetic': option {name!r} must be >= {low}, got {value}"
-        )
+def _check(name: str, value: int) -> None:
+    """Raise HyperparameterError unless ``value`` fits option ``name``'s declared type."""
+    convert(value, TYPES[name].with_example(DEFAULTS[name]), option_label(OWNER, name))
 
 
 def make_synthetic(
@@ -47,14 +56,14 @@ def make_synthetic(
     data_seed: int = 0,
 ) -> ImageTensors:
     """The split generated from ``data_seed``; the prototypes are shared by both splits."""
-    for name, value, low in (
-        ("num_classes", num_classes, 2),
-        ("channels", channels, 1),
-        ("size", size, 1),
-        ("train_size", train_size, 1),
-        ("test_size", test_size, 1),
+    for name, value in (
+        ("num_classes", num_classes),
+        ("channels", channels),
+        ("size", size),
+        ("train_size", train_size),
+        ("test_size", test_size),
     ):
-        _check(name, value, low)
+        _check(name, value)
     shape = (channels, size, size)
     prototypes = torch.randint(
         0,
@@ -83,7 +92,10 @@ def benchbnn_datasets():
             mean=(0.5,),
             std=(0.5,),
             options=dict(DEFAULTS),
-            description="seeded random class-prototype images of any shape and class count (no files)",
+            option_types=dict(TYPES),
+            description=(
+                "seeded random class-prototype images of any shape and class count (no files)"
+            ),
             needs_data_dir=False,
         )
     ]

@@ -15,16 +15,14 @@ from benchbnn.optim import (
     sum_counts,
 )
 
-HPARAMS = (
-    *adam_hparams(lr=5e-3),
-    benchbnn.HParam(
-        "clip",
-        1.0,
-        low=1e-3,
-        high=1e3,
-        search=(0.5, 2.0),
-        help="latent weights are clipped to [-clip, clip]; gradients pass where |w| <= clip",
-    ),
+#: The clamp of the latent weights, also the binary layers' straight-through window.
+CLIP = benchbnn.HParam(
+    "clip",
+    1.0,
+    low=1e-3,
+    high=1e3,
+    search=(0.5, 2.0),
+    help="latent weights are clipped to [-clip, clip]; gradients pass where |w| <= clip",
 )
 
 
@@ -41,8 +39,10 @@ class AdamLatent(BinaryOptimizer):
 
     The flip count of a step is the number of latent weights whose sign (``sgn0``) changed, so
     it is comparable with the flips of Bop-style optimizers. Models must run their binary layers
-    in latent mode (``benchbnn.core.binary.set_latent_mode(model, True, clip)``); the engine does this
-    for optimizers whose spec has ``latent_weights=True``.
+    in latent mode (``benchbnn.core.binary.set_latent_mode(model, True, clip)``); the engine does
+    this for optimizers that declare ``forward = "latent"``, and because the class declares
+    ``ste_window = "clip"`` it keeps every layer's window equal to ``clip`` at every step, so a
+    scheduled ``clip`` moves the clamp and the straight-through window together.
 
     Args:
         lr: Adam learning rate of all parameters. larq's BinaryNet CIFAR-10 baseline uses 5e-3
@@ -59,38 +59,33 @@ class AdamLatent(BinaryOptimizer):
     "Adam: A Method for Stochastic Optimization", ICLR 2015, https://arxiv.org/abs/1412.6980.
     """
 
-    hparams = HPARAMS
+    name = "adam-latent"
+    description = "Adam on latent weights (sign in the forward, straight-through backward)"
+    reference = (
+        "Courbariaux et al., Binarized Neural Networks, NeurIPS 2016, arXiv:1602.02830; larq "
+        "BinaryNet baseline"
+    )
+    rule_hparams = (CLIP,)
+    real_hparams = adam_hparams(lr=5e-3)
+    #: The latent weights follow the same Adam as the real-valued parameters: one lr, one pair
+    #: of decay rates, one epsilon for both groups (scheduled together).
+    shared_hparams = ("lr", "beta1", "beta2", "eps")
+    #: Adam's bias-corrected step size, computed from the group by rule_kwargs().
+    derived_keys = ("step_size",)
     state_buffers = ADAM_BUFFERS
-    latent_weights = True
-
-    def __init__(
-        self,
-        binary_params,
-        real_params=(),
-        *,
-        lr: float = 5e-3,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-7,
-        clip: float = 1.0,
-        implementation: str | None = None,
-    ) -> None:
-        adam = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
-        super().__init__(
-            binary_params,
-            real_params,
-            binary={**adam, "clip": clip},
-            real=adam,
-            implementation=implementation,
-        )
+    forward = "latent"
+    # `clip` is also the binary layers' straight-through window: the engine keeps the layers'
+    # window equal to it at every step, scheduled or not
+    ste_window = "clip"
+    divergence_advice = "lower lr (Adam's step size, on latent and real-valued weights alike)"
 
     def rule_kwargs(self, group):
         return {**adam_kwargs(group), "clip": group["clip"]}
 
     @staticmethod
-    def update(w, g, m, v, *, beta1, beta2, eps, step_size, clip):
+    def update(w, g, exp_avg, exp_avg_sq, *, beta1, beta2, eps, step_size, clip):
         was_positive = w >= 0
-        adam_(w, g, m, v, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size)
+        adam_(w, g, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size)
         w.clamp_(-clip, clip)
         return (was_positive != (w >= 0)).sum()
 
@@ -106,16 +101,10 @@ class AdamLatent(BinaryOptimizer):
         return sum_counts(changed, ws[0].device)
 
 
+#: Every hyperparameter AdamLatent accepts (Adam's, then clip), derived from the class.
+HPARAMS = AdamLatent.hparams
+
+
 @benchbnn.hookimpl
 def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
-    return [
-        benchbnn.OptimizerSpec(
-            name="adam-latent",
-            factory=AdamLatent,
-            hparams=HPARAMS,
-            description="Adam on latent weights (sign in the forward, straight-through backward)",
-            latent_weights=True,
-            reference="Courbariaux et al., Binarized Neural Networks, NeurIPS 2016, "
-            "arXiv:1602.02830; larq BinaryNet baseline",
-        )
-    ]
+    return [benchbnn.optimizer_spec(AdamLatent)]

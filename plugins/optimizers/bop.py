@@ -1,8 +1,8 @@
 """Bop, the binary optimizer of Helwegen et al. (2019), as a benchbnn plugin.
 
-The shape of this file is the shape of any optimizer plugin: a hyperparameter table, a small
-``BinaryOptimizer`` subclass whose ``update`` is the rule for one tensor, and a hook that returns
-the ``OptimizerSpec``.
+The shape of this file is the shape of any optimizer plugin: a ``BinaryOptimizer`` subclass that
+declares its name, its rule's hyperparameters and its state buffers once, an ``update`` that is
+the rule for one tensor, and a hook that returns the spec derived from the class.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import torch
 import benchbnn
 from benchbnn.optim import (
     BinaryOptimizer,
-    adam_hparams,
     ema_,
     ema_foreach_,
     flip_,
     flip_above_foreach_,
 )
 
-HPARAMS = (
+#: The rule's hyperparameters (the real-valued parameters follow Adam with the papers' defaults).
+RULE_HPARAMS = (
     benchbnn.HParam(
         "threshold",
         1e-8,
@@ -38,7 +38,6 @@ HPARAMS = (
         log=True,
         help="adaptivity rate of the gradient average",
     ),
-    *adam_hparams(),
 )
 
 
@@ -49,11 +48,14 @@ class Bop(BinaryOptimizer):
     average ``m`` of the gradient and flips ``w`` when that average is large and points the
     same way as ``w`` (following it would decrease the loss by changing the sign):
 
-        m <- (1 - gamma) m + gamma g
+        m <- (1 - gamma) m + gamma g         computed as  m + gamma * (g - m)
         w <- -w   where  w * m > threshold   (strictly; a tie keeps the weight)
 
-    There is no bias correction and ``m`` is not reset after a flip. Real-valued parameters
-    follow Adam (``lr``, ``beta1``, ``beta2``, ``eps``).
+    There is no bias correction and ``m`` is not reset after a flip. The average is computed
+    in the authors' order (their and larq's ``m.assign_add(gamma * (grad - m))``), one float32
+    rounding per operation, with :func:`benchbnn.optim.ema_`; ``m`` is float32 and the rule
+    runs in float32 whatever the weights' dtype. Real-valued parameters follow Adam (``lr``,
+    ``beta1``, ``beta2``, ``eps``).
 
     Args:
         threshold: how strong and consistent the gradient signal must be before a weight flips.
@@ -70,30 +72,16 @@ class Bop(BinaryOptimizer):
     NeurIPS 2019. https://arxiv.org/abs/1906.02107. Defaults are larq's.
     """
 
-    hparams = HPARAMS
+    name = "bop"
+    description = "Bop: flip a binary weight when its gradient momentum exceeds a threshold"
+    reference = "Helwegen et al., Latent Weights Do Not Exist, NeurIPS 2019, arXiv:1906.02107"
+    rule_hparams = RULE_HPARAMS
     state_buffers = ("m",)
-    rule_keys = ("gamma", "threshold")
-
-    def __init__(
-        self,
-        binary_params,
-        real_params=(),
-        *,
-        threshold: float = 1e-8,
-        gamma: float = 1e-4,
-        lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-7,
-        implementation: str | None = None,
-    ) -> None:
-        super().__init__(
-            binary_params,
-            real_params,
-            binary={"threshold": threshold, "gamma": gamma},
-            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
-            implementation=implementation,
-        )
+    forward = "sign"
+    divergence_advice = (
+        "lower lr (Adam on the real-valued parameters, where a NaN loss starts: flips keep the "
+        "binary weights at +-1) or gamma, or raise threshold so that fewer weights flip at once"
+    )
 
     @staticmethod
     def update(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, *, gamma, threshold):
@@ -106,15 +94,10 @@ class Bop(BinaryOptimizer):
         return flip_above_foreach_(ws, torch._foreach_mul(ws, ms), threshold)
 
 
+#: Every hyperparameter Bop accepts (the rule's, then Adam's), derived from the class.
+HPARAMS = Bop.hparams
+
+
 @benchbnn.hookimpl
 def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
-    return [
-        benchbnn.OptimizerSpec(
-            name="bop",
-            factory=Bop,
-            hparams=HPARAMS,
-            description="Bop: flip a binary weight when its gradient momentum exceeds a threshold",
-            reference="Helwegen et al., Latent Weights Do Not Exist, NeurIPS 2019, "
-            "arXiv:1906.02107",
-        )
-    ]
+    return [benchbnn.optimizer_spec(Bop)]

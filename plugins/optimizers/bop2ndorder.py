@@ -7,37 +7,42 @@ import torch
 import benchbnn
 from benchbnn.optim import (
     BinaryOptimizer,
-    adam_hparams,
     ema_,
     ema_foreach_,
     flip_,
     flip_above_foreach_,
 )
+from benchbnn.optim.base import sqrt_rn, sqrt_rn_foreach
 
 #: Added to the root of the second moment, as in the authors' code.
 EPSILON = 1e-10
 
 #: The two moving-average rates; PBop keeps the same moments and reuses these declarations.
+#: Both lie in (0, 1]: the unbiased signal divides by them, so 0 (set, searched or reached by a
+#: schedule) is outside the range.
 GAMMA = benchbnn.HParam(
     "gamma",
     1e-6,
-    low=1e-12,
+    low=0.0,
+    low_open=True,
     high=1.0,
     search=(1e-9, 1e-2),
     log=True,
-    help="adaptivity rate of the gradient average (first moment)",
+    help="adaptivity rate of the gradient average (first moment), in (0, 1]",
 )
 SIGMA = benchbnn.HParam(
     "sigma",
     1e-2,
-    low=1e-12,
+    low=0.0,
+    low_open=True,
     high=1.0,
     search=(1e-7, 1e-1),
     log=True,
-    help="rate of the squared-gradient average (second moment)",
+    help="rate of the squared-gradient average (second moment), in (0, 1]",
 )
 
-HPARAMS = (
+#: The rule's hyperparameters (the real-valued parameters follow Adam with the papers' defaults).
+RULE_HPARAMS = (
     benchbnn.HParam(
         "threshold",
         1e-6,
@@ -54,15 +59,18 @@ HPARAMS = (
         False,
         help="divide the moments by gamma and sigma before comparing (the authors' 'unbiased')",
     ),
-    *adam_hparams(),
 )
 
 
 def signal(m: torch.Tensor, v: torch.Tensor, gamma, sigma, unbiased: bool) -> torch.Tensor:
-    """The gradient average normalized by the root of the squared-gradient average."""
+    """The gradient average normalized by the root of the squared-gradient average.
+
+    Each operation rounds once to nearest, the square root included
+    (:func:`benchbnn.optim.base.sqrt_rn`; PyTorch's eager CPU ``sqrt`` is only within an ulp).
+    """
     if unbiased:
-        return (m / gamma) / (torch.sqrt(v / sigma) + EPSILON)
-    return m / (torch.sqrt(v) + EPSILON)
+        return (m / gamma) / (sqrt_rn(v / sigma) + EPSILON)
+    return m / (sqrt_rn(v) + EPSILON)
 
 
 class Bop2ndOrder(BinaryOptimizer):
@@ -72,11 +80,17 @@ class Bop2ndOrder(BinaryOptimizer):
     average ``v`` of squared gradients and compares the Adam-like ratio of the two, so the
     threshold no longer depends on the gradients' scale:
 
-        m <- (1 - gamma) m + gamma g
-        v <- (1 - sigma) v + sigma g^2
+        m <- (1 - gamma) m + gamma g          computed as  m + gamma * (g - m)
+        v <- (1 - sigma) v + sigma g^2        computed as  v + sigma * (g*g - v)
         s  = m / (sqrt(v) + 1e-10)                              (biased, the default)
         s  = (m / gamma) / (sqrt(v / sigma) + 1e-10)            (unbiased=True)
         w <- -w   where  w * s > threshold   (strictly; a tie keeps the weight)
+
+    The averages are computed in the authors' order (``m.assign_add(gamma * (grad - m))`` and
+    ``v.assign_add(sigma * (tf.math.square(grad) - v))`` in their TensorFlow code), one float32
+    rounding per operation, with :func:`benchbnn.optim.ema_`. ``m`` and ``v`` are float32 and
+    the rule runs in float32 whatever the weights' dtype (in float16, ``v`` of a gradient of
+    1e-4 would underflow and the epsilon would be 0).
 
     "Unbiased" is the authors' term; it is not Adam's ``1 - beta^t`` correction. It uses the
     current (possibly scheduled) gamma and sigma, and with epsilon negligible it equals the
@@ -103,32 +117,16 @@ class Bop2ndOrder(BinaryOptimizer):
     Networks", CVPR Workshops (LXCV) 2021. https://arxiv.org/abs/2104.05124
     """
 
-    hparams = HPARAMS
+    name = "bop2ndorder"
+    description = "Bop2ndOrder: Bop on the gradient average normalized by its second moment"
+    reference = "Suarez-Ramirez et al., A Bop and Beyond, CVPR-W 2021, arXiv:2104.05124"
+    rule_hparams = RULE_HPARAMS
     state_buffers = ("m", "v")
-    rule_keys = ("gamma", "sigma", "threshold", "unbiased")
-
-    def __init__(
-        self,
-        binary_params,
-        real_params=(),
-        *,
-        threshold: float = 1e-6,
-        gamma: float = 1e-6,
-        sigma: float = 1e-2,
-        unbiased: bool = False,
-        lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-7,
-        implementation: str | None = None,
-    ) -> None:
-        super().__init__(
-            binary_params,
-            real_params,
-            binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "unbiased": unbiased},
-            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
-            implementation=implementation,
-        )
+    forward = "sign"
+    divergence_advice = (
+        "lower lr (Adam on the real-valued parameters, where a NaN loss starts: flips keep the "
+        "binary weights at +-1) or gamma, or raise threshold so that fewer weights flip at once"
+    )
 
     @staticmethod
     def update(w, g, m, v, *, gamma, sigma, threshold, unbiased: bool):
@@ -144,22 +142,18 @@ class Bop2ndOrder(BinaryOptimizer):
         ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
         if unbiased:
             numerators = torch._foreach_div(ms, gamma)
-            roots = torch._foreach_sqrt(torch._foreach_div(vs, sigma))
+            roots = sqrt_rn_foreach(torch._foreach_div(vs, sigma))
         else:
-            numerators, roots = ms, torch._foreach_sqrt(vs)
+            numerators, roots = ms, sqrt_rn_foreach(vs)
         torch._foreach_add_(roots, EPSILON)
         signals = torch._foreach_div(numerators, roots)
         return flip_above_foreach_(ws, torch._foreach_mul(ws, signals), threshold)
 
 
+#: Every hyperparameter Bop2ndOrder accepts (the rule's, then Adam's), derived from the class.
+HPARAMS = Bop2ndOrder.hparams
+
+
 @benchbnn.hookimpl
 def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
-    return [
-        benchbnn.OptimizerSpec(
-            name="bop2ndorder",
-            factory=Bop2ndOrder,
-            hparams=HPARAMS,
-            description="Bop2ndOrder: Bop on the gradient average normalized by its second moment",
-            reference="Suarez-Ramirez et al., A Bop and Beyond, CVPR-W 2021, arXiv:2104.05124",
-        )
-    ]
+    return [benchbnn.optimizer_spec(Bop2ndOrder)]

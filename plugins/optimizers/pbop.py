@@ -9,18 +9,19 @@ import torch
 import benchbnn
 from benchbnn.optim import (
     BinaryOptimizer,
-    adam_hparams,
     counter_uniform,
     ema_,
     ema_foreach_,
     flip_,
     sum_counts,
 )
+from benchbnn.optim.base import sqrt_rn, sqrt_rn_foreach
 
 # PBop keeps Bop2ndOrder's moments, so it shares their rates and epsilon.
 from benchbnn_plugins.optimizers.bop2ndorder import EPSILON, GAMMA, SIGMA
 
-HPARAMS = (
+#: The rule's hyperparameters (the real-valued parameters follow Adam with the papers' defaults).
+RULE_HPARAMS = (
     benchbnn.HParam(
         "threshold",
         1e-6,
@@ -41,14 +42,14 @@ HPARAMS = (
         log=True,
         help="flip probability per unit of signal above the threshold",
     ),
-    benchbnn.HParam(
-        "seed",
-        -1,
-        low=-1,
-        high=2**63 - 1,
-        help="seed of the flip generator; -1 draws it from torch's global RNG when built",
-    ),
-    *adam_hparams(),
+)
+#: Read once, when the optimizer is built (kept in ``options``, out of the param groups).
+SEED = benchbnn.HParam(
+    "seed",
+    -1,
+    low=-1,
+    high=2**63 - 1,
+    help="seed of the flip generator; -1 draws it from torch's global RNG when built",
 )
 
 
@@ -59,14 +60,15 @@ class PBop(BinaryOptimizer):
     flips every weight above the threshold, PBop flips each weight independently with a
     probability that grows with how far its signal exceeds the threshold:
 
-        m <- (1 - gamma) m + gamma g
-        v <- (1 - sigma) v + sigma g^2
+        m <- (1 - gamma) m + gamma g          computed as  m + gamma * (g - m)
+        v <- (1 - sigma) v + sigma g^2        computed as  v + sigma * (g*g - v)
         s  = w * m / (sqrt(v) + 1e-10)
         p  = clip(scaler * (s - threshold), 0, 1)
         w <- -w   with probability p
 
     As ``scaler`` grows, PBop becomes Bop2ndOrder (biased) exactly; a signal at or below the
-    threshold never flips.
+    threshold never flips. The averages use Bop2ndOrder's arithmetic (the Bop2ndOrder authors'
+    order, :func:`benchbnn.optim.ema_`, float32 whatever the weights' dtype).
 
     The coins are reproducible: the optimizer owns a ``torch.Generator`` seeded when it is
     built (from ``seed``, or else from torch's global RNG, so a run's seed determines it and
@@ -99,34 +101,22 @@ class PBop(BinaryOptimizer):
     specification of the loaded-coin idea).
     """
 
-    hparams = HPARAMS
+    name = "pbop"
+    description = "PBop: Bop2ndOrder whose flips are coin tosses weighted by the signal"
+    reference = "Suarez-Ramirez, master's thesis, Tec de Monterrey 2020, hdl:11285/643391"
+    rule_hparams = RULE_HPARAMS
+    option_hparams = (SEED,)
     state_buffers = ("m", "v")
-    rule_keys = ("gamma", "sigma", "threshold", "scaler")
+    #: ``key``, one random key per tensor and step, comes from :meth:`tensor_kwargs`.
+    tensor_keys = ("key",)
+    forward = "sign"
+    divergence_advice = (
+        "lower lr (Adam on the real-valued parameters, where a NaN loss starts: flips keep the "
+        "binary weights at +-1), gamma or scaler, or raise threshold so that fewer weights flip "
+        "at once"
+    )
 
-    def __init__(
-        self,
-        binary_params,
-        real_params=(),
-        *,
-        threshold: float = 1e-6,
-        gamma: float = 1e-6,
-        sigma: float = 1e-2,
-        scaler: float = 1e3,
-        seed: int = -1,
-        lr: float = 0.01,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-7,
-        implementation: str | None = None,
-    ) -> None:
-        super().__init__(
-            binary_params,
-            real_params,
-            binary={"threshold": threshold, "gamma": gamma, "sigma": sigma, "scaler": scaler},
-            real={"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
-            options={"seed": seed},
-            implementation=implementation,
-        )
+    def setup(self) -> None:
         seed = self.options["seed"]
         if seed < 0:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
@@ -163,7 +153,7 @@ class PBop(BinaryOptimizer):
     def update(w, g, m, v, *, key, gamma, sigma, threshold, scaler):
         ema_(m, g, gamma)
         ema_(v, g * g, sigma)
-        s = w * (m / (torch.sqrt(v) + EPSILON))
+        s = w * (m / (sqrt_rn(v) + EPSILON))
         probability = torch.clamp(scaler * (s - threshold), 0.0, 1.0)
         return flip_(w, counter_uniform(w, key) < probability)
 
@@ -173,7 +163,7 @@ class PBop(BinaryOptimizer):
     ):
         ema_foreach_(ms, gs, gamma)
         ema_foreach_(vs, torch._foreach_mul(gs, gs), sigma)
-        roots = torch._foreach_sqrt(vs)
+        roots = sqrt_rn_foreach(vs)
         torch._foreach_add_(roots, EPSILON)
         signals = torch._foreach_mul(ws, torch._foreach_div(ms, roots))
         torch._foreach_sub_(signals, threshold)
@@ -185,14 +175,10 @@ class PBop(BinaryOptimizer):
         return sum_counts(counts, ws[0].device)
 
 
+#: Every hyperparameter PBop accepts (the rule's, the seed, then Adam's), derived from the class.
+HPARAMS = PBop.hparams
+
+
 @benchbnn.hookimpl
 def benchbnn_optimizers() -> list[benchbnn.OptimizerSpec]:
-    return [
-        benchbnn.OptimizerSpec(
-            name="pbop",
-            factory=PBop,
-            hparams=HPARAMS,
-            description="PBop: Bop2ndOrder whose flips are coin tosses weighted by the signal",
-            reference="Suarez-Ramirez, master's thesis, Tec de Monterrey 2020, hdl:11285/643391",
-        )
-    ]
+    return [benchbnn.optimizer_spec(PBop)]

@@ -8,12 +8,13 @@ package data) and return one :class:`benchbnn.SuiteSpec` per file from ``benchbn
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import benchbnn
 

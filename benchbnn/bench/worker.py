@@ -1,0 +1,223 @@
+"""``benchbnn worker``: take compare's queued runs from a storage and train them, one at a time.
+
+A worker opens the ledger storage (a journal file, or PostgreSQL / MySQL shared by several
+machines), takes a job from its work queue (:mod:`benchbnn.train.workqueue`), claims the job's
+configuration (:mod:`benchbnn.train.ledger`) and trains it with
+:func:`benchbnn.bench.compare.train_claimed`: planned again from the tracking store under the
+claim, so a run finished meanwhile is not trained twice and an interrupted one resumes from its
+checkpoint (when the checkpoint directory is shared between machines; else it starts over). A
+job whose configuration another live process holds is ended as a duplicate (the compare that
+queued it waits for that process instead).
+
+It goes on until no job is waiting or being worked on by anyone (so a job that comes back from a
+dead worker is still taken), or with ``wait`` for ever. Interrupted (Ctrl-C, SIGTERM), it puts
+its job back in the queue and releases the claim; killed, its job comes back by itself (a
+stopped heartbeat on a database, a dead process id on this machine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchbnn.bench.compare import (
+    DONE,
+    HELD,
+    JOB_VERSION,
+    LEFT,
+    TRAIN,
+    TRAINED,
+    PlannedRun,
+    Training,
+    hardware_description,
+    train_claimed,
+)
+from benchbnn.bench.suites import SuiteEntry
+from benchbnn.core.config import RunConfig
+from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.names import TAG_HARDWARE
+from benchbnn.train.identity import current_environment
+from benchbnn.train.ledger import ClaimLost, Ledger, default_ledger, this_holder
+from benchbnn.train.storage import DEFAULT_HEARTBEAT_S
+from benchbnn.train.tracking import resolve_tracking_uri
+from benchbnn.train.workqueue import DUPLICATE, SETTLED, WorkQueue
+
+#: Seconds between two looks at an empty queue.
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What a worker brings to every job, overriding the job's own where given: the tracking
+    URI (else the job's; a job whose URI had a password needs this or $MLFLOW_TRACKING_URI),
+    the data and checkpoint directories, the device and the torch CPU threads (else the job's
+    share, else torch's default)."""
+
+    tracking_uri: str | None = None
+    data_dir: str | None = None
+    checkpoint_dir: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class WorkerReport:
+    """What a worker did: jobs it trained, found settled, or found held by another process."""
+
+    trained: int = 0
+    settled: int = 0
+    duplicates: int = 0
+    failed: int = 0
+
+
+def planned_of(job: Mapping[str, Any]) -> PlannedRun:
+    """The planned run a queued job describes. Raises BenchbnnError for a job of another
+    benchbnn release."""
+    if job.get("version") != JOB_VERSION:
+        raise BenchbnnError(
+            f"a queued job of another benchbnn release (job version {job.get('version')}, this "
+            f"worker reads {JOB_VERSION}); run workers of the release that queued it"
+        )
+    entry = SuiteEntry(label=str(job["entry"]["label"]), optimizer=str(job["entry"]["optimizer"]))
+    config = RunConfig.from_dict(job["config"])
+    return PlannedRun(entry=entry, arch=str(job["arch"]), config=config, action=TRAIN)
+
+
+def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
+    """How this worker trains ``job``: the job's settings, this worker's overrides, and the
+    numerical environment of this process (results are reused only from it, unless the job
+    says any environment). Raises BenchbnnError when the job's tracking URI had a password and
+    none is given here."""
+    uri = options.tracking_uri
+    if uri is None and "***" in str(job["tracking_uri"]):
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise BenchbnnError(
+                f"the queued job tracks to {job['tracking_uri']}, whose password is not kept in "
+                f"the queue; pass --tracking-uri with the full URI"
+            )
+    uri = resolve_tracking_uri(uri or str(job["tracking_uri"]))
+    checkpoints = options.checkpoint_dir or job.get("checkpoint_dir")
+    data_dir = options.data_dir or job.get("data_dir")
+    tags = {**dict(job.get("tags", {})), TAG_HARDWARE: hardware_description(options.device)}
+    return Training(
+        suite=str(job["suite"]),
+        uri=uri,
+        experiment=str(job["experiment"]),
+        environment=current_environment(options.device).key(),
+        tags=tags,
+        data_dir=Path(data_dir).expanduser() if data_dir else None,
+        device=options.device,
+        checkpoint_dir=checkpoints,
+        quiet=options.quiet,
+        keep_checkpoints=bool(job.get("keep_checkpoints")),
+        retry_failed=bool(job.get("retry_failed")),
+        reuse_any_environment=bool(job.get("reuse_any_environment")),
+    )
+
+
+def work(
+    storage: str | None = None,
+    options: WorkerOptions | None = None,
+    *,
+    wait: bool = False,
+    heartbeat: int = DEFAULT_HEARTBEAT_S,
+    poll_s: float = POLL_S,
+    echo: Callable[[str], None] | None = print,
+) -> WorkerReport:
+    """Take and train queued jobs from ``storage`` (default: the ledger beside the tracking
+    store) until the queue is empty, or with ``wait`` until interrupted.
+
+    Raises BenchbnnError for a storage that cannot hold a queue or cannot be opened, and for a
+    job this worker cannot train (its data directory is missing here, say; the job is put
+    back first); KeyboardInterrupt when interrupted (the job put back, its claim released).
+    A run that fails is reported and the worker goes on.
+    """
+    import torch
+
+    options = options or WorkerOptions()
+    say = echo or (lambda _line: None)
+    where = storage or default_ledger(resolve_tracking_uri(options.tracking_uri))
+    ledger = Ledger.open(where, heartbeat)
+    queue = WorkQueue(ledger)
+    holder = this_holder("worker", ledger.heartbeat_s)
+    default_threads = torch.get_num_threads()
+    prefix = f"[worker {holder.pid}] "
+    report = WorkerReport()
+    said_waiting = False
+    try:
+        say(f"{prefix}taking jobs from {ledger.describe()}")
+        while True:
+            taken = queue.take(holder)
+            if taken is None:
+                queue.reap()
+                if queue.waiting():
+                    continue
+                if not (wait or queue.pending()):
+                    break
+                if not said_waiting:
+                    say(f"{prefix}no job waiting; polling every {poll_s:g} s")
+                    said_waiting = True
+                time.sleep(poll_s)
+                continue
+            said_waiting = False
+            threads = options.threads or taken.job.get("threads") or default_threads
+            torch.set_num_threads(int(threads))
+            value = _run_job(taken, queue, ledger, holder, options, report, prefix, say)
+            if value is not None:
+                queue.finish(taken, value)
+    finally:
+        ledger.close()
+    say(
+        f"{prefix}done: {report.trained} trained, {report.settled} already settled, "
+        f"{report.duplicates} held by other processes, {report.failed} failed"
+    )
+    return report
+
+
+def _run_job(
+    taken: Any,
+    queue: WorkQueue,
+    ledger: Ledger,
+    holder: Any,
+    options: WorkerOptions,
+    report: WorkerReport,
+    prefix: str,
+    say: Callable[[str], None],
+) -> float | None:
+    """Train one taken job under its claim; returns the value its queue trial ends with, or
+    None when the job must not be ended here (its claim was taken over: a reaper queued it
+    again). Raises what :func:`work` raises, the job put back first."""
+    job = taken.job
+    try:
+        planned = planned_of(job)
+        training = training_of(job, options)
+        settled = train_claimed(planned, training, ledger, holder, say, prefix, key=job["key"])
+    except ClaimLost as exc:
+        say(f"{prefix}{exc}")
+        queue.release(taken)
+        return None
+    except RunFailed as exc:
+        report.failed += 1
+        say(f"{prefix}{job.get('suite')}/{job['entry']['label']} failed: {exc}")
+        return SETTLED
+    except BaseException:
+        queue.put_back(taken)
+        raise
+    name = training.name(planned)
+    if settled.what == HELD:
+        who = settled.owner.describe() if settled.owner else "another process"
+        say(f"{prefix}{name}: held by {who}; left to it")
+        report.duplicates += 1
+        return DUPLICATE
+    if settled.what == TRAINED:  # the engine printed the run's summary line
+        report.trained += 1
+    elif settled.what in (DONE, LEFT):
+        report.settled += 1
+        say(f"{prefix}{name}: {settled.plan.describe().strip() if settled.plan else 'settled'}")
+    return SETTLED

@@ -1,0 +1,212 @@
+"""Does the work queue hand out every job exactly once, cheaply, to many workers?
+
+Targets: claim overhead under 50 ms per job; 8 workers finish sleep-bound jobs within 1.2x of
+the ideal time (jobs x job time / workers).
+
+A throw-away PostgreSQL cluster is started as ``tests/pg.py`` does (a unix socket in a temporary
+directory, removed afterwards). For each worker count (default 1, 2, 4, 8) a fresh database gets
+``--jobs`` jobs (default 500) queued by :meth:`benchbnn.train.workqueue.WorkQueue.put`, and that
+many worker processes drain it the way ``benchbnn worker`` does, minus the training: take a job
+(``Study.ask`` on a queue shard, a heartbeat), claim its configuration in the ledger
+(:meth:`benchbnn.train.ledger.Ledger.try_claim`: a RUNNING trial in the configuration's study,
+a heartbeat, a read of the RUNNING claims), sleep ``--job-ms`` (default 50 ms) instead of
+training, end the claim and the job. Reported per worker count:
+
+* exactly once: every job done by one worker, each configuration claimed once, no job left,
+  the number of stray trials (``ask`` that found the queue dry) closed on the way;
+* claim overhead per job: take + claim before the job, end of claim + job after it (median,
+  p99; wall-clock milliseconds, so it includes waiting for the CPU on a busy machine);
+* wall time against the ideal, and the scaling efficiency (ideal / wall);
+* the machine: cores, load average before and after, CPU seconds the workers used.
+
+    python benchmarks/bench_queue.py
+    python benchmarks/bench_queue.py --workers 1,8 --jobs 200 --out benchbnn-out/queue.json
+
+Workers start together (they wait for a go file once imported). Timings on a shared machine are
+noisy: read them with the load average printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- one worker process -----------------------------------------------------------------------
+
+
+def worker(storage: str, go: Path, job_s: float) -> dict[str, Any]:
+    """Drain the queue as ``benchbnn worker`` does, sleeping instead of training."""
+    from benchbnn.train.ledger import Ledger, this_holder
+    from benchbnn.train.workqueue import WorkQueue
+
+    ledger = Ledger.open(storage)
+    queue = WorkQueue(ledger)
+    holder = this_holder("worker", ledger.heartbeat_s)
+    while not go.exists():
+        time.sleep(0.002)
+    records = []
+    while True:
+        start = time.perf_counter()
+        taken = queue.take(holder)
+        if taken is None:  # nothing waiting (no worker dies here, so nothing comes back)
+            break
+        claim = ledger.try_claim(taken.job["key"], holder)
+        claimed = time.perf_counter()
+        if claim.owned:
+            time.sleep(job_s)
+        slept = time.perf_counter()
+        claim.finish(True) if claim.owned else None
+        queue.finish(taken)
+        end = time.perf_counter()
+        records.append(
+            {
+                "job": taken.job["n"],
+                "owned": claim.owned,
+                "before_ms": 1000 * (claimed - start),
+                "after_ms": 1000 * (end - slept),
+                "end": time.time(),
+            }
+        )
+    ledger.close()
+    return {"pid": os.getpid(), "records": records, "finished_at": time.time()}
+
+
+# --- one worker count -------------------------------------------------------------------------
+
+
+def drain(url: str, workers: int, jobs: int, job_s: float, folder: Path) -> dict[str, Any]:
+    """Queue ``jobs`` jobs in the database at ``url`` and drain them with ``workers`` processes."""
+    from benchbnn.train.ledger import Ledger, claim_key
+    from benchbnn.train.workqueue import ATTR_JOB, ATTR_STRAY, WorkQueue
+
+    ledger = Ledger.open(url)
+    queue = WorkQueue(ledger)
+    started = time.perf_counter()
+    queue.put(
+        [{"key": claim_key("http://bench", "queue", f"{n:016x}"), "n": n} for n in range(jobs)]
+    )
+    enqueue_s = time.perf_counter() - started
+    go = folder / f"go-{workers}"
+    outputs = [folder / f"worker-{workers}-{i}.json" for i in range(workers)]
+    command = [sys.executable, __file__, "--worker", url, str(go), str(job_s)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    processes = [
+        subprocess.Popen([*command, str(out)], stderr=subprocess.PIPE, text=True) for out in outputs
+    ]
+    time.sleep(4.0)  # every worker imported and waiting
+    load_before = os.getloadavg()
+    begin = time.time()
+    go.touch()
+    for p in processes:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"a worker failed:\n{err[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    results = [json.loads(out.read_text()) for out in outputs]
+    records = [r for result in results for r in result["records"]]
+    wall = max(r["end"] for r in records) - begin
+    done = sorted(r["job"] for r in records)
+    trials = queue.trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    strays = [t for t in trials if t.user_attrs.get(ATTR_STRAY)]
+    claims_owned = sum(r["owned"] for r in records)
+    overhead = [r["before_ms"] + r["after_ms"] for r in records]
+    ideal = jobs * job_s / workers
+    ledger.close()
+    return {
+        "workers": workers,
+        "jobs": jobs,
+        "exactly_once": done == list(range(jobs))
+        and sorted(t.user_attrs[ATTR_JOB]["n"] for t in complete) == list(range(jobs))
+        and claims_owned == jobs,
+        "left_in_queue": queue_left(trials),
+        "strays": len(strays),
+        "enqueue_ms_per_job": 1000 * enqueue_s / jobs,
+        "overhead_ms": {
+            "median": statistics.median(overhead),
+            "p99": _percentile(overhead, 0.99),
+            "before_median": statistics.median(r["before_ms"] for r in records),
+            "after_median": statistics.median(r["after_ms"] for r in records),
+        },
+        "wall_s": wall,
+        "ideal_s": ideal,
+        "wall_over_ideal": wall / ideal,
+        "efficiency": ideal / wall,
+        "jobs_per_worker": sorted(len(r["records"]) for r in results),
+        "worker_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+
+
+def queue_left(trials: list[Any]) -> int:
+    return sum(t.state.name in ("WAITING", "RUNNING") for t in trials)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        storage, go, job_s, out = sys.argv[2], Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+        Path(out).write_text(json.dumps(worker(storage, go, job_s)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2,4,8", help="worker counts (default 1,2,4,8)")
+    parser.add_argument("--jobs", type=int, default=500, help="jobs per drain (default 500)")
+    parser.add_argument("--job-ms", type=float, default=50.0, help="job length (default 50 ms)")
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(TESTS))
+    import pg  # the same throw-away cluster the tests start
+
+    server = pg.start_server()
+    folder = Path(tempfile.mkdtemp(prefix="benchbnn-bench-queue-"))
+    reports = []
+    try:
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}")
+        for workers in [int(w) for w in args.workers.split(",")]:
+            url = server.new_database(f"queue_{workers}_{uuid.uuid4().hex[:6]}")
+            report = drain(url, workers, args.jobs, args.job_ms / 1000, folder)
+            reports.append(report)
+            o = report["overhead_ms"]
+            print(
+                f"{workers} worker(s): {args.jobs} jobs, exactly once: {report['exactly_once']}, "
+                f"left {report['left_in_queue']}, strays {report['strays']}; claim overhead "
+                f"median {o['median']:.1f} ms (take+claim {o['before_median']:.1f}, "
+                f"end {o['after_median']:.1f}), p99 {o['p99']:.1f} ms; wall "
+                f"{report['wall_s']:.2f} s vs ideal {report['ideal_s']:.2f} s "
+                f"({report['wall_over_ideal']:.2f}x, efficiency {report['efficiency']:.0%}); "
+                f"workers' CPU {report['worker_cpu_s']:.1f} s; load "
+                f"{report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; "
+                f"enqueue {report['enqueue_ms_per_job']:.1f} ms/job"
+            )
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(reports, indent=2))
+
+
+if __name__ == "__main__":
+    main()
