@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from benchbnn.bench.suite_file import load_suite
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.machine import cpu_model, usable_cores
 from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
     DEFAULT_SUITE,
@@ -186,27 +186,13 @@ def hardware_description(device: str | None = None) -> str:
     """CPU model, usable cores and torch threads, plus the GPU model when training on CUDA."""
     import torch
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     threads = torch.get_num_threads()
-    text = f"{_cpu_model()}, {cores} cores, {threads} torch thread{'s' if threads != 1 else ''}"
+    text = f"{cpu_model()}, {cores} cores, {threads} torch thread{'s' if threads != 1 else ''}"
     cuda = str(device).startswith("cuda") if device is not None else torch.cuda.is_available()
     if cuda and torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(torch.device(device or 'cuda'))}"
     return text
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 # --- planning ---------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.machine import cpu_model, load_average, usable_cores
 from benchbnn.core.plugins import get_optimizer, list_optimizers, provenance
 from benchbnn.optim.base import IMPLEMENTATIONS, BinaryOptimizer, compile_unavailable_reason
 
@@ -195,31 +196,6 @@ def default_floor_bytes(cache: Cache) -> int:
     """Bytes per floor array: ``max(FLOOR_MIN_BYTES, FLOOR_LLC_MULTIPLE * LLC)``, whole MiB."""
     wanted = max(FLOOR_MIN_BYTES, FLOOR_LLC_MULTIPLE * cache.bytes)
     return -(-wanted // MiB) * MiB
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def load_average() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except (AttributeError, OSError):  # Windows
-        return None
 
 
 def machine_info() -> dict[str, Any]:
