@@ -22,7 +22,7 @@ the number of steps, the seed and hyperparameters other than the defaults::
         "my-opt", properties=["flip-count", "state-dict"], steps=100, hparams={"gamma": 0.01}
     )
 
-Two-process data-parallel behaviour is not part of the kit (it needs torchrun).
+The ``data-parallel`` property starts two processes; it takes a few seconds.
 """
 
 from __future__ import annotations

@@ -71,8 +71,12 @@ class ForeachDiffers(_Toy):
         return sum_counts([flip_(w, w * m >= threshold) for w, m in zip(ws, ms)], ws[0].device)
 
 
+#: The properties that run in this process (data-parallel starts two more; tested apart).
+IN_PROCESS = [p for p in PROPERTIES if p != "data-parallel"]
+
+
 def _failing(optimizer) -> list[str]:
-    return [r.prop for r in check_optimizer(optimizer) if r.status == "failed"]
+    return [r.prop for r in check_optimizer(optimizer, IN_PROCESS) if r.status == "failed"]
 
 
 def _plugin(*classes, name="conformance-test-plugin"):
@@ -89,7 +93,10 @@ def _plugin(*classes, name="conformance-test-plugin"):
 # --- the kit passes on every registered optimizer ------------------------------------------
 
 
-@pytest.mark.parametrize("prop", list(PROPERTIES))
+@pytest.mark.parametrize(
+    "prop",
+    [p if p in IN_PROCESS else pytest.param(p, marks=pytest.mark.slow) for p in PROPERTIES],
+)
 @pytest.mark.parametrize("name", benchbnn.list_optimizers())
 def test_every_registered_optimizer_conforms(name, prop):
     result = check_property(name, prop)
@@ -113,7 +120,7 @@ def test_the_correct_toy_rule_conforms():
     ids=["weights-outside", "drops-buffer", "foreach-differs"],
 )
 def test_broken_optimizers_fail_exactly_their_property(broken, prop):
-    results = check_optimizer(broken)
+    results = check_optimizer(broken, IN_PROCESS)
     failing = [r for r in results if r.status == "failed"]
     assert [r.prop for r in failing] == [prop], "\n".join(r.report() for r in results)
     report = failing[0].report()
@@ -149,7 +156,13 @@ def test_check_bop_passes(capsys):
     assert main(["check", "bop"]) == 0
     out = capsys.readouterr().out
     assert "bop: state-dict: passed" in out
+    assert "bop: data-parallel: passed" in out
     assert "0 failed" in out
+
+
+def test_data_parallel_skips_an_optimizer_the_ranks_cannot_load():
+    result = check_property(type("ToyLocal", (_Toy,), {"name": "toy-local"}), "data-parallel")
+    assert result.status == "skipped" and "BENCHBNN_PLUGINS" in result.reason
 
 
 @pytest.mark.usefixtures("clean_registry")

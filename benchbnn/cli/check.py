@@ -9,10 +9,9 @@ NAME = "check"
 HELP = (
     "run the conformance kit on every installed optimizer (or the named ones): binary weights "
     "stay +-1, flip counts, state_dict round trip, reference/foreach/compiled agreement, "
-    "determinism, hyperparameter ranges and schedules, low-precision weights; print each "
-    "property passed, failed (with a reproducer) or skipped (with the reason); exit 1 on a "
-    "failure. Two-process data-parallel behaviour is not checked here (the project's torchrun "
-    "tests cover it)"
+    "determinism, hyperparameter ranges and schedules, low-precision weights, two "
+    "data-parallel processes; print each property passed, failed (with a reproducer) or "
+    "skipped (with the reason); exit 1 on a failure"
 )
 ORDER = 65
 
@@ -26,6 +25,7 @@ PROPERTIES = (
     "determinism",
     "hparam-ranges",
     "dtypes",
+    "data-parallel",
 )
 MAX_STEPS = 1000
 
@@ -115,8 +115,7 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"({len(names)} optimizers; not checked here: two-process data parallelism, covered by "
-        f"the torchrun tests)"
+        f"({len(names)} optimizers)"
     )
     if failed:
         print("failed: " + ", ".join(failed))

@@ -38,9 +38,10 @@ The properties (names as ``benchbnn check --property`` takes them):
 * ``dtypes``: float16, bfloat16 and float64 weights behave as float32 weights
   (:func:`benchbnn.optim.testing.dtype_problems`).
 
-Not covered here: two-process data-parallel training (every rank must take the same decisions),
-which needs ``torchrun`` and is covered by the project's torchrun tests
-(``tests/test_engine_distributed.py``).
+* ``data-parallel``: two processes (gloo, started with ``torch.multiprocessing``) step the
+  optimizer on their averaged gradients, as data-parallel training does, and must end with
+  identical weights and state (no rank-dependent randomness or arithmetic). The ranks are fresh
+  processes, so an optimizer registered only in the calling process is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -495,6 +496,98 @@ def _dtypes(setup: _Setup) -> str:
 
 
 #: The properties in the order they run: name -> (function, one-line description).
+#: Processes of the data-parallel property (gloo on the CPU, whatever devices the machine has).
+DATA_PARALLEL_RANKS = 2
+
+
+def _data_parallel_rank(
+    rank: int, name: str, seed: int, steps: int, hparams: dict[str, Any], folder: str
+) -> None:
+    """One rank: rank-specific gradients averaged with all_reduce, then the optimizer's step."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=DATA_PARALLEL_RANKS,
+    )
+    try:
+        setup = _Setup(resolve_spec(name), seed, steps, hparams)
+        run = _Run(setup)
+        everything = [*run.params, *run.real]
+        for t in range(steps):
+            # Each rank sees its own gradients; the mean over ranks is what data-parallel
+            # training hands every rank's optimizer (exact: the gradients are powers of two).
+            grads = [g * (rank + 1) for g in (*setup.grads[t], *setup.real_grads[t])]
+            for g in grads:
+                dist.all_reduce(g)
+                g.div_(DATA_PARALLEL_RANKS)
+
+            def closure(grads: list[torch.Tensor] = grads) -> torch.Tensor:
+                for p, g in zip(everything, grads):
+                    p.grad = g.to(p.dtype).clone()
+                return torch.zeros(())
+
+            torch.manual_seed(seed + t)  # every rank draws the same numbers, as the engine seeds
+            if run.needs_closure:
+                run.opt.step(closure)
+            else:
+                closure()
+                run.opt.step()
+        torch.save({"weights": run.weights(), "buffers": run.buffers()}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _data_parallel(setup: _Setup) -> str:
+    """Two processes (gloo) step the optimizer on their averaged gradients: weights and state
+    must be identical on both ranks (no rank-dependent randomness or arithmetic)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="benchbnn-check-") as folder:
+        args = (setup.spec.name, setup.seed, setup.steps, dict(setup.hparams), folder)
+        try:
+            mp.start_processes(
+                _data_parallel_rank,
+                args=args,
+                nprocs=DATA_PARALLEL_RANKS,
+                start_method="spawn",
+            )
+        except mp.ProcessRaisedException as exc:
+            if "UnknownNameError" in str(exc):
+                raise _Skip(
+                    f"{setup.spec.name!r} is registered in this process only and the ranks are "
+                    f"fresh processes: install the plugin or load it with BENCHBNN_PLUGINS"
+                ) from None
+            raise
+        ranks = [torch.load(f"{folder}/rank{r}.pt") for r in range(DATA_PARALLEL_RANKS)]
+    first = ranks[0]
+    for rank, other in enumerate(ranks[1:], start=1):
+        for i, (a, b) in enumerate(zip(first["weights"], other["weights"])):
+            if not torch.equal(a, b):
+                raise _Failure(
+                    f"binary weights of tensor {i} differ between rank 0 and rank {rank} "
+                    f"after {setup.steps} data-parallel steps",
+                    setup.steps,
+                    tensor=i,
+                )
+        for name, tensors in first["buffers"].items():
+            for i, (a, b) in enumerate(zip(tensors, other["buffers"].get(name, []))):
+                if not torch.equal(a, b):
+                    raise _Failure(
+                        f"state buffer {name!r} of tensor {i} differs between rank 0 and rank "
+                        f"{rank} after {setup.steps} data-parallel steps",
+                        setup.steps,
+                        buffer=name,
+                        tensor=i,
+                    )
+    return f"{setup.steps} steps on {DATA_PARALLEL_RANKS} gloo processes: identical on every rank"
+
+
 PROPERTIES: dict[str, tuple[Callable[[_Setup], str], str]] = {
     "binary-weights": (_binary_weights, "binary (or evaluated) weights stay +-1"),
     "flip-count": (_flip_count, "flip_count equals the sign changes of every step"),
@@ -504,6 +597,7 @@ PROPERTIES: dict[str, tuple[Callable[[_Setup], str], str]] = {
     "determinism": (_determinism, "the same seed gives the same trajectory"),
     "hparam-ranges": (_hparam_ranges, "every hyperparameter accepts its valid range"),
     "dtypes": (_dtypes, "low-precision weights flip as float32 weights"),
+    "data-parallel": (_data_parallel, "two data-parallel processes keep identical weights"),
 }
 
 
