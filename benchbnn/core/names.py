@@ -75,6 +75,12 @@ EPOCH_METRICS = (
     "test_top5",
     "epoch_time_s",
     "images_per_s",
+    # in-process timing of the training steps of the epoch (seconds, summed over its steps):
+    # the optimizer's own step (what differs between entries) and the forward and backward
+    # passes (the same work for every entry); the 1-minute load average at the epoch's end
+    "optimizer_step_s",
+    "forward_backward_s",
+    "load_average",
     "flip_ratio",
     "flip_log_ratio",
     "lr",
@@ -86,6 +92,7 @@ RUN_METRICS = (
     "real_parameters",
     "state_bytes_per_binary_weight",
     "peak_memory_mb",
+    "compile_time_s",  # seconds spent compiling the model (0 when eager), apart from epochs
 )
 
 # --- params and artifacts ---
