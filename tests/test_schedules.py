@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -263,3 +264,41 @@ def test_exponential_and_step_agree_at_period_boundaries():
             Step(2.0, 0.5, 3).value(s, 7, 100)
         )
     assert math.isclose(Step(1.0, 10.0, 0.5).value(7, 2, 100), 1e7)
+
+
+# --- periods in optimizer steps and bounds (annealing methods) ---------------------------------
+
+units = st.sampled_from(["epochs", "steps"])
+bounded = st.one_of(
+    st.builds(Step, finite, positive, positive, units),
+    st.builds(Exponential, finite, positive, positive, units),
+    st.builds(Polynomial, finite, finite, positive),
+    st.builds(Cosine, finite, finite),
+).flatmap(lambda s: st.builds(_with_bounds, st.just(s), st.floats(-1e6, 1e6), st.floats(0, 1e6)))
+
+
+def _with_bounds(schedule: Schedule, low: float, width: float) -> Schedule:
+    return dataclasses.replace(schedule, lower=low, upper=low + width)
+
+
+@settings(max_examples=80, deadline=None)
+@given(bounded)
+def test_units_and_bounds_round_trip_through_both_forms(schedule: Schedule):
+    assert parse_schedule(schedule.describe()) == schedule
+    assert parse_schedule(schedule.to_dict()) == schedule
+
+
+@settings(max_examples=80, deadline=None)
+@given(bounded, st.integers(0, 10_000), st.integers(1, 50))
+def test_every_value_lies_within_the_bounds(schedule: Schedule, step: int, steps_per_epoch: int):
+    value = schedule.value(step, steps_per_epoch, 10_000)
+    assert schedule.lower is not None and schedule.upper is not None
+    assert schedule.lower <= value <= schedule.upper
+
+
+def test_a_step_count_ignores_the_batch_count_and_an_epoch_count_follows_it():
+    in_steps, in_epochs = Step(1.0, 0.5, 10, "steps"), Step(1.0, 0.5, 10, "epochs")
+    assert [in_steps.value(s, spe, 10**6) for s, spe in ((9, 1), (10, 1), (10, 7))] == [
+        1.0, 0.5, 0.5,
+    ]  # fmt: skip
+    assert [in_epochs.value(s, 7, 10**6) for s in (69, 70)] == [1.0, 0.5]

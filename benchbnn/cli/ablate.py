@@ -17,7 +17,8 @@ From each suite entry's hyperparameters (the optimizer's defaults where the entr
 log-scale hyperparameter of the optimizer's search space (narrowed by the suite's [tune.OPTIMIZER]
 table, or the ones named by --hparams) is multiplied by 10^f for each f in --factors while the
 others stay fixed. Swept hyperparameters are constants (an entry's schedule of one is replaced by
-its base value), so all sweeps of an entry share one base-point run. Runs the tracking store
+its base value; one that follows a default schedule of its optimizer is scheduled constant:V),
+so all sweeps of an entry share one base-point run. Runs the tracking store
 already holds are reused by configuration hash (as compare does); only missing ones are trained,
 and an interrupted sweep resumes. Factors start with a minus: write --factors=-2,-1,1,2.
 

@@ -34,6 +34,7 @@ def _describe(kind: str, spec: Any) -> dict[str, Any]:
             "defaults": spec.defaults,
             "hyperparameters": [h.as_dict() for h in spec.hparams],
             "search_space": sorted(spec.search_space),
+            "default_schedules": _default_schedules(spec),
             "reference": spec.reference,
         }
     if kind == "architecture":
@@ -58,9 +59,24 @@ def _describe(kind: str, spec: Any) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "path": str(spec.path)}
 
 
+def _default_schedules(spec: Any) -> dict[str, str]:
+    """An optimizer's default schedules in the compact form (``{"lr": "cosine:0.0001:1e-16"}``);
+    a declaration that cannot be read is shown as declared (its plugin failed to load)."""
+    from benchbnn.optim.schedules import parse_schedule
+
+    shown = {}
+    for name, raw in dict(spec.default_schedules).items():
+        try:
+            shown[name] = parse_schedule(raw).describe()
+        except ValueError:
+            shown[name] = str(raw)
+    return shown
+
+
 def listing() -> dict[str, Any]:
     """The plugin listing as plain data (what ``--json`` prints)."""
     from benchbnn.core.plugins import get_registry
+    from benchbnn.optim import schedules  # noqa: F401 - checks default schedules at load
 
     registry = get_registry()
     distributions: dict[str, dict[str, Any]] = {}
@@ -102,6 +118,14 @@ def main(args: argparse.Namespace) -> int:
             for opt in plugin.get("optimizers", []):
                 defaults = settings(opt["defaults"], empty="none")
                 print(f"    optimizer     {opt['name']}: {defaults}")
+                if opt["default_schedules"]:
+                    scheduled = settings(opt["default_schedules"], empty="none")
+                    print(f"                  default schedules: {scheduled}")
+                by_run = [
+                    h["name"] for h in opt["hyperparameters"] if h["search"] == "depends on the run"
+                ]
+                if by_run:
+                    print(f"                  search range depends on the run: {', '.join(by_run)}")
             for arch in plugin.get("architectures", []):
                 options = ", ".join(f"{k}={v}" for k, v in arch["options"].items())
                 print(f"    architecture  {arch['name']}" + (f": {options}" if options else ""))

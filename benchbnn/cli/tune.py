@@ -21,11 +21,17 @@ TPE_STARTUP_TRIALS = 10
 EPILOG = """\
 The study searches the hyperparameters the optimizer's plugin declares searchable, narrowed by
 the suite's [tune.OPTIMIZER] table, on the suite's dataset, architecture, epochs and batch size,
-starting from the hyperparameters and schedules of the suite entry that uses the optimizer (a
-tuned value replaces its schedule). Each trial trains with a validation split held out of the
-training data (the suite's val_fraction, else 0.1) and is scored by its final validation top-1
-(the mean over --seeds seeds); the first seed reports every epoch so the pruner can stop
-hopeless trials. The test split is never used to select.
+starting from the hyperparameters and schedules of the suite entry that uses the optimizer. A
+tuned hyperparameter that follows a schedule (the entry's or the optimizer's default) keeps it:
+the sampled value is its START and its other values (END, min, max) scale with it; a step or
+exponential schedule keeps its factor and period. Where that cannot work (a schedule starting
+at 0, or one that would leave the valid range), trials hold it constant and one line says so;
+best.json lists both (schedules_tuned, schedules_held_constant) and the schedules the best trial
+followed (schedules). A search range that depends on the run (a plugin's callable search) is
+computed from the protocol's data before the study starts. Each trial trains with a
+validation split held out of the training data (the suite's val_fraction, else 0.1) and is
+scored by its final validation top-1 (the mean over --seeds seeds); the first seed reports
+every epoch so the pruner can stop hopeless trials. The test split is never used to select.
 
 --trials counts trials that ended: complete, pruned, or failed because training diverged (such
 a trial is recorded FAIL with the reason in its user attribute benchbnn.failure, and the study

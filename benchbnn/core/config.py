@@ -14,6 +14,15 @@ Writing a default explicitly or leaving it out is the same run; a plugin release
 default makes a new one. Computing it needs the optimizer, architecture and dataset plugins
 installed (:class:`~benchbnn.core.errors.UnknownNameError` otherwise).
 
+Default schedules. An optimizer may declare schedules that its runs follow unless the
+configuration gives one for that hyperparameter
+(:attr:`~benchbnn.core.specs.OptimizerSpec.default_schedules`). They are part of the identity,
+written as schedule data under ``schedules`` as if the configuration had given them, so writing a
+default schedule out or leaving it out is the same run; an optimizer without default schedules
+has exactly the identity (and hash) it had before they existed. A value given for such a
+hyperparameter without a schedule is refused (:func:`resolved_schedules`): the schedule would
+overwrite it from the first step, so the configuration says ``constant:V`` to hold it at V.
+
 Runs tracked before schema 2 carry the hash of the configuration as written
 (:meth:`RunConfig.legacy_config_hash`, schema 1). They stand for a configuration only while the
 hyperparameters and architecture options they recorded with defaults filled in are those the
@@ -31,7 +40,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from benchbnn.core import limits
-from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError, HyperparameterError
 
 #: Bump when the meaning of a configuration changes (e.g. a fix to an update rule), so that old
 #: tracked runs stop being reused. 2: the resolved configuration (defaults filled in).
@@ -201,20 +210,71 @@ def resolved_options(config: RunConfig) -> dict[str, dict[str, Any]]:
     }
 
 
+def resolved_schedules(config: RunConfig) -> dict[str, Any]:
+    """``config``'s schedules with its optimizer's default schedules for the hyperparameters it
+    gives none for (defaults first, as data; the given ones as written).
+
+    Raises HyperparameterError when ``config`` gives a value, but no schedule, for a
+    hyperparameter that has a default schedule (the schedule would overwrite the value: the
+    message says to write ``constant:V``), UnknownNameError for an unknown optimizer and
+    PluginError for a default schedule its plugin declares wrongly.
+    """
+    from benchbnn.core.plugins import get_optimizer
+
+    spec = get_optimizer(config.optimizer)
+    defaults = spec.default_schedule_data()
+    refuse_overwritten_values(spec.name, defaults, config.hparams, config.schedules)
+    return {
+        **{k: v for k, v in defaults.items() if k not in config.schedules},
+        **config.schedules,
+    }
+
+
+def refuse_overwritten_values(
+    optimizer: str,
+    defaults: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    schedules: Mapping[str, Any],
+) -> None:
+    """Raise HyperparameterError for a value in ``hparams`` of a hyperparameter that has a
+    default schedule (``defaults``: name -> schedule data or text) and no schedule in
+    ``schedules``: the default schedule would overwrite it from the first step. The message
+    names the fix (schedule it as ``constant:V``)."""
+    for name in sorted(set(defaults) & set(hparams) - set(schedules)):
+        default = defaults[name]
+        shown = _compact(default) if isinstance(default, Mapping) else str(default)
+        value = hparams[name]
+        raise HyperparameterError(
+            f"{name!r} of optimizer {optimizer!r} follows its default schedule {shown}, which "
+            f"would overwrite the value {name} = {value!r} given without a schedule; to hold it "
+            f"there, schedule it as constant (--schedule {name}=constant:{value} or "
+            f'schedules.{name} = "constant:{value}"), or give another schedule'
+        )
+
+
+def _compact(data: Mapping[str, Any]) -> str:
+    """Schedule data in a short readable form for messages (``cosine(start=.., end=..)``)."""
+    values = ", ".join(f"{k}={v}" for k, v in data.items() if k != "schedule")
+    return f"{data.get('schedule')}({values})"
+
+
 def resolved_identity(config: RunConfig) -> dict[str, Any]:
     """The identity of ``config`` in schema :data:`CONFIG_SCHEMA_VERSION` (JSON-ready).
 
     The options come from :func:`resolved_options` (which raises what it raises); schedules are
-    taken as data, as :func:`benchbnn.train.engine.canonical_config` writes them.
+    taken as data, as :func:`benchbnn.train.engine.canonical_config` writes them, with the
+    optimizer's default schedules for the hyperparameters given none (:func:`resolved_schedules`,
+    which raises what it raises).
     """
     options = resolved_options(config)
+    schedules = resolved_schedules(config)
     return {
         "schema": CONFIG_SCHEMA_VERSION,
         "dataset": config.dataset,
         "arch": config.arch,
         "optimizer": config.optimizer,
         "hparams": _frozen(options["hparams"]),
-        "schedules": _frozen(config.schedules),
+        "schedules": _frozen(schedules),
         "arch_options": _frozen(options["arch_options"]),
         "dataset_options": _frozen(options["dataset_options"]),
         "epochs": _as(int, config.epochs),

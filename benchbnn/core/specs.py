@@ -84,17 +84,21 @@ class HParam:
     ``low_open``/``high_open``: ``low=0.0, low_open=True`` declares a value that must be
     positive, for a rule that divides by it). ``search`` is the range an Optuna study explores
     by default (``log=True`` samples it log-uniformly); ``None`` means the hyperparameter is not
-    tuned. Booleans are searched over ``(False, True)`` when ``search`` is set to any truthy
-    value. ``static=True`` says that the value cannot change during a run (the optimizer reads
-    it once, or it acts somewhere the engine cannot follow a schedule): scheduling it is
-    refused. Only real-valued hyperparameters can follow a schedule in any case.
+    tuned. ``search`` may also depend on the run: a callable ``(context) -> (low, high)``
+    given the run's :class:`RunContext` (training-set size, steps per epoch, total steps, world
+    size), e.g. a range in units of ``1 / context.train_size``; the tuner resolves it from the
+    study's base configuration before the study starts (:meth:`resolved_search`). Booleans are
+    searched over ``(False, True)`` when ``search`` is set to any truthy value. ``static=True``
+    says that the value cannot change during a run (the optimizer reads it once, or it acts
+    somewhere the engine cannot follow a schedule): scheduling it is refused. Only real-valued
+    hyperparameters can follow a schedule in any case.
     """
 
     name: str
     default: Any
     low: float | None = None
     high: float | None = None
-    search: tuple[float, float] | None = None
+    search: tuple[float, float] | Callable[[RunContext], tuple[float, float]] | None = None
     log: bool = False
     help: str = ""
     low_open: bool = False
@@ -150,6 +154,43 @@ class HParam:
                 f"{self.valid_range}"
             )
 
+    @property
+    def search_depends_on_run(self) -> bool:
+        """True when ``search`` is computed from the run (a callable of a RunContext)."""
+        return callable(self.search)
+
+    def resolved_search(
+        self, context: RunContext | None, owner: str = ""
+    ) -> tuple[float, float] | None:
+        """The search range as ``(low, high)`` for the run ``context`` describes (None: not
+        searched). A declared range comes back as it is; a callable one is called with
+        ``context`` and its answer checked as a declared range is at plugin load (two numbers,
+        ``low < high``, both in the valid range, positive on a log scale).
+
+        Raises HyperparameterError naming the hyperparameter, ``owner`` and what was wrong,
+        also when the range depends on the run and ``context`` is None.
+        """
+        label = f"search range of {self.name!r}" + (f" of {owner}" if owner else "")
+        if not callable(self.search):
+            return None if not self.search else (self.search[0], self.search[1])
+        if context is None:
+            raise HyperparameterError(
+                f"the {label} depends on the run (training-set size, steps); it is resolved "
+                f"from a run configuration, which was not given"
+            )
+        try:
+            found = self.search(context)
+            low, high = (float(v) for v in found)
+        except (TypeError, ValueError) as exc:
+            raise HyperparameterError(
+                f"the {label} must be computed as two numbers (low, high); the plugin's function "
+                f"failed or returned something else: {exc}"
+            ) from None
+        problem = _search_problem(self, low, high)
+        if problem:
+            raise HyperparameterError(f"the {label}, computed as ({low!r}, {high!r}), {problem}")
+        return low, high
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -159,11 +200,28 @@ class HParam:
             "high": self.high,
             "low_open": self.low_open,
             "high_open": self.high_open,
-            "search": list(self.search) if isinstance(self.search, tuple) else self.search,
+            "search": (
+                "depends on the run"
+                if callable(self.search)
+                else list(self.search)
+                if isinstance(self.search, tuple)
+                else self.search
+            ),
             "log": self.log,
             "static": self.static,
             "help": self.help,
         }
+
+
+def _search_problem(h: HParam, low: float, high: float) -> str:
+    """What is wrong with ``(low, high)`` as ``h``'s search range, or "" when nothing is."""
+    if not low < high:
+        return "is empty (need low < high)"
+    if low not in h.valid_range or high not in h.valid_range:
+        return f"leaves its valid range {h.valid_range}"
+    if h.log and low <= 0:
+        return "must be positive on a log scale"
+    return ""
 
 
 def _accepted_keywords(factory: Callable[..., Any]) -> set[str] | None:
@@ -247,6 +305,36 @@ class RunContext:
     seed: int
 
 
+#: Reads an optimizer's default schedules: ``(owner, hparams, declared) -> {name: data}``,
+#: raising PluginError. Schedules are a layer above (:mod:`benchbnn.optim.schedules`), which
+#: registers its reader when it is imported (:func:`register_schedule_reader`).
+ScheduleReader = Callable[[str, tuple["HParam", ...], Mapping[str, Any]], dict[str, Any]]
+_SCHEDULE_READERS: list[ScheduleReader] = []
+
+
+def register_schedule_reader(reader: ScheduleReader) -> None:
+    """Install the function that parses and checks default schedules (one; the last wins)."""
+    _SCHEDULE_READERS[:] = [reader]
+
+
+def _read_schedules(
+    owner: str, hparams: tuple[HParam, ...], declared: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``declared`` default schedules as data, through the registered reader.
+
+    Raises PluginError (from the reader), or BenchbnnError when no reader is installed (nothing
+    imported :mod:`benchbnn.optim.schedules`: ``import benchbnn.optim.schedules`` first).
+    """
+    if not declared:
+        return {}
+    if not _SCHEDULE_READERS:
+        raise BenchbnnError(
+            f"{owner} declares default schedules, which need benchbnn.optim.schedules; import "
+            f"it before computing a run's identity"
+        )
+    return _SCHEDULE_READERS[0](owner, hparams, declared)
+
+
 def _accepts_context(factory: Callable[..., Any]) -> bool:
     """True when ``factory`` has a parameter named ``context`` (``**kwargs`` does not count)."""
     try:
@@ -295,6 +383,13 @@ class OptimizerSpec:
     "training diverged: ..." (empty: the factory's declaration, else :meth:`divergence_hint`'s
     generic advice naming the hyperparameters).
 
+    ``default_schedules`` maps hyperparameter names to the schedules a run follows when its
+    configuration gives none for them (compact strings such as ``"cosine:1e-4:1e-16"`` or
+    schedule data; empty: the factory's own ``default_schedules``, else none). They are checked
+    when the plugin loads (schedulable names; START and END in the valid range) and are part of
+    every run's identity (:func:`benchbnn.core.config.resolved_identity`); a configuration
+    replaces one by giving a schedule of that hyperparameter (``constant:V`` holds it fixed).
+
     Contradictions (``latent_weights`` against ``forward``, a spec against its class's
     declaration, ``"identity"`` without evaluation weights) are refused by :meth:`validate`.
     """
@@ -309,6 +404,7 @@ class OptimizerSpec:
     forward: str | None = None
     needs_closure: bool | None = None
     divergence_advice: str = ""
+    default_schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         forward, conflict = self.forward, ""
@@ -332,6 +428,14 @@ class OptimizerSpec:
         if not self.divergence_advice:
             advice = _declared(self.factory, "divergence_advice", str) or ""
             object.__setattr__(self, "divergence_advice", advice)
+        declared = self.default_schedules or (
+            getattr(self.factory, "default_schedules", None)
+            if isinstance(self.factory, type)
+            else None
+        )
+        if isinstance(declared, Mapping):
+            declared = MappingProxyType(dict(declared))
+        object.__setattr__(self, "default_schedules", declared or MappingProxyType({}))
 
     @classmethod
     def from_class(cls, optimizer_class: type, **overrides: Any) -> OptimizerSpec:
@@ -341,7 +445,8 @@ class OptimizerSpec:
         with the same attributes): ``name``, ``hparams`` (for a BinaryOptimizer, derived from
         ``rule_hparams``, ``option_hparams`` and ``real_hparams``), ``description`` (default:
         the first line of its docstring), ``reference``, ``forward``, ``ste_window``,
-        ``needs_closure`` and ``divergence_advice``; the class itself is the factory.
+        ``needs_closure``, ``divergence_advice`` and ``default_schedules`` (e.g.
+        ``{"lr": "cosine:1e-4:1e-16"}``); the class itself is the factory.
         ``overrides`` replace fields (e.g. ``name=`` to list a variant under another name).
         Raises PluginError for a class without a name or a hyperparameter table.
         """
@@ -376,6 +481,7 @@ class OptimizerSpec:
             "ste_window": getattr(optimizer_class, "ste_window", None),
             "needs_closure": bool(_declared(optimizer_class, "needs_closure", bool)),
             "divergence_advice": _declared(optimizer_class, "divergence_advice", str) or "",
+            "default_schedules": getattr(optimizer_class, "default_schedules", None) or {},
         }
         return cls(**{**fields, **overrides})
 
@@ -389,6 +495,11 @@ class OptimizerSpec:
 
     def hparam(self, name: str) -> HParam:
         return {h.name: h for h in self.hparams}[name]
+
+    def default_schedule_data(self) -> dict[str, Any]:
+        """The default schedules as schedule data (``{name: {"schedule": .., ...}}``); empty
+        for an optimizer without any. Raises PluginError for a bad declaration."""
+        return _read_schedules(f"optimizer {self.name!r}", self.hparams, self.default_schedules)
 
     def resolve(self, **overrides: Any) -> dict[str, Any]:
         return resolve_hparams(f"optimizer {self.name!r}", self.hparams, overrides)
@@ -447,6 +558,32 @@ class OptimizerSpec:
         if not isinstance(self.needs_closure, bool):
             raise PluginError(f"{owner}: needs_closure must be True or False")
         self._validate_class_agreement()
+        self._validate_default_schedules()
+
+    def _validate_default_schedules(self) -> None:
+        """``default_schedules`` is a table of schedulable hyperparameters whose declared values
+        lie in their valid ranges (checked by the schedule reader when one is installed).
+
+        Raises PluginError naming the optimizer and the fix.
+        """
+        owner = f"optimizer {self.name!r}"
+        declared = self.default_schedules
+        if not isinstance(declared, Mapping) or not all(isinstance(k, str) for k in declared):
+            raise PluginError(
+                f"{owner}: default_schedules must map hyperparameter names to schedules, e.g. "
+                f'{{"lr": "cosine:1e-4:1e-16"}}; got {declared!r}'
+            )
+        table = {h.name: h for h in self.hparams}
+        for name in declared:
+            if name not in table or not table[name].schedulable:
+                schedulable = sorted(n for n, h in table.items() if h.schedulable)
+                raise PluginError(
+                    f"{owner}: default_schedules names {name!r}, which is not a schedulable "
+                    f"hyperparameter.{did_you_mean(name, table)} Schedulable: "
+                    f"{', '.join(schedulable) or 'none'}"
+                )
+        if _SCHEDULE_READERS:
+            self.default_schedule_data()
 
     def _validate_class_agreement(self) -> None:
         """A spec written out by hand must say what its class declares (forward, closure)."""
@@ -561,6 +698,13 @@ def validate_hparams(
                 h.check_range(h.default, owner)
             except HyperparameterError as exc:
                 raise PluginError(f"default out of range: {exc}") from None
+        if callable(h.search):
+            if h.kind not in (int, float):
+                raise PluginError(
+                    f"{owner}: search range of {h.name!r} depends on the run, but only a number "
+                    f"has a range; give a boolean search=True"
+                )
+            continue  # resolved and checked from the run (HParam.resolved_search)
         if h.search and h.kind in (int, float):
             low, high = h.search
             if not low < high:

@@ -6,6 +6,7 @@ pieces rules are written with; :mod:`benchbnn.optim.schedules` turns schedule da
 hyperparameter values. Everything a plugin needs is importable from here.
 """
 
+from benchbnn.optim import schedules  # noqa: F401  (installs the reader of default schedules)
 from benchbnn.optim.base import (
     ADAM_BUFFERS,
     FORWARD_MODES,

@@ -9,6 +9,11 @@ defaults filled in, as every run records them) equal those the configuration res
 makes the old run another configuration, never a silently wrong reuse. Dataset options were
 recorded as written, so a dataset plugin's changed default is not detected for such runs.
 
+An optimizer's default schedules are part of the identity (written as schedule data, as if the
+configuration gave them); optimizers without any keep the identity they had before default
+schedules existed. This module imports :mod:`benchbnn.optim.schedules`, which installs the reader
+of default schedules that the identity needs.
+
 Environment. What changes a run's numerics without being part of its configuration: the device
 type, the torch version, the number of CPU threads torch uses (CPU runs: it changes the order of
 floating-point reductions) and the world size. It is recorded on every run
@@ -59,6 +64,7 @@ from benchbnn.core.names import (
     UNKNOWN_ENVIRONMENT,
 )
 from benchbnn.core.processes import owner_alive, this_process
+from benchbnn.optim import schedules  # noqa: F401 - installs the default-schedule reader
 
 #: Tags a resumed run takes from the process that continues it.
 OWNER_TAGS = (TAG_HOST, TAG_PID, TAG_PROCESS_START)

@@ -7,7 +7,9 @@ others stay fixed. Every point is an ordinary run configuration: runs the tracki
 holds are reused by configuration hash exactly as ``benchbnn compare`` reuses them (a diverged
 run is a result and is not retrained), and only what is missing is trained. A swept value
 replaces the entry's schedule of that hyperparameter: every swept hyperparameter stays constant at
-its base value while the others move (so all sweeps of an entry share one base-point run).
+its base value while the others move (so all sweeps of an entry share one base-point run). One
+that follows a default schedule of its optimizer is scheduled as a constant (``constant:V``), so
+that the default does not overwrite the swept value; the sweep moves values, not schedules.
 
 Results come from the tracking store only, so they can be regenerated. ``write_ablation``
 produces, in ``leaderboards/<suite>/ablation/``:
@@ -179,11 +181,15 @@ def plan_ablation(
                     spec.hparam(name).coerce(value)
                 except BenchbnnError:
                     continue  # outside the valid range: left out of the sweep
+                point = {**bases, name: value}
                 configs = tuple(
                     replace(
                         c,
-                        hparams={**c.hparams, **bases, name: value},
-                        schedules={k: v for k, v in c.schedules.items() if k not in bases},
+                        hparams={**c.hparams, **point},
+                        schedules={
+                            **{k: v for k, v in c.schedules.items() if k not in bases},
+                            **_held_constant(spec, point),
+                        },
                     )
                     for c in rows
                 )
@@ -206,6 +212,15 @@ def plan_ablation(
         )
     _check_points(suite, points, arch)
     return points
+
+
+def _held_constant(spec: Any, values: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Constant schedules for the swept hyperparameters that follow a default schedule of
+    ``spec`` (which would otherwise overwrite the swept value from the first step)."""
+    defaults = getattr(spec, "default_schedules", None) or {}
+    return {
+        k: {"schedule": "constant", "value": float(v)} for k, v in values.items() if k in defaults
+    }
 
 
 def _check_points(suite: Any, points: Sequence[AblationPoint], arch: str) -> None:

@@ -3,6 +3,11 @@
 They come from the optimizer plugin (``HParam.search`` and ``HParam.log``: a range, searched
 log-uniformly when ``log``; booleans over both values) and can be narrowed by a suite's
 ``[tune.<optimizer>]`` table. The grid sampler and the ablation use powers of ten on log ranges.
+
+A plugin's range may depend on the run (``HParam.search`` a callable of a
+:class:`~benchbnn.core.specs.RunContext`): :func:`search_space` resolves it when given the run's
+context (the tuner builds one from the study's base configuration), and otherwise leaves the
+parameter without a range (``depends_on_run``), which names can be listed from but not sampled.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchbnn.core.errors import HyperparameterError, did_you_mean
-from benchbnn.core.specs import HParam, OptimizerSpec
+from benchbnn.core.specs import HParam, OptimizerSpec, RunContext
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,14 @@ class SearchParam:
     high: float | None = None
     log: bool = False
     grid: tuple[Any, ...] | None = None
+    depends_on_run: bool = False
 
     def bounds(self) -> tuple[float, float]:
-        """``(low, high)`` of a numeric parameter; ValueError for a boolean one."""
+        """``(low, high)`` of a numeric parameter; ValueError for a boolean one or one whose
+        range depends on a run that was not given."""
         if self.low is None or self.high is None:
-            raise ValueError(f"search parameter {self.name!r} ({self.kind}) has no range")
+            why = "depends on the run (none given)" if self.depends_on_run else "has no range"
+            raise ValueError(f"search parameter {self.name!r} ({self.kind}) {why}")
         return self.low, self.high
 
     def suggest(self, trial: Any) -> Any:
@@ -65,6 +73,8 @@ class SearchParam:
         data: dict[str, Any] = {"type": self.kind}
         if self.kind != "bool":
             data.update(low=self.low, high=self.high, log=self.log)
+        if self.depends_on_run:
+            data["depends_on_run"] = True
         if self.grid is not None:
             data["grid"] = list(self.grid)
         return data
@@ -104,17 +114,36 @@ class SearchSpace:
         return {name: self.params[name].suggest(trial) for name in sorted(self.params)}
 
 
-def _from_hparam(h: HParam) -> SearchParam:
+def _from_hparam(h: HParam, context: RunContext | None, owner: str) -> SearchParam:
+    """The declared search of ``h``; a range that depends on the run is resolved from
+    ``context`` (left without a range when it is None). Raises HyperparameterError for a
+    computed range that is empty or leaves the valid range."""
     if h.kind is bool:
         return SearchParam(h.name, "bool")
-    low, high = h.search  # type: ignore[misc]
-    return SearchParam(h.name, h.kind.__name__, float(low), float(high), bool(h.log))
+    if h.search_depends_on_run and context is None:
+        return SearchParam(h.name, h.kind.__name__, log=bool(h.log), depends_on_run=True)
+    low, high = h.resolved_search(context, owner) or (None, None)
+    return SearchParam(
+        h.name,
+        h.kind.__name__,
+        None if low is None else float(low),
+        None if high is None else float(high),
+        bool(h.log),
+        depends_on_run=h.search_depends_on_run,
+    )
 
 
 def search_space(
-    spec: OptimizerSpec, narrowed: Mapping[str, Any] | None = None, source: str = ""
+    spec: OptimizerSpec,
+    narrowed: Mapping[str, Any] | None = None,
+    source: str = "",
+    context: RunContext | None = None,
 ) -> SearchSpace:
     """The plugin's declared search space, narrowed by a suite's ``[tune.<optimizer>]`` table.
+
+    ``context`` (the run a study tunes, see :class:`~benchbnn.core.specs.RunContext`) resolves
+    the ranges a plugin computes from the run; without it they stay unresolved
+    (``SearchParam.depends_on_run``, no range) unless the table replaces them.
 
     Table values: ``[low, high]`` (a range inside the hyperparameter's valid range; log scale as
     the plugin declares), ``{low = .., high = .., log = ..}``, ``{grid = [..]}``, a single value
@@ -122,9 +151,14 @@ def search_space(
     value), or ``false`` for a number (not searched: the entry's value or the default stays).
     A hyperparameter the plugin does not search by default can be added the same way.
     """
-    params = {name: _from_hparam(h) for name, h in spec.search_space.items()}
-    fixed: dict[str, Any] = {}
     where = source or f"the tune table of optimizer {spec.name!r}"
+    owner = f"optimizer {spec.name!r}"
+    params = {
+        name: _from_hparam(h, context, owner)
+        for name, h in spec.search_space.items()
+        if name not in (narrowed or {})
+    }
+    fixed: dict[str, Any] = {}
     table = {h.name: h for h in spec.hparams}
     for name, value in (narrowed or {}).items():
         if name not in table:
@@ -153,7 +187,7 @@ def _check_grid(h: HParam, param: SearchParam, where: str) -> None:
     The ends of a range are checked when it is read; this covers the points computed between
     them (rounded to 6 significant digits on linear ranges). Raises HyperparameterError.
     """
-    if param.kind == "bool":
+    if param.kind == "bool" or (param.depends_on_run and param.low is None):
         return
     for value in param.grid_values():
         if value not in h.valid_range:

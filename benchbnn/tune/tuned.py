@@ -8,7 +8,7 @@ already the tuned ones, and the :class:`TunedEntry` records as plain data for th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from benchbnn.bench.suites import Suite
@@ -52,6 +52,7 @@ def apply_tuned(
             suite, entry.optimizer, storage=storage, study=study, entry=entry.label
         )
         suite = suite.with_entry_hparams(entry.label, found.hparams)
+        suite = with_entry_schedules(suite, entry.label, _trial_schedules(found))
         used.append(
             TunedEntry(
                 entry.label,
@@ -63,6 +64,25 @@ def apply_tuned(
             )
         )
     return suite, used
+
+
+def _trial_schedules(found: Any) -> dict[str, Any]:
+    """The schedules the best trial followed for the hyperparameters it set (tuned or pinned):
+    a tuned hyperparameter's schedule moved to the tuned START, or a constant. Studies made
+    before tuning kept schedules recorded none for them (their values stay constant)."""
+    return {k: v for k, v in dict(found.schedules).items() if k in found.hparams}
+
+
+def with_entry_schedules(suite: Suite, label: str, schedules: Mapping[str, Any]) -> Suite:
+    """A copy whose entry ``label`` follows ``schedules`` (name -> schedule data) over its own
+    schedules of the same names."""
+    if not schedules:
+        return suite
+    entries = tuple(
+        replace(e, schedules={**e.schedules, **schedules}) if e.label == label else e
+        for e in suite.entries
+    )
+    return replace(suite, entries=entries)
 
 
 def tuned_suite(

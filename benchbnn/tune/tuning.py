@@ -7,6 +7,16 @@ split held out of the training data, reports validation top-1 after every epoch 
 are pruned) and returns the final validation top-1, averaged over ``seeds`` seeds. The test split
 never takes part in the selection.
 
+Schedules: a tuned hyperparameter that follows a schedule (the entry's, or its optimizer's
+default schedule) keeps it: the sampled value becomes the schedule's START and the schedule's
+other values scale by the same ratio (a polynomial's or cosine's END, the bounds ``min``/``max``;
+a step or exponential schedule keeps its FACTOR and period, so it decays from the tuned START as
+before; a constant takes the value). When that is impossible (a schedule starting at 0, or a
+scaled schedule that would leave the valid range somewhere in the search range), trials hold the
+hyperparameter constant instead, and the study says so in one line and records it in
+``best.json`` (``schedules_held_constant``). ``best.json`` shows every schedule the best trial
+followed, default schedules included.
+
 Budget: ``trials`` counts trials that ended (complete, pruned, or failed because training
 diverged). Running the same command again continues the same study up to the new total. Trials
 lost to a worker that died (a heartbeat that stopped on a database storage, or a dead process on
@@ -46,7 +56,7 @@ import optuna
 from benchbnn.bench.compare import check_data
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.core import limits
-from benchbnn.core.config import RunConfig
+from benchbnn.core.config import RunConfig, resolved_schedules
 from benchbnn.core.errors import BenchbnnError, RunFailed
 from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
@@ -66,6 +76,9 @@ from benchbnn.core.names import (
 )
 from benchbnn.core.paths import check_writable_dir
 from benchbnn.core.plugins import get_optimizer, get_suite, hookimpl
+from benchbnn.core.specs import OptimizerSpec, RunContext
+from benchbnn.data.pipeline import build_loaders
+from benchbnn.optim.schedules import check_schedule_range, effective_schedules, parse_schedule
 from benchbnn.train import tracking
 from benchbnn.train.engine import canonical_config, train
 from benchbnn.train.exclusive import stored_result
@@ -158,28 +171,92 @@ class Protocol:
     """One suite entry's training protocol with the validation split tuning selects on.
 
     ``base`` is the entry's run configuration for the first seed; a trial replaces the tuned
-    hyperparameters (dropping their schedules) and runs one config per seed in ``seeds``.
+    hyperparameters and runs one config per seed in ``seeds``. ``schedules`` holds the schedule
+    (as data) that a tuned hyperparameter keeps, moved to start at the sampled value
+    (:func:`moved_schedule`); ``held`` the tuned hyperparameters whose schedule trials drop
+    (name -> why), which a default schedule would otherwise overwrite: trials schedule them as
+    constants (``constant:V``).
     """
 
     suite: str
     entry: str | None
     base: RunConfig
     seeds: tuple[int, ...]
+    schedules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    held: Mapping[str, str] = field(default_factory=dict)
+    defaulted: tuple[str, ...] = ()
 
     def config(self, params: Mapping[str, Any], seed: int) -> RunConfig:
         tuned = set(params)
+        schedules = {k: v for k, v in self.base.schedules.items() if k not in tuned}
+        for name in sorted(tuned):
+            if name in self.schedules:
+                schedules[name] = moved_schedule(self.schedules[name], params[name])
+            elif name in self.defaulted:  # a value alone would be overwritten by the default
+                schedules[name] = {"schedule": "constant", "value": float(params[name])}
         return replace(
             self.base,
             hparams={**self.base.hparams, **params},
-            schedules={k: v for k, v in self.base.schedules.items() if k not in tuned},
+            schedules=schedules,
             seed=seed,
         )
 
     def identity(self) -> dict[str, Any]:
-        """What makes trials comparable: everything but the seed (``seeds`` lists them)."""
+        """What makes trials comparable: everything but the seed (``seeds`` lists them), and
+        the schedules tuned hyperparameters keep (only when some do, so that studies made
+        before schedules were kept still match)."""
         data = self.base.to_dict()
         data.pop("seed", None)
-        return {"suite": self.suite, "entry": self.entry, "seeds": list(self.seeds), **data}
+        kept = {"tuned_schedules": dict(self.schedules)} if self.schedules else {}
+        return {
+            "suite": self.suite,
+            "entry": self.entry,
+            "seeds": list(self.seeds),
+            **data,
+            **kept,
+        }
+
+
+def moved_schedule(data: Mapping[str, Any], value: float) -> dict[str, Any]:
+    """Schedule ``data`` scaled to start at ``value``, as data (see the module docstring).
+
+    Raises ScheduleError when it cannot be (a schedule starting at 0, or at the other sign).
+    """
+    return parse_schedule(dict(data)).starting_at(float(value)).to_dict()
+
+
+def kept_schedules(
+    spec: OptimizerSpec, base: RunConfig, space: SearchSpace
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``(kept, held)`` for the searched hyperparameters that follow a schedule in ``base``
+    (given, or the optimizer's default): ``kept`` maps those whose schedule can start at every
+    value of the search range to the schedule's data, ``held`` the others to the reason.
+
+    Every value of a schedule scaled by ``r > 0`` is ``r`` times the original's, so a scaled
+    schedule lies in the valid range for every START in ``[low, high]`` exactly when it does
+    for ``low`` and ``high``: both ends are checked over ``base``'s epochs
+    (:func:`~benchbnn.optim.schedules.check_schedule_range`).
+    """
+    effective = effective_schedules(spec, base.schedules)
+    kept: dict[str, dict[str, Any]] = {}
+    held: dict[str, str] = {}
+    for name in sorted(set(space.params) & set(effective)):
+        schedule = parse_schedule(effective[name])
+        if schedule.kind == "constant" and name not in spec.default_schedules:
+            continue  # the tuned value replaces it, as it always has (the same configuration)
+        try:
+            for end in space.params[name].bounds():
+                check_schedule_range(
+                    schedule.starting_at(end),
+                    spec.hparam(name),
+                    f"optimizer {spec.name!r}",
+                    base.epochs,
+                )
+        except (BenchbnnError, ValueError) as exc:  # ValueError: a range not resolved
+            held[name] = f"schedule {schedule.describe()} cannot follow its search range: {exc}"
+            continue
+        kept[name] = schedule.to_dict()
+    return kept, held
 
 
 def _entry_for(suite: Any, optimizer: str, entry: str | None) -> Any | None:
@@ -232,15 +309,22 @@ def build_protocol(
     configs = [c for _, a, c in rows if a == arch]
     val_fraction = suite.val_fraction if suite.val_fraction > 0 else DEFAULT_VAL_FRACTION
     fixed = dict(space.fixed) if space is not None else {}
+    spec = get_optimizer(optimizer)
+    defaulted = tuple(sorted(spec.default_schedules))
     base = configs[0]
+    pinned = {  # a pinned value replaces a schedule; a default one is replaced by a constant
+        k: {"schedule": "constant", "value": float(v)} for k, v in fixed.items() if k in defaulted
+    }
     base = replace(
         base,
         val_fraction=val_fraction,
         hparams={**base.hparams, **fixed},
-        schedules={k: v for k, v in base.schedules.items() if k not in fixed},
+        schedules={**{k: v for k, v in base.schedules.items() if k not in fixed}, **pinned},
     )
     label = chosen.label if chosen is not None else None
-    return Protocol(suite.name, label, base, tuple(c.seed for c in configs))
+    kept, held = kept_schedules(spec, base, space) if space is not None else ({}, {})
+    seeds_used = tuple(c.seed for c in configs)
+    return Protocol(suite.name, label, base, seeds_used, kept, held, defaulted)
 
 
 # --- the objective ------------------------------------------------------------------------------
@@ -330,7 +414,7 @@ class Objective:
         params = self.space.sample(trial)
         first = self.protocol.config(params, self.protocol.seeds[0])
         trial.set_user_attr(ATTR_HPARAMS, jsonable(dict(first.hparams)))
-        trial.set_user_attr(ATTR_SCHEDULES, jsonable(dict(first.schedules)))
+        trial.set_user_attr(ATTR_SCHEDULES, jsonable(resolved_schedules(first)))
         run_ids: list[str] = []
         values = []
         for i, seed in enumerate(self.protocol.seeds):
@@ -431,10 +515,12 @@ class TunedParams:
     """The best complete trial of a study, ready for ``compare --tuned``.
 
     ``hparams`` are the values the study chose: the tuned ones and those the suite's tune table
-    pins. Set them over the entry's hyperparameters and drop the entry's schedules of the same
-    names (a tuned value replaces its schedule), as the trial did. ``params`` holds only the
-    tuned values, ``config_hparams`` the trial's complete hyperparameters and ``schedules`` the
-    schedules it kept.
+    pins. Set them over the entry's hyperparameters and their schedules in ``schedules`` over
+    the entry's schedules of the same names, as the trial did (a tuned hyperparameter keeps its
+    schedule moved to the tuned START; one whose schedule could not follow is constant).
+    ``params`` holds only the tuned values, ``config_hparams`` the trial's complete
+    hyperparameters and ``schedules`` every schedule it followed (the optimizer's default
+    schedules included).
     """
 
     hparams: Mapping[str, Any]
@@ -823,6 +909,7 @@ def _tune(
         "epochs": epochs_run,
         "seeds": list(protocol.seeds),
     }
+    extra.update(_schedule_notes(protocol, say))
     recorder = _BestRecorder(tracking, parent, out_dir / "best.json", url, extra, say)
     say(
         f"study {name!r} in {redact(url)}: tuning {', '.join(sorted(space.params))} of "
@@ -855,6 +942,22 @@ def _tune(
         recorder.path if best is not None else None,
         ran,
     )
+
+
+def _schedule_notes(protocol: Protocol, say: Callable[[str], None]) -> dict[str, Any]:
+    """One line per tuned hyperparameter that follows a schedule (kept, or held constant), and
+    the same as data for ``best.json``."""
+    for name, data in sorted(protocol.schedules.items()):
+        say(
+            f"{name}: trials tune the START of its schedule {parse_schedule(dict(data))}; its "
+            f"other values scale with it"
+        )
+    for name, why in sorted(protocol.held.items()):
+        say(f"{name}: trials hold it constant at the tuned value; its {why}")
+    return {
+        "schedules_tuned": dict(protocol.schedules),
+        "schedules_held_constant": dict(protocol.held),
+    }
 
 
 def _claims_storage(url: str) -> str | None:
@@ -892,10 +995,18 @@ def _inputs(
         raise BenchbnnError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     suite_obj = suite if hasattr(suite, "entries") else load_suite(suite)
     spec = get_optimizer(optimizer)
+    narrowed = suite_obj.tune.get(spec.name)
+    context = None
+    if any(h.search_depends_on_run and h.name not in (narrowed or {}) for h in spec.hparams):
+        draft = build_protocol(
+            suite_obj, spec.name, entry=entry, arch=arch, seeds=seeds, epochs=epochs
+        )
+        context = run_context(draft.base, data_dir)
     space = search_space(
         spec,
-        suite_obj.tune.get(spec.name),
+        narrowed,
         source=f"suite {suite_obj.name!r}, table [tune.{spec.name}]",
+        context=context,
     )
     if not space.params:
         raise BenchbnnError(
@@ -910,6 +1021,33 @@ def _inputs(
     canonical_config(protocol.base)
     check_data(suite_obj, Path(data_dir).expanduser() if data_dir else None)
     return suite_obj, spec, space, protocol
+
+
+def run_context(config: RunConfig, data_dir: str | None, world_size: int = 1) -> RunContext:
+    """The :class:`~benchbnn.core.specs.RunContext` a run of ``config`` will have (on the CPU),
+    for search ranges that depend on the run: its training images (after ``subset`` and the
+    validation split), optimizer steps per epoch and in total, ``world_size``. Reads the data
+    set's training split (the data set's own loader). Raises what loading the data raises.
+    """
+    data = build_loaders(
+        config.dataset,
+        data_dir=Path(data_dir).expanduser() if data_dir else None,
+        batch_size=config.batch_size // world_size,
+        seed=config.seed,
+        subset=config.subset,
+        val_fraction=config.val_fraction,
+        world_size=world_size,
+        options=dict(config.dataset_options) or None,
+    )
+    steps = len(data.train)
+    return RunContext(
+        train_size=data.train.dataset_size,
+        steps_per_epoch=steps,
+        total_steps=steps * config.epochs,
+        world_size=world_size,
+        device="cpu",
+        seed=config.seed,
+    )
 
 
 def _target(
