@@ -3,14 +3,24 @@ registered optimizer and catches purpose-built broken ones, each on exactly its 
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
+import torch
 
 import benchbnn
 from benchbnn.cli import main
 from benchbnn.core.binary import sgn0
-from benchbnn.optim.base import BinaryOptimizer, ema_, ema_foreach_, flip_, sum_counts
+from benchbnn.optim.base import (
+    BinaryOptimizer,
+    EvaluationSamples,
+    ema_,
+    ema_foreach_,
+    flip_,
+    restoring,
+    sum_counts,
+)
 from benchbnn.optim.conformance import PROPERTIES, check_optimizer, check_property
 from benchbnn.testing import conformance_tests
 
@@ -71,6 +81,67 @@ class ForeachDiffers(_Toy):
         return sum_counts([flip_(w, w * m >= threshold) for w, m in zip(ws, ms)], ws[0].device)
 
 
+class _Continuous(BinaryOptimizer):
+    """Continuous weights in (-1, 1) used as they are (forward="identity"), evaluated on their
+    signs; each step calls the closure twice and scales the step by the run's training-set size
+    (so it can only be built with a run context, as the kit builds it)."""
+
+    rule_hparams = (benchbnn.HParam("step_size", 1e-3, low=0.0, high=1.0),)
+    derived_keys = ("scale",)
+    forward = "identity"
+    needs_closure = True
+
+    def rule_kwargs(self, group):
+        return {"scale": group["step_size"] * self.context.train_size / 1000}
+
+    def run_closure(self, closure):
+        first = closure()
+        closure()  # the kit's closure sets the prescribed gradients at every call
+        return first
+
+    @staticmethod
+    def update(w, g, *, scale):
+        before = w >= 0
+        w.sub_(scale * g).clamp_(-0.999, 0.999)
+        return (before != (w >= 0)).sum()
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        with restoring(self.binary_params):
+            for p in self.binary_params:
+                p.copy_(sgn0(p))
+            yield None
+
+
+class KeepsSigns(_Continuous):
+    """Evaluates the signs but never puts the continuous weights back."""
+
+    name = "broken-restore"
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        for p in self.binary_params:
+            p.copy_(sgn0(p))
+        yield None
+
+
+class HalfSampled(_Continuous):
+    """Its second sampled evaluation network has weights of 0.5."""
+
+    name = "broken-samples"
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        params = self.binary_params
+        with restoring(params):
+
+            def draw(i):
+                for p in params:
+                    p.copy_(sgn0(p) if i == 0 else torch.full_like(p, 0.5))
+
+            yield EvaluationSamples(2, draw)
+
+
 #: The properties that run in this process (data-parallel starts two more; tested apart).
 IN_PROCESS = [p for p in PROPERTIES if p != "data-parallel"]
 
@@ -107,6 +178,10 @@ def test_the_correct_toy_rule_conforms():
     assert _failing(type("ToyOk", (_Toy,), {"name": "toy-ok"})) == []
 
 
+def test_a_correct_closure_optimizer_of_continuous_weights_conforms():
+    assert _failing(type("ContinuousOk", (_Continuous,), {"name": "continuous-ok"})) == []
+
+
 # --- and fails on broken ones, each on exactly its property -------------------------------
 
 
@@ -116,8 +191,10 @@ def test_the_correct_toy_rule_conforms():
         (WeightsOutside, "binary-weights"),
         (DropsBuffer, "state-dict"),
         (ForeachDiffers, "foreach"),
+        (KeepsSigns, "binary-weights"),
+        (HalfSampled, "binary-weights"),
     ],
-    ids=["weights-outside", "drops-buffer", "foreach-differs"],
+    ids=["weights-outside", "drops-buffer", "foreach-differs", "keeps-signs", "half-sampled"],
 )
 def test_broken_optimizers_fail_exactly_their_property(broken, prop):
     results = check_optimizer(broken, IN_PROCESS)

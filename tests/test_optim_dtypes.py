@@ -26,7 +26,9 @@ from benchbnn.optim.testing import (
     DTYPES,
     dtype_problems,
     exact_gradients,
+    gradient_step,
     initial_weights,
+    run_context,
     run_in_dtype,
 )
 
@@ -40,7 +42,7 @@ needs_compile = pytest.mark.skipif(
 
 
 def _build(name, binary, real=(), implementation="reference", **hparams):
-    optimizer = benchbnn.get_optimizer(name).build(binary, real, **hparams)
+    optimizer = benchbnn.get_optimizer(name).build(binary, real, context=run_context(), **hparams)
     optimizer.implementation = implementation
     return optimizer
 
@@ -194,9 +196,7 @@ def test_state_dict_round_trip_keeps_float32_state(name, dtype, implementation):
 
     def run(opt, params, steps):
         for step in steps:
-            for p, g in zip(params, step):
-                p.grad = g.to(dtype)
-            opt.step()
+            gradient_step(opt, params, step)
 
     params, opt = fresh()
     run(opt, params, grads[:3])

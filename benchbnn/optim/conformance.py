@@ -9,7 +9,11 @@ real-valued one) for at most a few hundred steps under controlled gradients
 failed (with a minimal reproducer: the seed, shapes, hyperparameters, step and offending values,
 and a short Python snippet) or skipped (with the reason). Optimizers that declare
 ``needs_closure`` are stepped with a closure whose loss is ``sum(p * g)``, so that its gradient
-is the prescribed one.
+is the prescribed one at whatever weights the optimizer writes in before each call (several
+calls per step for Monte Carlo optimizers such as BayesBiNN). Every optimizer is built with a
+run context, as the engine builds it (:func:`benchbnn.optim.testing.run_context`: 1,000
+training examples, the property's seed), so that optimizers that need the training-set size
+or seed their generators from the run's seed can be checked.
 
 The properties (names as ``benchbnn check --property`` takes them):
 
@@ -61,7 +65,7 @@ from benchbnn.core.binary import sgn0
 from benchbnn.core.plugins import get_optimizer, list_optimizers
 from benchbnn.core.specs import HParam, OptimizerSpec
 from benchbnn.optim.base import EvaluationSamples, compile_unavailable_reason
-from benchbnn.optim.testing import dtype_problems, exact_gradients, initial_weights
+from benchbnn.optim.testing import dtype_problems, exact_gradients, initial_weights, run_context
 
 __all__ = [
     "DEFAULT_SEED",
@@ -179,10 +183,14 @@ class _Run:
         init = setup.init if init is None else init
         self.params = [torch.nn.Parameter(t.detach().clone()) for t in init]
         self.real = [torch.nn.Parameter(t.detach().clone()) for t in setup.real_init]
+        seed = setup.seed if seed is None else seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(setup.seed if seed is None else seed)
+            torch.manual_seed(seed)
             self.opt = setup.spec.build(
-                self.params, self.real, **dict(setup.hparams if hparams is None else hparams)
+                self.params,
+                self.real,
+                context=run_context(seed, setup.steps),
+                **dict(setup.hparams if hparams is None else hparams),
             )
         self.opt.implementation = implementation
         self.needs_closure = bool(

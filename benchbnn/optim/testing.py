@@ -10,7 +10,11 @@ they are the pieces a conformance kit (``benchbnn check``) runs for third-party 
 * :func:`exact_gradients` draws gradients that every tested dtype represents exactly;
 * :func:`run_in_dtype` steps one optimizer on weights of one dtype and records its flips;
 * :func:`dtype_problems` compares float16, bfloat16 and float64 runs with a float32 run and
-  describes every difference (an empty list means the optimizer conforms).
+  describes every difference (an empty list means the optimizer conforms);
+* :func:`run_context` is the :class:`~benchbnn.core.specs.RunContext` these runs build every
+  optimizer with, as the engine does (an optimizer may need the training-set size);
+* :func:`gradient_step` steps an optimizer on prescribed gradients, through a closure when it
+  declares ``needs_closure`` (every call of the closure sets the same gradients).
 
 What a fair comparison is: a model stored in bfloat16 hands its optimizer bfloat16 gradients
 (PyTorch requires ``p.grad`` to have ``p``'s dtype), so feeding a bfloat16 run ``bf16(g)`` and
@@ -20,14 +24,14 @@ run therefore receives the same values, chosen so that each dtype holds them exa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from benchbnn.core.plugins import get_optimizer
-from benchbnn.core.specs import OptimizerSpec
+from benchbnn.core.specs import OptimizerSpec, RunContext
 from benchbnn.optim.base import BINARY_STATE_DTYPE
 
 __all__ = [
@@ -36,7 +40,9 @@ __all__ = [
     "DtypeRun",
     "dtype_problems",
     "exact_gradients",
+    "gradient_step",
     "initial_weights",
+    "run_context",
     "run_in_dtype",
 ]
 
@@ -117,6 +123,49 @@ def initial_weights(
     return [(torch.randint(0, 2, tuple(s), generator=generator) * 2 - 1).float() for s in shapes]
 
 
+#: The training-set size of :func:`run_context` (what e.g. BayesBiNN scales its gradient by).
+CONTEXT_TRAIN_SIZE = 1000
+
+
+def run_context(seed: int = 0, steps: int = 1) -> RunContext:
+    """The run context the test runs give every optimizer: ``CONTEXT_TRAIN_SIZE`` training
+    examples, one epoch of ``steps`` steps, one rank on the CPU, run seed ``seed``."""
+    return RunContext(
+        train_size=CONTEXT_TRAIN_SIZE,
+        steps_per_epoch=max(steps, 1),
+        total_steps=max(steps, 1),
+        world_size=1,
+        device=torch.device("cpu"),
+        seed=seed,
+    )
+
+
+def gradient_step(
+    optimizer: Any,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    *,
+    closure_loss: Callable[[], torch.Tensor] | None = None,
+) -> None:
+    """One ``optimizer.step`` with ``params[i].grad = grads[i]`` (cast to the parameter's dtype).
+
+    An optimizer that declares ``needs_closure`` is given a closure that sets those gradients
+    at every call (whatever weights it has written in) and returns ``closure_loss()`` (default:
+    a zero loss); any other optimizer gets the gradients set once and ``step()``.
+    """
+
+    def closure() -> torch.Tensor:
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.dtype).clone()
+        return closure_loss() if closure_loss is not None else torch.zeros(())
+
+    if getattr(optimizer, "needs_closure", False):
+        optimizer.step(closure)
+    else:
+        closure()
+        optimizer.step()
+
+
 def _spec(optimizer: str | OptimizerSpec) -> OptimizerSpec:
     return get_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
 
@@ -137,8 +186,9 @@ def run_in_dtype(
     exact for :func:`exact_gradients`); ``init`` the starting weights (default
     :func:`initial_weights` of the gradients' shapes). The optimizer is built from ``hparams``
     (its defaults otherwise) with ``implementation``, under ``torch.manual_seed(seed)`` in a
-    forked RNG, so that an optimizer drawing its own seed from torch's global RNG draws the
-    same one for every dtype and the caller's RNG is left alone.
+    forked RNG, with :func:`run_context` (seed ``seed``), so that an optimizer drawing its own
+    seed from torch's global RNG or the run's seed draws the same one for every dtype and the
+    caller's RNG is left alone. A closure optimizer is stepped through :func:`gradient_step`.
     """
     spec = _spec(optimizer)
     shapes = [tuple(g.shape) for g in grads[0]]
@@ -146,13 +196,11 @@ def run_in_dtype(
     params = [torch.nn.Parameter(t.detach().clone().to(dtype)) for t in init]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        opt = spec.build(params, [], **dict(hparams or {}))
+        opt = spec.build(params, [], context=run_context(seed, len(grads)), **dict(hparams or {}))
     opt.implementation = implementation
     run = DtypeRun(dtype)
     for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = g.to(dtype)
-        opt.step()
+        gradient_step(opt, params, step_grads)
         run.flips.append(int(opt.flip_count))
         run.weights.append(torch.cat([p.detach().reshape(-1).double() for p in params]))
     run.implementation = (
