@@ -81,7 +81,9 @@ def time_step(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--optimizers", nargs="+", default=["bop", "bop2ndorder", "pbop", "adam-latent"]
+        "--optimizers",
+        nargs="+",
+        default=["bop", "bop2ndorder", "pbop", "adam-latent", "cema", "sgdat"],
     )
     parser.add_argument(
         "--implementations", nargs="+", default=["reference", "foreach", "compiled"]

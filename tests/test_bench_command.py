@@ -6,6 +6,7 @@ anything ran: the machines the tests run on are shared and noisy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 
@@ -240,3 +241,85 @@ def test_a_third_party_optimizer_is_timed_like_a_built_in(tmp_path, capsys):
     markdown = (tmp_path / "bench.md").read_text(encoding="utf-8")
     assert len(_table_rows(markdown, "toy-bop")) == 2
     assert len(_table_rows(markdown, "toy-sgd")) == 1
+
+
+# --- optimizers that need a closure, or train real-valued weights --------------------------------
+
+
+class _ClosureToy(BinaryOptimizer):
+    """Steps with a closure (two calls, like a two-sample estimator) on real-valued weights."""
+
+    name = "toy-closure"
+    rule_hparams = (benchbnn.HParam("rate", 0.1, low=0.0, high=1.0),)
+    real_hparams = ()
+    state_buffers = ("m",)
+    forward = "identity"
+    needs_closure = True
+    calls = 0
+
+    def run_closure(self, closure):
+        first = closure()
+        closure()
+        type(self).calls += 2
+        return first
+
+    @contextlib.contextmanager
+    def evaluation_weights(self):
+        yield None
+
+    @staticmethod
+    def update(w, g, m, *, rate):
+        ema_(m, g, rate)
+        w.sub_(m)
+        return None
+
+
+def _closure_plugin():
+    module = types.ModuleType("toy-closure-plugin")
+
+    @benchbnn.hookimpl
+    def benchbnn_optimizers():
+        return [benchbnn.optimizer_spec(_ClosureToy)]
+
+    module.benchbnn_optimizers = benchbnn_optimizers
+    return module
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_an_optimizer_that_needs_a_closure_is_timed_with_one(tmp_path, capsys):
+    benchbnn.register_plugin(_closure_plugin(), name="toy-closure-plugin")
+    _ClosureToy.calls = 0
+    code, out = _bench(
+        tmp_path,
+        capsys,
+        "toy-closure",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--implementations",
+        "reference,foreach",
+    )
+    assert code == 0, out.err
+    # One warm-up step and three timed ones per implementation, two closure calls each.
+    assert _ClosureToy.calls == 2 * (1 + 3) * 2
+    data = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    (toy,) = data["optimizers"]
+    assert toy["needs_closure"] is True and toy["forward"] == "identity"
+    assert [c["median_ms"] > 0 for c in toy["implementations"]] == [True, True]
+    assert toy["moved_bytes_per_weight"] == 20.0  # w, g and m: the closure adds no state
+    markdown = (tmp_path / "bench.md").read_text(encoding="utf-8")
+    rows = _table_rows(markdown, "toy-closure")
+    assert len(rows) == 2
+    assert all("step(closure) without forward/backward" in row[1] for row in rows)
+    assert "forward and backward passes it runs in training" in markdown
+    assert "trains real-valued weights (forward='identity')" in markdown
+
+
+def test_sign_optimizers_are_not_marked_as_closure_or_real_valued(tmp_path, capsys):
+    code, out = _bench(tmp_path, capsys, "bop", "--repeats", "1", "--implementations", "reference")
+    assert code == 0, out.err
+    data = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    (bop,) = data["optimizers"]
+    assert bop["needs_closure"] is False and bop["forward"] == "sign"
+    assert "closure" not in (tmp_path / "bench.md").read_text(encoding="utf-8")

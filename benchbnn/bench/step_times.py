@@ -15,6 +15,7 @@ from typing import Any
 
 from benchbnn.bench.tables import markdown_table
 from benchbnn.core.formatting import fixed
+from benchbnn.optim.timing import CLOSURE_NOTE
 
 DEFAULT_OUT = Path("leaderboards") / "bench"
 MARKDOWN_FILE = "bench.md"
@@ -48,6 +49,8 @@ def table_rows(data: Mapping[str, Any]) -> list[list[str]]:
     for o in data["optimizers"]:
         for c in o["implementations"]:
             label = c["implementation"] + (" (default)" if c.get("default") else "")
+            if o.get("needs_closure"):
+                label += ", step(closure) without forward/backward"
             if c["available"]:
                 timing = [
                     fixed(c["median_ms"], 2),
@@ -83,6 +86,13 @@ def notes(data: Mapping[str, Any]) -> list[str]:
             found += [f"{where}: {note}" for note in c.get("notes", ())]
         if o.get("plugin") and not o["plugin"].startswith("benchbnn "):
             found.append(f"{o['name']}: provided by {o['plugin']}")
+        if o.get("needs_closure"):
+            found.append(f"{o['name']}: {CLOSURE_NOTE}")
+        if o.get("forward", "sign") != "sign":
+            found.append(
+                f"{o['name']}: trains real-valued weights (forward={o['forward']!r}), binarized "
+                f"by its layers or for evaluation; the bytes model is the same"
+            )
     return found
 
 

@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "optimizers",
         nargs="*",
         metavar="OPTIMIZER",
-        help="optimizers to time (default: every installed one, built-in or third-party)",
+        help="optimizers to time (default: every installed one, built-in or third-party); one "
+        "that needs a closure is stepped with a closure that only sets the gradients (its "
+        "row says so: the forward and backward passes are not included)",
     )
     parser.add_argument(
         "--weights",

@@ -210,6 +210,28 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+#: Right shifts of int32 values are arithmetic in PyTorch; these masks keep the bits a logical
+#: shift of the same 32-bit pattern keeps (``0xFFFF`` after ``>> 16``, ``0x1FFFF`` after
+#: ``>> 15``, ``0xFFFFFF`` after ``>> 8``).
+_LOW16, _LOW17, _LOW24 = 0xFFFF, 0x1FFFF, 0xFFFFFF
+
+
+def _mix32_int32(x: torch.Tensor) -> torch.Tensor:
+    # _mix32 on int32 tensors holding the same 32-bit patterns: products wrap modulo 2**32
+    # (two's complement, on every backend), which keeps exactly the low 32 bits that _mix32's
+    # ``& _MASK32`` keeps, and masked arithmetic shifts equal logical ones. Half the width of
+    # int64 lanes, and no 64-bit multiplies: about half the instructions per value.
+    x = x ^ ((x >> 16) & _LOW16)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & _LOW17)
+    x = x * 0x5BD1E995
+    return x ^ ((x >> 16) & _LOW16)
+
+
+#: Tensors with fewer elements than this hash their positions in int32 lanes.
+_INT32_POSITIONS = 2**31
+
+
 def counter_uniform(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Float32 uniforms in [0, 1) shaped like ``like``, a pure function of (``key``, position).
 
@@ -218,7 +240,22 @@ def counter_uniform(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     update makes its random numbers inside the fused kernel instead of reading a noise tensor,
     and every implementation and device produces the same bits. Values are multiples of
     2**-24, so ``u < 1`` always holds and ``u < 0`` never does.
+
+    The hash is ``mix(mix(index mod 2**32) xor key)`` with ``mix`` the xor-shift-multiply
+    function of :func:`_mix32`; the 24 high bits of the result are the value. It is computed
+    in int32 lanes (same bits, see :func:`_mix32_int32`) for tensors below 2**31 elements,
+    which a fused step needs: in int64 lanes the hash alone took longer than the whole
+    memory traffic of a PBop step on one CPU core. Larger tensors use int64 lanes.
     """
+    if like.numel() < _INT32_POSITIONS:
+        index = torch.arange(like.numel(), device=like.device, dtype=torch.int32).view(like.shape)
+        bits = _mix32_int32(_mix32_int32(index) ^ key.to(torch.int32))
+        return ((bits >> 8) & _LOW24).to(torch.float32) * (2.0**-24)
+    return _counter_uniform_int64(like, key)
+
+
+def _counter_uniform_int64(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """:func:`counter_uniform` in int64 lanes (the definition; any number of elements)."""
     index = torch.arange(like.numel(), device=like.device, dtype=torch.int64).view(like.shape)
     bits = _mix32(_mix32(index & _MASK32) ^ key)
     return (bits >> 8).to(torch.float32) * (2.0**-24)
@@ -437,9 +474,18 @@ _compiled_rules: dict[tuple[Rule, torch.dtype | None], Rule] = {}
 #: from fusing a product and a sum into one multiply-add, so the compiled rule rounds once per
 #: operation as the reference does; with "fast" the moving averages differ in the last bit for
 #: 10-17% of the weights. Triton kernels (CUDA) fuse multiply-adds whatever this flag says.
+#: ``realize_opcount_threshold`` 0 makes Inductor keep every intermediate that has several
+#: users (such as the flip mask) as a node of its own instead of recomputing it inside each
+#: user. Without it the flip count, a reduction, recomputed the mask from the weights that
+#: the flip then overwrites; a reduction cannot feed a later loop in the same C++ kernel, so
+#: CEMA, SGDAT and adam-latent were split into two loops and streamed the weights and a state
+#: buffer twice (2.0x the bandwidth floor instead of 1.2x, ``benchbnn bench`` on one core).
+#: The kept intermediates live in registers of the one fused loop; none is written to memory
+#: (tests/test_optim_one_pass.py counts the loops of every built-in rule).
 _COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
     "cpp.dynamic_threads": True,
     "cpp.enable_floating_point_contract_flag": "off",
+    "realize_opcount_threshold": 0,
 }
 
 
@@ -1010,8 +1056,9 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 counts.append(eager(p, g, *bufs, **kwargs, **extra))
                 continue
             flat = [_flat_alias(t) for t in tensors]
+            per_tensor = {k: _flat_like(v, p) for k, v in extra.items()}
             try:
-                counts.append(_compiled(rule, cast)(*flat, **args, **extra))
+                counts.append(_compiled(rule, cast)(*flat, **args, **per_tensor))
             except Exception as exc:
                 self._compile_failed = True
                 _warn_once(
@@ -1040,6 +1087,21 @@ def _flat_alias(t: torch.Tensor) -> torch.Tensor:
     once per parameter rank; a plain alias keeps one compilation for every size.
     """
     return torch.Tensor._make_subclass(torch.Tensor, t.detach().view(-1))
+
+
+def _flat_like(value: Any, p: torch.Tensor) -> Any:
+    """A per-tensor keyword argument as the compiled rule gets it: a contiguous tensor of
+    ``p``'s shape flat like ``p`` (:func:`_flat_alias`, so that a rule's ``view_as(w)`` and
+    elementwise arithmetic see matching 1-D tensors and one compilation serves every rank);
+    anything else (a 0-d random key, a float) as it is."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dim() > 0
+        and value.shape == p.shape
+        and value.is_contiguous()
+    ):
+        return _flat_alias(value)
+    return value
 
 
 def _cast_dtype(p: torch.Tensor, kind: str) -> torch.dtype | None:

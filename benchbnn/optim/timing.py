@@ -12,7 +12,11 @@ array sizes per pass), on arrays several times the last-level cache so that it m
 not cache (:func:`default_floor_bytes`, :func:`last_level_cache`). :func:`bench_optimizers`
 times every implementation of every optimizer it is given, interleaving the floor's passes with
 the steps, so that a machine whose speed drifts (a shared one) slows both alike, and reports
-``median step time / floor`` per implementation.
+``median step time / floor`` per implementation. An optimizer that declares ``needs_closure``
+is stepped as ``step(closure)`` with a closure that only puts the stored gradients back and
+returns a zero loss (:class:`_Stepper`), so its time leaves out the model's forward and backward
+passes; optimizers whose training weights are real-valued (``forward`` other than ``"sign"``)
+are timed alike. Every optimizer is built with :data:`BENCH_CONTEXT` as its run context.
 
 Nothing here knows an optimizer by name: optimizers come from the plugin registry, and one that
 is not a :class:`benchbnn.optim.base.BinaryOptimizer` (any ``torch.optim.Optimizer`` a plugin
@@ -42,11 +46,14 @@ import torch
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import cpu_model, load_average, usable_cores
 from benchbnn.core.plugins import get_optimizer, list_optimizers, provenance
+from benchbnn.core.specs import RunContext
 from benchbnn.optim.base import IMPLEMENTATIONS, BinaryOptimizer, compile_unavailable_reason
 
 __all__ = [
+    "BENCH_CONTEXT",
     "BINARYNET_SHAPES",
     "BINARYNET_WEIGHTS",
+    "CLOSURE_NOTE",
     "DEFAULT_LLC_BYTES",
     "SMALL_SHAPES",
     "WEIGHT_SETS",
@@ -92,6 +99,24 @@ SMALL_SHAPES: tuple[tuple[int, ...], ...] = (
     (64, 288),
     (64, 64),
     (10, 64),
+)
+
+#: What the timed optimizers are told about the "run" (``spec.build(..., context=...)``): the
+#: sizes of BinaryNet's CIFAR-10 training (50,000 images, batches of 100, 500 epochs), so that
+#: an optimizer that scales by the training-set size (BayesBiNN) can be built outside a run.
+BENCH_CONTEXT = RunContext(
+    train_size=50_000,
+    steps_per_epoch=500,
+    total_steps=250_000,
+    world_size=1,
+    device=torch.device("cpu"),
+    seed=0,
+)
+
+#: The note of an optimizer stepped with a closure (``needs_closure``).
+CLOSURE_NOTE = (
+    "step(closure): the closure only sets the stored gradients and returns a zero loss, so the "
+    "forward and backward passes it runs in training (once per sample) are not included"
 )
 
 #: ``--weights`` choices: name -> (shapes, description).
@@ -315,7 +340,12 @@ class Case:
 
 @dataclass
 class OptimizerTiming:
-    """Every implementation of one optimizer, its bytes and the floor measured beside it."""
+    """Every implementation of one optimizer, its bytes and the floor measured beside it.
+
+    ``forward`` is how its binary layers use the weights while training (``"sign"``: the
+    weights are +-1; ``"latent"``/``"identity"``: real-valued training weights), and
+    ``needs_closure`` whether its steps were timed as ``step(closure)`` (:data:`CLOSURE_NOTE`).
+    """
 
     name: str
     plugin: str
@@ -324,6 +354,8 @@ class OptimizerTiming:
     moved_bytes: int
     default_implementation: str
     cases: list[Case]
+    forward: str = "sign"
+    needs_closure: bool = False
     #: Bandwidth (bytes/s) of the floor passes interleaved with this optimizer's steps.
     bandwidth_samples: list[float] = field(default_factory=list)
     load_before: tuple[float, float, float] | None = None
@@ -413,6 +445,8 @@ class BenchResult:
                     "moved_bytes": o.moved_bytes,
                     "moved_bytes_per_weight": rounded(o.moved_bytes / max(o.num_weights, 1), 4),
                     "default_implementation": o.default_implementation,
+                    "forward": o.forward,
+                    "needs_closure": o.needs_closure,
                     "floor_ms": rounded(o.floor_ms),
                     "bandwidth_bytes_per_s": rounded(o.bandwidth, 0),
                     "bandwidth_samples": [round(b) for b in o.bandwidth_samples],
@@ -452,6 +486,9 @@ class BenchResult:
 
 
 def _make_params(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
+    """Float32 weights drawn from N(0, 1) (an optimizer with ``forward="sign"`` sets them to
+    +-1 when built, the others keep them as their real-valued training weights) with
+    N(0, 1e-6) gradients, on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     params = []
     for shape in shapes:
@@ -459,6 +496,39 @@ def _make_params(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch
         p.grad = torch.randn(shape, generator=generator) * 1e-3
         params.append(p)
     return params
+
+
+class _Stepper:
+    """Calls ``optimizer.step()``, or ``optimizer.step(closure)`` for an optimizer that needs
+    a closure, and waits for the device so that the time measured is the step's.
+
+    The closure stands in for training's forward and backward pass: it puts the stored
+    gradients back into every parameter's ``.grad`` (the optimizer may have replaced them,
+    e.g. with an average over samples) and returns a zero loss tensor. It moves no memory, so
+    the time of a closure step is the optimizer's own work around it (drawing samples,
+    averaging gradients, the update); see :data:`CLOSURE_NOTE`.
+    """
+
+    def __init__(self, optimizer: Any, params: Sequence[torch.Tensor], needs_closure: bool) -> None:
+        self.optimizer = optimizer
+        self.needs_closure = needs_closure
+        self._grads = [p.grad for p in params]
+        self._params = list(params)
+        self._device = params[0].device if params else torch.device("cpu")
+        self._loss = torch.zeros((), device=self._device)
+
+    def _closure(self) -> torch.Tensor:
+        for p, g in zip(self._params, self._grads):
+            p.grad = g
+        return self._loss
+
+    def __call__(self) -> None:
+        if self.needs_closure:
+            self.optimizer.step(self._closure)
+        else:
+            self.optimizer.step()
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
 
 
 def _cases(optimizer: Any, wanted: Sequence[str], device: torch.device) -> list[Case]:
@@ -484,14 +554,15 @@ def _cases(optimizer: Any, wanted: Sequence[str], device: torch.device) -> list[
     return cases
 
 
-def _warm_up(optimizer: Any, case: Case, steps: int) -> None:
+def _warm_up(step: _Stepper, case: Case, steps: int) -> None:
     """Run ``steps`` steps (at least one: compiles, fills the state); notice fallbacks."""
+    optimizer = step.optimizer
     if case.implementation != "default":
         optimizer.implementation = case.implementation
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(max(steps, 1)):
-            optimizer.step()
+            step()
     if case.implementation == "compiled":
         failed = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
         if failed or getattr(optimizer, "_compile_failed", False):
@@ -499,11 +570,11 @@ def _warm_up(optimizer: Any, case: Case, steps: int) -> None:
             case.reason = failed[0] if failed else "torch.compile failed; fell back to reference"
 
 
-def _time_step(optimizer: Any, case: Case) -> None:
+def _time_step(step: _Stepper, case: Case) -> None:
     if case.implementation != "default":
-        optimizer.implementation = case.implementation
+        step.optimizer.implementation = case.implementation
     start = time.perf_counter()
-    optimizer.step()
+    step()
     case.samples_ms.append((time.perf_counter() - start) * 1e3)
 
 
@@ -524,20 +595,22 @@ def time_optimizer(
     """
     spec = get_optimizer(name)
     params = _make_params(shapes)
-    optimizer = spec.build(params, [], **dict(hparams or {}))
+    optimizer = spec.build(params, [], context=BENCH_CONTEXT, **dict(hparams or {}))
+    needs_closure = bool(spec.needs_closure or getattr(optimizer, "needs_closure", False))
+    step = _Stepper(optimizer, params, needs_closure)
     default = getattr(optimizer, "implementation", "default")
     cases = _cases(optimizer, implementations, params[0].device)
     load_before = load_average()
     for case in cases:
         if case.available:
-            _warm_up(optimizer, case, warmup)
+            _warm_up(step, case, warmup)
     timed = [c for c in cases if c.available]
     if not timed:  # nothing to time, but the state still needs a step to be measured
-        optimizer.step()
+        step()
     for r in range(repeats):
         shift = r % len(timed) if timed else 0
         for case in timed[shift:] + timed[:shift]:
-            _time_step(optimizer, case)
+            _time_step(step, case)
         if floor is not None:
             floor.sample()
     result = OptimizerTiming(
@@ -548,12 +621,14 @@ def time_optimizer(
         moved_bytes=step_bytes(optimizer, params),
         default_implementation=default,
         cases=cases,
+        forward=str(spec.forward or "sign"),
+        needs_closure=needs_closure,
         load_before=load_before,
         load_after=load_average(),
     )
     if floor is not None:
         result.bandwidth_samples = floor.samples[-repeats:]
-    del optimizer, params
+    del optimizer, params, step
     gc.collect()
     return result
 
