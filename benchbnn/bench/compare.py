@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from benchbnn.bench.report import Written, check_index_location, default_out, write_from_store
+from benchbnn.bench.results import RulesetInfo
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.core.config import RunConfig
@@ -381,6 +382,7 @@ def compare(
     workers: int | None = None,
     storage: str | None = None,
     heartbeat: int | None = None,
+    ruleset: RulesetInfo | None = None,
 ) -> CompareResult:
     """Train what is missing of a suite, then write its leaderboard from the tracking store.
 
@@ -407,6 +409,8 @@ def compare(
     whose environment compare then plans in); 0 queues them for workers started elsewhere
     (``benchbnn worker --storage``) and waits until every run is settled. ``heartbeat`` is the
     heartbeat interval on a database storage (every process sharing it must use the same).
+    ``ruleset`` (resolved above this layer, :func:`benchbnn.tune.rulesets.apply_ruleset`, with
+    ``suite`` already carrying its settings) is stated in the leaderboard with every budget.
     Raises BenchbnnError for bad input (nothing started), e.g. a SQLite ``storage`` (not a safe
     queue) or lifecycle ``plugins`` with workers (they cannot be sent to another process).
     """
@@ -483,6 +487,7 @@ def compare(
         original=original or base,
         environment=environment,
         any_environment=reuse_any_environment or trained.mixed,
+        ruleset=ruleset,
     )
     say(f"leaderboard written to {written.paths[0].parent}")
     return CompareResult(expanded, tuple(planned), tuple(trained.results), written, tuple(tuned))

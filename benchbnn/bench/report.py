@@ -7,15 +7,18 @@ what ``benchbnn compare SUITE`` wrote, without training.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchbnn.bench.plots import plot_curves, plot_flips
-from benchbnn.bench.results import Leaderboard, build
+from benchbnn.bench.results import FIXED, Leaderboard, RulesetInfo, build
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.bench.suites import Suite
 from benchbnn.bench.tables import (
@@ -29,10 +32,11 @@ from benchbnn.bench.tables import (
     render_markdown,
 )
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.names import ARTIFACT_CONFIG
 from benchbnn.core.paths import writable_dir
 from benchbnn.core.plugins import get_registry
-from benchbnn.train.runs import collect_records
-from benchbnn.train.tracking import resolve_tracking_uri
+from benchbnn.train.runs import RunRecord, collect_records
+from benchbnn.train.tracking import client_for, resolve_tracking_uri
 
 OUTPUT_FILES = ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json")
 PLOT_FILES = ("curves.png", "flips.png")
@@ -99,6 +103,7 @@ def command_line(
     overrides: Mapping[str, Any] | None = None,
     tuned: bool = False,
     study: str | None = None,
+    ruleset: RulesetInfo | None = None,
 ) -> str:
     """The command that reproduces a protocol (stored in the files, so no paths or URIs)."""
     parts = [
@@ -123,7 +128,38 @@ def command_line(
         parts += ["--optimizers", names]
     if tuned:
         parts += ["--tuned"] + (["--study", study] if study else [])
+    if ruleset is not None and ruleset.name != "fixed":
+        parts += ["--ruleset", ruleset.name]
+        trials = {t for b in ruleset.budgets for t in b.trials}
+        studies = {len(b.studies) for b in ruleset.budgets if b.studies}
+        if len(trials) == 1:
+            parts += ["--trials", str(trials.pop())]
+        if len(studies) == 1:
+            parts += ["--studies", str(studies.pop())]
     return " ".join(_quote(p) for p in parts)
+
+
+def steps_per_epoch_of(
+    records: Iterable[RunRecord], tracking_uri: str | None = None
+) -> dict[str, int]:
+    """Run id -> optimizer steps per epoch, read from each finished run's ``config.json``
+    artifact (the engine writes ``steps_per_epoch`` there). Runs whose artifact cannot be read
+    are left out: their steps to the target show as not measured."""
+    wanted = [r.run_id for r in records if r.finished and r.run_id]
+    if not wanted:
+        return {}
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    found: dict[str, int] = {}
+    with _no_progress_bars(), tempfile.TemporaryDirectory(prefix="benchbnn-steps-") as tmp:
+        for run_id in wanted:
+            try:
+                path = client.download_artifacts(run_id, ARTIFACT_CONFIG, tmp)
+                value = json.loads(Path(path).read_text(encoding="utf-8"))["steps_per_epoch"]
+            except Exception:  # no artifact (an old or foreign run): steps not measured
+                continue
+            if isinstance(value, int) and value > 0:
+                found[run_id] = value
+    return found
 
 
 def _quote(text: str) -> str:
@@ -135,6 +171,21 @@ def _is_registered(suite: Suite) -> bool:
     if suite.name not in registry.names("suite"):
         return False
     return Path(registry.get("suite", suite.name).path).resolve() == suite.path
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow's artifact downloads without their progress bars on stderr (restored after)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @dataclass(frozen=True)
@@ -166,6 +217,7 @@ def leaderboard(
     study: str | None = None,
     plots: bool = True,
     index: bool = False,
+    ruleset: RulesetInfo | None = None,
 ) -> Written:
     """Regenerate a suite's leaderboard files from the tracking store alone (no training).
 
@@ -173,7 +225,8 @@ def leaderboard(
     planned runs that are not in the store are shown as not run. Finding none is an error. A
     tuned suite comes resolved (:func:`benchbnn.tune.tuned.tuned_suite`) with ``tuned`` set and
     ``original`` the suite before tuning. ``index`` also rewrites the index of every suite
-    (``README.md``) in the output folder's parent.
+    (``README.md``) in the output folder's parent. ``ruleset`` (from
+    :func:`benchbnn.tune.rulesets.apply_ruleset`) is stated with every entry's budget.
     """
     base = load_suite(suite) if isinstance(suite, (str, Path)) else suite
     return write_from_store(
@@ -191,6 +244,7 @@ def leaderboard(
         index=index,
         require_runs=True,
         original=original or base,
+        ruleset=ruleset,
     )
 
 
@@ -212,6 +266,7 @@ def write_from_store(
     original: Suite | None = None,
     environment: str | None = None,
     any_environment: bool = True,
+    ruleset: RulesetInfo | None = None,
 ) -> Written:
     """Look the suite's runs up and write its files (``suite`` already carries tuned values;
     ``tuned``/``study`` only go into the regenerate command; ``original`` is the suite before
@@ -229,8 +284,21 @@ def write_from_store(
             f"{resolve_tracking_uri(tracking_uri)}; run `benchbnn compare {suite.name}` first, or "
             f"pass the --tracking-uri and the protocol options (--seeds, --epochs, ...) it used"
         )
-    command = command_line("leaderboard", suite, seeds, epochs, optimizers, overrides, tuned, study)
-    lb = build(expanded, plan, records, command, protocol_changes(original or suite, expanded))
+    command = command_line(
+        "leaderboard", suite, seeds, epochs, optimizers, overrides, tuned, study, ruleset
+    )
+    steps = steps_per_epoch_of(records, tracking_uri) if expanded.target_accuracy else {}
+    if ruleset is None and not tuned:  # the suite as written
+        ruleset = FIXED
+    lb = build(
+        expanded,
+        plan,
+        records,
+        command,
+        protocol_changes(original or suite, expanded),
+        steps_per_epoch=steps,
+        ruleset=ruleset,
+    )
     target = Path(out) if out is not None else default_out(suite)
     paths = write(lb, target, plots=plots)
     if index:

@@ -101,10 +101,13 @@ def _finite(value: float | None) -> TypeGuard[float]:
 
 @dataclass(frozen=True)
 class TargetReached:
-    """When one run first reached the target: epoch (counted from 1) and training seconds."""
+    """When one run first reached the target: epoch (counted from 1), training seconds summed
+    over the epochs up to and including it, and optimizer steps (None when the run's steps per
+    epoch are unknown)."""
 
     epoch: int
-    seconds: float
+    seconds: float | None
+    steps: int | None = None
 
 
 def time_to_target(
@@ -112,18 +115,41 @@ def time_to_target(
     metric: str,
     target: float,
     time_metric: str = "epoch_time_s",
+    steps_per_epoch: int | None = None,
 ) -> TargetReached | None:
     """The first epoch whose ``metric`` is >= ``target``, with the summed epoch times so far.
 
     ``history`` is the list of per-epoch metric dicts (key ``epoch`` counts from 1); None when the
-    run never reached the target.
+    run never reached the target. Seconds are None (not measured) when an epoch up to the one
+    that reached the target did not log ``time_metric``: a partial sum is never shown as the
+    time. Steps are ``epoch x steps_per_epoch`` (every epoch runs the same number of steps).
     """
-    seconds = 0.0
+    seconds: float | None = 0.0
     for row in sorted(history, key=lambda r: r.get("epoch", 0)):
         elapsed = row.get(time_metric)
-        if elapsed is not None and math.isfinite(elapsed):
+        if elapsed is not None and math.isfinite(elapsed) and seconds is not None:
             seconds += float(elapsed)
+        else:
+            seconds = None
         value = row.get(metric)
         if value is not None and math.isfinite(value) and value >= target:
-            return TargetReached(int(row["epoch"]), seconds)
+            epoch = int(row["epoch"])
+            steps = epoch * steps_per_epoch if steps_per_epoch else None
+            return TargetReached(epoch, seconds, steps)
     return None
+
+
+def epoch_sums(history: Sequence[Mapping[str, float]], metric: str) -> float | None:
+    """The sum of ``metric`` over the epochs of one run, or None (not measured) unless every
+    epoch logged a finite value: runs tracked before the metric existed never count as 0."""
+    values = [row.get(metric) for row in history]
+    if not values or any(v is None or not math.isfinite(float(v)) for v in values):
+        return None
+    return math.fsum(float(v) for v in values if v is not None)
+
+
+def epoch_max(history: Sequence[Mapping[str, float]], metric: str) -> float | None:
+    """The largest finite value of ``metric`` over the epochs of one run (None: never logged)."""
+    values = [float(v) for row in history if (v := row.get(metric)) is not None]
+    values = [v for v in values if math.isfinite(v)]
+    return max(values) if values else None

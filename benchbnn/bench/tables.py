@@ -76,19 +76,66 @@ def _problem(record: RunRecord) -> str:
     return what
 
 
-def target_text(row: Row, suite: Suite) -> tuple[str, str]:
-    """(epochs to target, seconds to target) cells."""
+NOT_MEASURED = "not measured"
+
+
+def significant(value: float | None, digits: int = 3, missing: str = NOT_MEASURED) -> str:
+    """``value`` with ``digits`` significant digits in fixed notation (``0.0461``, ``114``), so
+    that a small measured time never prints as ``0.0``; ``missing`` for None."""
+    if value is None or not math.isfinite(value):
+        return missing
+    if value == 0:
+        return fixed(0.0, digits - 1)
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return fixed(value, min(decimals, 6))
+
+
+def target_text(row: Row, suite: Suite) -> tuple[str, str, str]:
+    """(epochs, optimizer steps, seconds to target) cells, means over the runs that reached it.
+
+    A row none of whose runs reached the target says ``not reached (0/n)`` (never 0); steps or
+    seconds that were not recorded say ``not measured``.
+    """
     if suite.target_accuracy is None:
-        return "-", "-"
+        return "-", "-", "-"
     done = row.finished
     if done == 0:
-        return "-", "-"
+        return "-", "-", "-"
     if row.target_reached == 0:
-        return f"not reached (0/{done})", "-"
+        return f"not reached (0/{done})", "not reached", "not reached"
     epochs = row.target_epochs
+    assert epochs is not None
+    steps = row.target_steps
     seconds = row.target_seconds
-    assert epochs is not None and seconds is not None
-    return f"{fixed(epochs.mean, 1)} ({row.target_reached}/{done})", fixed(seconds.mean, 1)
+    return (
+        f"{fixed(epochs.mean, 1)} ({row.target_reached}/{done})",
+        NOT_MEASURED if steps is None else fixed(steps.mean, 0),
+        significant(None if seconds is None else seconds.mean),
+    )
+
+
+#: Marks a timing measured while the machine's load average exceeded its usable cores.
+LOAD_MARK = "†"
+
+
+def cost_text(row: Row) -> tuple[str, str, str]:
+    """(optimizer step s/epoch, forward+backward s/epoch, step time vs the baseline) cells,
+    each marked with :data:`LOAD_MARK` when measured under load; ``not measured`` for runs
+    that did not record them."""
+    mark = LOAD_MARK if row.under_load else ""
+    step = row.optimizer_step
+    fb = row.forward_backward
+    if step is None or (row.step_ratio is None and not row.is_baseline):
+        ratio = NOT_MEASURED
+    elif row.is_baseline:
+        ratio = "baseline"
+    else:
+        ratio = significant(row.step_ratio) + "x" + mark
+    return (
+        NOT_MEASURED if step is None else significant(step.mean) + mark,
+        NOT_MEASURED if fb is None else significant(fb.mean) + mark,
+        ratio,
+    )
 
 
 def options_text(options: Mapping[str, Any]) -> str:
@@ -183,29 +230,73 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
 def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     suite = lb.suite
     target = suite.target_accuracy
+    tested = suite.eval_split != "test"
     header = [
         "Entry",
         "Architecture",
         f"Δ top-1 vs {suite.baseline} (95% CI)",
+    ]
+    header += ["Test top-1 (%), final epoch"] if tested else []
+    header += [
         "Time / epoch (s)",
+        "Optimizer step (s / epoch)",
+        "Forward + backward (s / epoch)",
+        f"Optimizer step vs {suite.baseline}",
         "State bytes / binary weight",
     ]
     if target is not None:
-        header += [f"Epochs to {target:g}%", f"Seconds to {target:g}%"]
+        where = "val" if suite.val_fraction > 0 else "test"
+        header += [
+            f"Epochs to {target:g}% ({where})",
+            f"Steps to {target:g}% ({where})",
+            f"Seconds to {target:g}% ({where})",
+        ]
     header += ["Runs finished"]
     rows = []
     for row in lb.rows:
-        cells = [
-            row.entry.label,
-            row.arch,
-            difference_text(row),
-            cell(row.epoch_time),
-            fixed(row.state_bytes, 1),
-        ]
+        cells = [row.entry.label, row.arch, difference_text(row)]
+        cells += [cell(row.test_top1)] if tested else []
+        cells += [cell(row.epoch_time), *cost_text(row), fixed(row.state_bytes, 1)]
         if target is not None:
             cells += list(target_text(row, suite))
         rows.append(cells + [runs_text(row)])
     return header, rows
+
+
+def ruleset_lines(lb: Leaderboard) -> list[str]:
+    """The ruleset, its version and every entry's budget, and the refusal line when the
+    budgets differ (docs/rulesets.md)."""
+    rules = lb.ruleset
+    if rules is None:
+        return []
+    sampler = f", {rules.sampler} sampler" if rules.sampler else ""
+    out = [f"- Ruleset: {rules.name} v{rules.version}{sampler} (see docs/rulesets.md)."]
+    if any(b.studies for b in rules.budgets):
+        out.append(
+            "- Tuning budgets: " + "; ".join(f"{b.label}: {b.describe()}" for b in rules.budgets)
+        )
+        out[-1] += "."
+    refusal = lb.refusal
+    if refusal:
+        out.append(f"- **{refusal}.**")
+    return out
+
+
+def load_lines(lb: Leaderboard) -> list[str]:
+    """A line saying which timings were taken under load, or that none was recorded."""
+    loaded = [row for row in lb.rows if row.under_load]
+    if loaded:
+        names = ", ".join(f"{row.entry.label} ({fixed(row.max_load, 1)})" for row in loaded)
+        return [
+            f"- {LOAD_MARK} Timings taken under load (1-minute load average above the "
+            f"machine's usable cores, largest value in brackets): {names}; they are not clean "
+            "measurements."
+        ]
+    if any(row.max_load is not None for row in lb.rows):
+        return []
+    if any(row.finished for row in lb.rows):
+        return ["- Machine load while timing: not recorded by these runs."]
+    return []
 
 
 def environment_lines(lb: Leaderboard) -> list[str]:
@@ -243,6 +334,8 @@ def render_markdown(lb: Leaderboard) -> str:
             else ""
         ),
         f"- Runs: {_run_counts(lb)}; {_compute_time(lb)}.",
+        *ruleset_lines(lb),
+        *load_lines(lb),
     ]
     if lb.changes:
         out.append("- Changed from the suite file: " + "; ".join(lb.changes) + ".")
@@ -270,7 +363,14 @@ def render_markdown(lb: Leaderboard) -> str:
         f"Δ is the mean difference in top-1 to {suite.baseline}, paired by seed, with a 95% "
         "Student t interval; `*` marks an interval that excludes zero. Training accuracy is "
         "measured on the final epoch's training batches, augmentation included (as Keras "
-        "reports it). Time per epoch is training plus evaluation wall time.",
+        "reports it). Time per epoch is training plus evaluation wall time. The optimizer "
+        "step and forward + backward columns are in-process timings summed over an epoch's "
+        "steps (the optimizer step is what differs between entries), with the step's ratio "
+        f"to {suite.baseline}'s; `not measured`: runs tracked before these timings existed. "
+        "Time to the target counts the first epoch whose top-1 on the "
+        f"{lb.target_name} reaches it: epochs, optimizer steps (epochs x steps per epoch) and "
+        "the wall seconds of the epochs up to it (training plus evaluation), means over the "
+        "runs that reached it (n of the finished runs in brackets).",
     ]
     if lb.command:
         out += ["", f"Regenerate from the tracking store: `{lb.command}`"]
@@ -338,6 +438,18 @@ CSV_COLUMNS = (
     "epochs_to_target_mean",
     "seconds_to_target_mean",
     "problems",
+    "test_top1_mean",
+    "test_top1_std",
+    "optimizer_step_s_mean",
+    "forward_backward_s_mean",
+    "optimizer_step_ratio",
+    "max_load_average",
+    "under_load",
+    "steps_to_target_mean",
+    "ruleset",
+    "ruleset_version",
+    "budget",
+    "ranked",
 )
 
 
@@ -393,9 +505,30 @@ def csv_rows(lb: Leaderboard) -> list[dict[str, str]]:
                 "problems": "; ".join(
                     f"seed {r.seed}: {r.status} {r.outcome()}" for r in row.unfinished
                 ),
+                **_new_csv_cells(lb, row),
             }
         )
     return rows
+
+
+def _new_csv_cells(lb: Leaderboard, row: Row) -> dict[str, str]:
+    """The time-to-result, cost and ruleset cells (empty: not measured or not applicable)."""
+    rules = lb.ruleset
+    budget = rules.budget(row.entry.label) if rules is not None else None
+    return {
+        "test_top1_mean": fixed(_mean(row.test_top1), 4, missing=""),
+        "test_top1_std": fixed(_std(row.test_top1), 4, missing=""),
+        "optimizer_step_s_mean": fixed(_mean(row.optimizer_step), 6, missing=""),
+        "forward_backward_s_mean": fixed(_mean(row.forward_backward), 6, missing=""),
+        "optimizer_step_ratio": fixed(row.step_ratio, 4, missing=""),
+        "max_load_average": fixed(row.max_load, 2, missing=""),
+        "under_load": ("true" if row.under_load else "false") if row.max_load is not None else "",
+        "steps_to_target_mean": fixed(_mean(row.target_steps), 1, missing=""),
+        "ruleset": rules.name if rules else "",
+        "ruleset_version": str(rules.version) if rules else "",
+        "budget": budget.describe() if budget else "",
+        "ranked": "" if rules is None else ("false" if lb.refusal else "true"),
+    }
 
 
 def render_csv(lb: Leaderboard) -> str:
@@ -499,6 +632,9 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
                 "reached": row.target_reached,
                 "epochs": _summary(row.target_epochs),
                 "seconds": _summary(row.target_seconds),
+                "steps": _summary(row.target_steps),
+                "split": "val" if suite.val_fraction > 0 else "test",
+                "per_run": _per_run_targets(row, suite),
             }
         rows.append(
             {
@@ -526,6 +662,12 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
                 "epoch_time_s": _summary(row.epoch_time),
                 "state_bytes_per_binary_weight": row.state_bytes,
                 "time_to_target": reached,
+                "test_top1": _summary(row.test_top1),
+                "optimizer_step_s": _summary(row.optimizer_step),
+                "forward_backward_s": _summary(row.forward_backward),
+                "optimizer_step_ratio": row.step_ratio,
+                "max_load_average": row.max_load,
+                "under_load": row.under_load if row.max_load is not None else None,
                 "runs": [
                     {
                         "seed": r.seed,
@@ -575,10 +717,42 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
         "changes": list(lb.changes),
         "rows": rows,
     }
+    if lb.ruleset is not None:
+        rules = lb.ruleset
+        data["ruleset"] = {
+            "name": rules.name,
+            "version": rules.version,
+            "sampler": rules.sampler,
+            "budgets": [
+                {
+                    "entry": b.label,
+                    "trials": list(b.trials),
+                    "studies": list(b.studies),
+                    "chosen": b.chosen,
+                }
+                for b in rules.budgets
+            ],
+            "ranked": lb.refusal is None,
+            "refusal": lb.refusal,
+        }
     if lb.environments:  # absent for runs tracked before environments were recorded
         data["environments"] = [{"environment": e, "runs": n} for e, n in lb.environments]
         data["mixed_environments"] = lb.mixed_environments
     return _round(data)
+
+
+def _per_run_targets(row: Row, suite: Suite) -> dict[str, Any]:
+    """Per seed: the epoch the run first reached the target on (None: not reached)."""
+    from benchbnn.bench.stats import time_to_target
+
+    assert suite.target_accuracy is not None
+    metric = f"{suite.eval_split}_top1"
+    out: dict[str, Any] = {}
+    for r in sorted(row.records, key=lambda r: r.seed):
+        if r.finished:
+            hit = time_to_target(r.history, metric, suite.target_accuracy)
+            out[str(r.seed)] = None if hit is None else hit.epoch
+    return out
 
 
 def render_json(lb: Leaderboard) -> str:
@@ -639,7 +813,10 @@ def _headline(data: Mapping[str, Any]) -> list[str]:
         means = [r["eval_top1"]["mean"] for r in by_entry[label].values() if r["eval_top1"]]
         return sum(means) / len(means) if len(means) == len(archs) else -math.inf
 
-    ranked = sorted(by_entry, key=lambda label: (-score(label), label))
+    unranked = bool(data.get("ruleset", {}).get("refusal"))
+    ranked = (
+        list(by_entry) if unranked else sorted(by_entry, key=lambda label: (-score(label), label))
+    )
     header = ["Rank", "Entry"] + [f"{a} top-1 (%)" for a in archs]
     header += [
         f"Δ vs {data['baseline']}" if len(archs) == 1 else f"Δ vs {data['baseline']} ({archs[0]})"
@@ -647,7 +824,7 @@ def _headline(data: Mapping[str, Any]) -> list[str]:
     lines = []
     for rank, label in enumerate(ranked, start=1):
         rows = by_entry[label]
-        cells = [str(rank), label]
+        cells = ["-" if unranked else str(rank), label]
         for arch in archs:
             r = rows.get(arch)
             s = r and r["eval_top1"]

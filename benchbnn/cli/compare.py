@@ -77,6 +77,11 @@ def override_value(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
+#: The rulesets of :mod:`benchbnn.tune.rulesets` (named here so that --help imports no optuna).
+RULESET_NAMES = ("fixed", "external", "defaults")
+#: Independent studies per entry under ``--ruleset external``.
+STUDIES = Number(int, low=1, high=99)
+
 #: What ``--storage`` is for ``leaderboard`` (studies only) and for ``compare`` (also its queue).
 STUDIES_STORAGE_HELP = "Optuna storage of the studies (with --tuned)"
 COMPARE_STORAGE_HELP = (
@@ -139,6 +144,26 @@ def add_protocol_arguments(
     )
     parser.add_argument("--storage", metavar="URL", help=storage_help)
     parser.add_argument("--study", metavar="NAME", help="Optuna study name (with --tuned)")
+    parser.add_argument(
+        "--ruleset",
+        choices=RULESET_NAMES,
+        default="fixed",
+        help="how entries' hyperparameters are chosen (docs/rulesets.md): fixed (the suite's, "
+        "default), external (equal tuning budgets: --studies studies of --trials trials per "
+        "entry, the median study's best trial), defaults (each optimizer's declared defaults)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=limits.argument(limits.TRIALS, "--trials"),
+        metavar="N",
+        help="trials per study under --ruleset external (required there)",
+    )
+    parser.add_argument(
+        "--studies",
+        type=limits.argument(STUDIES, "--studies"),
+        metavar="K",
+        help="independent studies per entry under --ruleset external (default 3)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument(
         "--index",
@@ -147,20 +172,29 @@ def add_protocol_arguments(
     )
 
 
-def protocol_kwargs(args: argparse.Namespace, storage_alone: bool = False) -> dict[str, Any]:
+def protocol_kwargs(
+    args: argparse.Namespace, storage_alone: bool = False, run_studies: bool = False
+) -> dict[str, Any]:
     """The protocol keyword arguments of ``compare`` and ``leaderboard``, with the suite loaded.
 
     With ``--tuned`` the suite is resolved here, above the benchmark layer: every entry that
-    takes part gets its study's best trial (:func:`benchbnn.tune.tuned.tuned_suite`).
+    takes part gets its study's best trial (:func:`benchbnn.tune.tuned.tuned_suite`). With a
+    ``--ruleset`` the same happens through :func:`benchbnn.tune.rulesets.apply_ruleset`;
+    ``run_studies`` (compare) runs the external studies that are missing first.
     ``storage_alone``: ``--storage`` has a use without ``--tuned`` (compare's ledger and queue).
-    Raises BenchbnnError for ``--study`` (or ``--storage``) without ``--tuned``.
+    Raises BenchbnnError for ``--study`` (or ``--storage``) without ``--tuned``, and for
+    ``--tuned`` with a ruleset other than ``fixed``.
     """
     from benchbnn.bench.suite_file import load_suite
 
+    if args.tuned and args.ruleset != "fixed":
+        raise BenchbnnError(
+            f"--tuned and --ruleset {args.ruleset} both choose the hyperparameters; drop one"
+        )
     if args.study and not args.tuned:
         raise BenchbnnError("--study only applies with --tuned")
-    if args.storage and not args.tuned and not storage_alone:
-        raise BenchbnnError("--storage only applies with --tuned")
+    if args.storage and not args.tuned and not storage_alone and args.ruleset != "external":
+        raise BenchbnnError("--storage only applies with --tuned or --ruleset external")
     overrides = dict(args.override)
     if args.subset is not None:
         overrides["subset"] = args.subset
@@ -183,9 +217,38 @@ def protocol_kwargs(args: argparse.Namespace, storage_alone: bool = False) -> di
             original, args.optimizers, storage=args.storage, study=args.study
         )
         kwargs.update(original=original, study=args.study)
+    else:
+        kwargs.update(_ruleset_kwargs(args, original, run_studies))
     if args.experiment:
         kwargs["experiment"] = args.experiment
     return kwargs
+
+
+def _ruleset_kwargs(args: argparse.Namespace, original: Any, run_studies: bool) -> dict[str, Any]:
+    """The suite as ``--ruleset`` sets it (studies run first with ``run_studies``)."""
+    from benchbnn.tune.rulesets import apply_ruleset
+
+    options: dict[str, Any] = {}
+    if run_studies:
+        options = {
+            "data_dir": getattr(args, "data_dir", None),
+            "device": getattr(args, "device", None),
+            "tracking_uri": args.tracking_uri,
+            "quiet": getattr(args, "quiet", False),
+        }
+        if args.experiment:
+            options["experiment"] = args.experiment
+    studies_storage = args.storage if args.ruleset == "external" else None
+    suite, info = apply_ruleset(
+        original.select(args.optimizers),
+        args.ruleset,
+        trials=args.trials,
+        studies=args.studies,
+        storage=studies_storage,
+        run=run_studies,
+        **options,
+    )
+    return {"suite": suite, "ruleset": info, "original": original}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,7 +314,8 @@ def ledger_storage(args: argparse.Namespace) -> str | None:
     default ledger beside the tracking store."""
     from benchbnn.core.urls import scheme_of
 
-    if args.tuned and args.storage and scheme_of(args.storage) == "sqlite":
+    studies = args.tuned or args.ruleset == "external"
+    if studies and args.storage and scheme_of(args.storage) == "sqlite":
         return None
     return args.storage
 
@@ -271,7 +335,7 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
         storage=ledger_storage(args),
         heartbeat=args.heartbeat,
-        **protocol_kwargs(args, storage_alone=True),
+        **protocol_kwargs(args, storage_alone=True, run_studies=True),
     )
     print_results(result.written)
     return 0

@@ -64,6 +64,9 @@ HISTORY_METRICS = (
     "test_top5",
     "epoch_time_s",
     "flip_log_ratio",
+    "optimizer_step_s",
+    "forward_backward_s",
+    "load_average",
 )
 
 

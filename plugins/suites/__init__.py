@@ -3,6 +3,9 @@
 A third-party package ships its own suites the same way: put the TOML files in the package (as
 package data) and return one :class:`benchbnn.SuiteSpec` per file from ``benchbnn_suites``.
 ``benchbnn compare NAME`` then runs the suite called NAME.
+
+Files named ``*.benchmark.toml`` in this folder are benchmarks (several suites under one
+ruleset, ``benchbnn score NAME``), not suites: the host finds them beside the suite files.
 """
 
 from __future__ import annotations
@@ -33,4 +36,5 @@ def benchbnn_suites() -> list[benchbnn.SuiteSpec]:
     return [
         benchbnn.SuiteSpec(name=path.stem, path=path, description=_description(path))
         for path in sorted(_HERE.glob("*.toml"))
+        if not path.name.endswith(".benchmark.toml")
     ]
