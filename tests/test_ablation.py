@@ -59,7 +59,12 @@ def test_the_papers_grid_from_the_base_point():
 def test_default_sweep_is_the_log_scale_search_space_of_every_entry():
     suite = load_suite("cifar10-base-point")
     points = ablation.plan_ablation(suite)
-    assert {p.label for p in points} == {"bop2ndorder-unbiased", "bop2ndorder-biased"}
+    assert {p.label for p in points} == {
+        "bop2ndorder-unbiased",
+        "bop2ndorder-biased",
+        "bop2ndorder-unbiased-tau-code",
+        "bop2ndorder-biased-tau-code",
+    }
     assert {p.hparam for p in points} == {"gamma", "sigma", "threshold", "lr"}
     assert sorted({p.factor for p in points}) == [-2, -1, 0, 1, 2]
 

@@ -132,8 +132,8 @@ def test_table1_layout_cells_are_mean_std_n_with_paper_and_difference():
     md = render_markdown(lb)
     assert "## Results (Table 1 layout)" in md
     assert (
-        "| Entry | Optimizer | Training accuracy (%) | Validation accuracy (%) | "
-        "Paper training (%) | Paper validation (%) | Δ vs bop (95% CI) |"
+        "| Entry | Optimizer | Training accuracy (%) | Test accuracy (%) | "
+        "Paper training (%) | Paper 'validation' (%) | Δ vs bop (95% CI) |"
     ) in md
     # bop: train 96, 97, 98 -> 97.00 ± 1.00; test 90, 91, 92 -> 91.00 ± 1.00
     assert "| bop | bop | 97.00 ± 1.00 (3) | 91.00 ± 1.00 (3) | 96.7 | 91.0 | baseline |" in md
@@ -257,6 +257,7 @@ def test_validation_column_reads_the_held_out_split_when_the_suite_has_one():
     ]
     md = render_markdown(build(suite, plan_of(suite), records))
     assert "validation (0.1 of the training split held out)" in md
+    assert "| Validation accuracy (%) |" in md and "Test accuracy" not in md
     assert "81.00 ± 1.00 (3)" in md
 
 
@@ -320,7 +321,7 @@ def test_index_lists_suites_with_headline_rows_and_definitions(tmp_path):
         "3 epochs, 3 seeds, 6/6 runs finished |" in text
     )
     assert "| big-one | - | - | definition only: `benchbnn compare big-one` |" in text
-    # ranked by validation top-1: the biased entry (92.33) before bop (91.00)
+    # ranked: the biased entry's paired differences to bop (1.0, 1.2, 1.8) exclude zero
     assert text.index("| 1 | bop2ndorder-biased |") < text.index("| 2 | bop |")
     again = render_index(
         {"demo": json.loads((tmp_path / "demo" / "leaderboard.json").read_text())},

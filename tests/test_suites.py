@@ -25,6 +25,10 @@ BUILT_IN = [
     "cifar10-binarynet",
     "cifar10-base-point",
     "imagenet-xnornet-birealnet",
+    "cifar10-norm",
+    "cifar10-schedules",
+    "cifar10-curves",
+    "imagenet-unbiased-300",
 ]
 
 MINIMAL = """\
@@ -131,14 +135,21 @@ def test_table2_suite_has_both_architectures_per_arch_budget_and_paper_values():
 def test_base_point_suite_matches_section_5_1():
     suite = load_suite("cifar10-base-point")
     assert (suite.epochs, suite.batch_size) == (100, 100)
-    for label, unbiased in (("bop2ndorder-unbiased", True), ("bop2ndorder-biased", False)):
+    # both taus: the paper's text (1e-6, unsuffixed labels) and the authors' code (1e-5)
+    for label, unbiased, tau in (
+        ("bop2ndorder-unbiased", True, 1e-6),
+        ("bop2ndorder-biased", False, 1e-6),
+        ("bop2ndorder-unbiased-tau-code", True, 1e-5),
+        ("bop2ndorder-biased-tau-code", False, 1e-5),
+    ):
         assert suite.entry(label).hparams == {
             "gamma": 1e-7,
             "sigma": 1e-3,
-            "threshold": 1e-6,
+            "threshold": tau,
             "lr": 0.01,
             "unbiased": unbiased,
         }
+    assert len(suite.entries) == 4
     assert set(suite.tune["bop2ndorder"]) == {"gamma", "sigma", "threshold"}
 
 

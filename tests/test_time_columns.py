@@ -211,7 +211,9 @@ def test_ruleset_and_budgets_are_written_and_mixed_budgets_refused():
         mixed.budgets[1].describe(),
     }
     index = render_index({"demo": data}, {})
-    assert "| - | bop |" in index and "| 1 |" not in index  # no ranks in the index either
+    # no ranks in the index either: no Rank column, and the refusal in one line
+    assert "| Rank |" not in index and "| bop |" in index
+    assert "Ranking: not ranked (the tuning budgets differ" in index
 
 
 @pytest.mark.parametrize("val_fraction, where", [(0.1, "validation split"), (0.0, "test split")])

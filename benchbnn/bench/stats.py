@@ -153,3 +153,41 @@ def epoch_max(history: Sequence[Mapping[str, float]], metric: str) -> float | No
     values = [float(v) for row in history if (v := row.get(metric)) is not None]
     values = [v for v in values if math.isfinite(v)]
     return max(values) if values else None
+
+
+def resolved_ranks(
+    values: Mapping[str, Mapping[int, float | None]], confidence: float = CONFIDENCE
+) -> dict[str, int] | None:
+    """Rank groups that the seeds resolve, or None when they resolve none.
+
+    ``values`` maps each entry to its per-seed result (higher is better, e.g. top-1 in %).
+    The rule (docs/protocols.md, "Reading a leaderboard"): entry A beats B when the
+    ``confidence`` Student t interval of A - B, paired by seed (:func:`paired_difference`, at
+    least 2 common seeds), lies entirely above zero. Entries with a result are ordered by their
+    mean; a boundary between two consecutive ones in that order separates groups only when every
+    entry above it beats every entry below it. Each group's rank is 1 + the number of entries in
+    the groups above it (``{"a": 1, "b": 2, "c": 2}``: a beats b and c, b vs c is not
+    resolved). So a rank never claims an order that an interval does not show. Entries without
+    any result get no rank (left out of the mapping). None when no boundary separates groups:
+    then nothing may be printed as a ranking.
+    """
+    means = {
+        label: sum(finite) / len(finite)
+        for label, seeds in values.items()
+        if (finite := [float(v) for v in seeds.values() if _finite(v)])
+    }
+    order = sorted(means, key=lambda label: -means[label])  # stable: ties keep input order
+
+    def beats(a: str, b: str) -> bool:
+        d = paired_difference(values[a], values[b], confidence)
+        return d is not None and d.low is not None and d.low > 0
+
+    ranks: dict[str, int] = {}
+    group_start = 0
+    for cut in range(1, len(order) + 1):
+        if cut < len(order) and not all(beats(a, b) for a in order[:cut] for b in order[cut:]):
+            continue
+        for label in order[group_start:cut]:
+            ranks[label] = group_start + 1
+        group_start = cut
+    return ranks if len(set(ranks.values())) > 1 else None

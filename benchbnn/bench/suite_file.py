@@ -224,7 +224,7 @@ class _SuiteReader(ValueChecker):
         archs = self.archs(data)
         arch_options = self.table(data.get("arch_options", {}), ("arch_options",))
         dataset_options = self.table(data.get("dataset_options", {}), ("dataset_options",))
-        entries = self.entries(data)
+        entries = self.entries(data, archs)
         # option values converted to their declared types, as the command line converts them
         arch_options = self.arch_options(archs, arch_options, ("arch_options",))
         dataset_options = self.dataset_options(dataset, dataset_options, ("dataset_options",))
@@ -325,7 +325,7 @@ class _SuiteReader(ValueChecker):
             out[arch] = checked
         return out
 
-    def entries(self, data: Mapping[str, Any]) -> tuple[SuiteEntry, ...]:
+    def entries(self, data: Mapping[str, Any], archs: Sequence[str]) -> tuple[SuiteEntry, ...]:
         raw = data.get("entries")
         if raw is None:
             raise self.fail((), "missing [[entries]] (at least one optimizer to compare)")
@@ -349,7 +349,9 @@ class _SuiteReader(ValueChecker):
             hparams = self.hparams(spec, item.get("hparams", {}), path + ("hparams",))
             schedules = self.schedules(spec, item.get("schedules", {}), path + ("schedules",))
             note = self.string(item.get("note", ""), path + ("note",), allow_empty=True)
-            entries.append(SuiteEntry(label, spec.name, hparams, schedules, note))
+            options = self.table(item.get("arch_options", {}), path + ("arch_options",))
+            options = self.arch_options(archs, options, path + ("arch_options",))
+            entries.append(SuiteEntry(label, spec.name, hparams, schedules, note, options))
         return tuple(entries)
 
     def hparams(self, spec: Any, value: Any, path: Path_) -> dict[str, Any]:

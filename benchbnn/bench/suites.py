@@ -44,7 +44,7 @@ _TOP_KEYS = (
     "tune",
     "entries",
 )
-_ENTRY_KEYS = ("label", "optimizer", "note", "hparams", "schedules")
+_ENTRY_KEYS = ("label", "optimizer", "note", "hparams", "schedules", "arch_options")
 _PER_ARCH_KEYS = ("epochs", "batch_size", "l2", "arch_options")
 #: Keys that :meth:`Suite.override` accepts.
 OVERRIDE_KEYS = (
@@ -62,13 +62,19 @@ OVERRIDE_KEYS = (
 
 @dataclass(frozen=True)
 class SuiteEntry:
-    """One competitor: an optimizer with its hyperparameters and schedules, under a label."""
+    """One competitor: an optimizer with its hyperparameters and schedules, under a label.
+
+    ``arch_options`` are architecture options of this entry alone (e.g. ``norm = "layer"`` for
+    the paper's Fig. 2, which compares normalizations with one optimizer): they are merged over
+    the suite's (and per-architecture) options, so they win over ``--arch-option`` overrides too.
+    """
 
     label: str
     optimizer: str
     hparams: Mapping[str, Any] = field(default_factory=dict)
     schedules: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    arch_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ class Suite:
 
     @property
     def eval_split(self) -> str:
-        """Where the 'validation' column comes from: the held-out split, or the test split."""
+        """The split the accuracy columns measure: ``val`` (held out) or ``test``."""
         return "val" if self.val_fraction > 0 else "test"
 
     # --- changing the protocol --------------------------------------------------------------
@@ -256,7 +262,7 @@ class Suite:
                         optimizer=entry.optimizer,
                         hparams=dict(entry.hparams),
                         schedules={k: dict(v) for k, v in entry.schedules.items()},
-                        arch_options=suite.arch_options_for(arch),
+                        arch_options={**suite.arch_options_for(arch), **entry.arch_options},
                         dataset_options=dict(suite.dataset_options),
                         epochs=suite.epochs_for(arch),
                         batch_size=suite.batch_size_for(arch),

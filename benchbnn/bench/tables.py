@@ -1,9 +1,11 @@
 """Leaderboard text: Markdown, CSV, LaTeX and JSON renderings and the index of all suites.
 
 Every function here is a pure function of a :class:`benchbnn.bench.report.Leaderboard` (or of the
-JSON data written from one): rows come in suite order, floats are printed with a fixed number of
-digits and nothing depends on the clock or the machine, so the same runs always give
-byte-identical files.
+JSON data written from one): rows come in suite order, results are printed with a fixed number
+of digits, settings (hyperparameters, schedules, options) exactly, and nothing depends on the
+clock or the machine, so the same runs always give byte-identical files. Accuracy columns are
+named by the split they measure, and rankings are printed only where the seeds resolve them
+(:func:`benchbnn.bench.stats.resolved_ranks`; docs/protocols.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from benchbnn.bench.results import Leaderboard, Row
-from benchbnn.bench.stats import Summary
+from benchbnn.bench.stats import Summary, resolved_ranks
 from benchbnn.bench.suites import Suite, SuiteEntry
-from benchbnn.core.formatting import fixed, setting, settings, signed
+from benchbnn.core.formatting import fixed, setting, signed
 from benchbnn.core.names import FAILED, FINISHED, MISSING
 from benchbnn.train.runs import RunRecord
 
@@ -138,8 +140,20 @@ def cost_text(row: Row) -> tuple[str, str, str]:
     )
 
 
+def exact_setting(value: Any) -> str:
+    """A setting as :func:`benchbnn.core.formatting.setting` prints it (``1e-08``, ``0.01``),
+    except that a float whose 6 significant digits do not give it back is printed in full
+    (``0.0012345678``): hyperparameters are settings, never rounded like results."""
+    if isinstance(value, float) and math.isfinite(value) and float(f"{value:g}") != value:
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(exact_setting(v) for v in value) + "]"
+    return setting(value)
+
+
 def options_text(options: Mapping[str, Any]) -> str:
-    return settings(dict(options))
+    """``key=value`` pairs sorted by key, values exact (:func:`exact_setting`)."""
+    return ", ".join(f"{k}={exact_setting(v)}" for k, v in sorted(options.items())) or "defaults"
 
 
 def _plural(n: int, word: str) -> str:
@@ -152,13 +166,16 @@ def schedule_text(data: Mapping[str, Any]) -> str:
     rest = {k: v for k, v in data.items() if k != "schedule"}
     if "start" in rest and "end" in rest:
         extra = {k: v for k, v in rest.items() if k not in ("start", "end")}
-        text = f"{kind} {setting(rest['start'])} -> {setting(rest['end'])}"
+        text = f"{kind} {exact_setting(rest['start'])} -> {exact_setting(rest['end'])}"
         return text + (f" ({options_text(extra)})" if extra else "")
     return f"{kind} ({options_text(rest)})" if rest else str(kind)
 
 
 def entry_settings(entry: SuiteEntry) -> str:
+    """Hyperparameters, schedules and the entry's own architecture options, exactly."""
     parts = [options_text(entry.hparams)] if entry.hparams else []
+    if entry.arch_options:
+        parts.append(f"architecture: {options_text(entry.arch_options)}")
     parts += [f"{k}: {schedule_text(v)}" for k, v in sorted(entry.schedules.items())]
     return "; ".join(parts) or "optimizer defaults"
 
@@ -169,7 +186,7 @@ def budget_lines(suite: Suite) -> list[str]:
     for arch in suite.archs:
         opts = suite.arch_options_for(arch)
         subset = f"{suite.subset} training images" if suite.subset else "the full training split"
-        l2 = f", L2 {suite.l2_for(arch):g}" if suite.l2_for(arch) else ""
+        l2 = f", L2 {exact_setting(suite.l2_for(arch))}" if suite.l2_for(arch) else ""
         lines.append(
             f"{arch}"
             + (f" ({options_text(opts)})" if opts else "")
@@ -195,9 +212,9 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     suite = lb.suite
     paper = bool(suite.paper)
     if lb.layout == "table1":
-        header = ["Entry", "Optimizer", "Training accuracy (%)", "Validation accuracy (%)"]
+        header = ["Entry", "Optimizer", "Training accuracy (%)", f"{lb.split_title} accuracy (%)"]
         if paper:
-            header += ["Paper training (%)", "Paper validation (%)"]
+            header += ["Paper training (%)", "Paper 'validation' (%)"]
         header += [f"Δ vs {suite.baseline} (95% CI)"]
         rows = []
         for row in lb.rows:
@@ -318,7 +335,7 @@ def render_markdown(lb: Leaderboard) -> str:
     out = [f"# Leaderboard: {suite.name}", ""]
     if suite.description:
         out += [" ".join(suite.description.split()), ""]
-    eval_split = f"the 'validation' column is measured on the {lb.eval_name}"
+    eval_split = f"accuracies are measured on the {lb.eval_name}"
     out += [
         f"- Dataset: {suite.dataset}"
         + (f" ({options_text(suite.dataset_options)})" if suite.dataset_options else "")
@@ -341,6 +358,7 @@ def render_markdown(lb: Leaderboard) -> str:
         out.append("- Changed from the suite file: " + "; ".join(lb.changes) + ".")
     if suite.paper.get("source"):
         out.append(f"- Paper values: {suite.paper['source']}.")
+    out.append(f"- Ranking: {ranking_text(to_data(lb))}")
     title = "Table 1 layout" if lb.layout == "table1" else "Table 2 layout"
     out += ["", f"## Results ({title})", ""]
     out += markdown_table(*main_table(lb))
@@ -450,6 +468,7 @@ CSV_COLUMNS = (
     "ruleset_version",
     "budget",
     "ranked",
+    "eval_split",
 )
 
 
@@ -528,6 +547,7 @@ def _new_csv_cells(lb: Leaderboard, row: Row) -> dict[str, str]:
         "ruleset_version": str(rules.version) if rules else "",
         "budget": budget.describe() if budget else "",
         "ranked": "" if rules is None else ("false" if lb.refusal else "true"),
+        "eval_split": lb.suite.eval_split,
     }
 
 
@@ -572,7 +592,7 @@ def render_latex(lb: Leaderboard) -> str:
     suite = lb.suite
     caption = (
         tex_escape(f"{suite.name}: {suite.dataset}, " + "; ".join(budget_lines(suite)) + ".")
-        + r" Mean $\pm$ std over seeds ($n$ finished runs); validation column: "
+        + r" Mean $\pm$ std over seeds ($n$ finished runs); accuracies measured on the "
         + tex_escape(lb.eval_name)
         + "."
     )
@@ -738,7 +758,38 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
     if lb.environments:  # absent for runs tracked before environments were recorded
         data["environments"] = [{"environment": e, "runs": n} for e, n in lb.environments]
         data["mixed_environments"] = lb.mixed_environments
-    return _round(data)
+    return _with_exact_settings(_round(data), lb)
+
+
+def _exact(value: Any) -> Any:
+    """A setting as JSON data, never rounded (mappings to dicts, tuples to lists; a non-finite
+    float, which JSON cannot hold, as null like :func:`_round` writes it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _exact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_exact(v) for v in value]
+    return value
+
+
+def _with_exact_settings(data: dict[str, Any], lb: Leaderboard) -> dict[str, Any]:
+    """``data`` (rounded by :func:`_round`, which suits results) with every setting written
+    exactly: hyperparameters, schedules, the protocol and dataset options, the validation
+    fraction and the target. A threshold of 1e-8 or an L2 of 5e-7 would otherwise read 0.0."""
+    suite = lb.suite
+    for out, row in zip(data["rows"], lb.rows, strict=True):
+        out["hparams"] = _exact(row.entry.hparams)
+        out["schedules"] = _exact(row.entry.schedules)
+        if row.entry.arch_options:  # absent for entries without their own options
+            out["arch_options"] = _exact(row.entry.arch_options)
+    data["dataset_options"] = _exact(suite.dataset_options)
+    data["val_fraction"] = suite.val_fraction
+    data["target_accuracy"] = suite.target_accuracy
+    for arch in suite.archs:
+        data["protocol"][arch]["l2"] = suite.l2_for(arch)
+        data["protocol"][arch]["arch_options"] = _exact(suite.arch_options_for(arch))
+    return data
 
 
 def _per_run_targets(row: Row, suite: Suite) -> dict[str, Any]:
@@ -802,29 +853,80 @@ INDEX_FILE = "README.md"
 INDEX_MARKER = "<!-- generated by benchbnn leaderboard: edits are overwritten -->"
 
 
+def seed_results(data: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """Per entry, its top-1 (%) on the evaluation split per seed, from leaderboard data.
+
+    With several architectures a seed's value is the mean over them, and only seeds finished on
+    every architecture count (the pairing stays one run per architecture per side).
+    """
+    archs = data["archs"]
+    per_arch: dict[str, dict[int, list[float]]] = {}
+    for row in data["rows"]:
+        seeds = per_arch.setdefault(row["entry"], {})
+        for run in row["runs"]:
+            value = run.get("eval_top1")
+            if run["status"] == FINISHED and value is not None and math.isfinite(value):
+                seeds.setdefault(run["seed"], []).append(float(value))
+    return {
+        label: {seed: math.fsum(v) / len(v) for seed, v in seeds.items() if len(v) == len(archs)}
+        for label, seeds in per_arch.items()
+    }
+
+
+def ranking(data: Mapping[str, Any]) -> dict[str, int] | None:
+    """The entries' ranks under the rule of :func:`benchbnn.bench.stats.resolved_ranks`, or
+    None when the ruleset refuses a ranking (unequal tuning budgets) or no pair is resolved."""
+    if data.get("ruleset", {}).get("refusal"):
+        return None
+    return resolved_ranks(seed_results(data))
+
+
+#: The one line a table prints instead of a ranking when no two entries are separated.
+NOT_RESOLVED = (
+    "not resolved at this budget: the 95% intervals of the paired differences (over seeds) do "
+    "not separate the entries into ordered groups, so no entry is ranked above another"
+)
+
+
+def ranking_text(data: Mapping[str, Any]) -> str:
+    """One line: the rank groups (``1: a, b; 3: c``), :data:`NOT_RESOLVED`, or the refusal."""
+    if data.get("ruleset", {}).get("refusal"):
+        return "not ranked (the tuning budgets differ; see the ruleset line)."
+    ranks = ranking(data)
+    if ranks is None:
+        return NOT_RESOLVED + "."
+    groups: dict[int, list[str]] = {}
+    for label, rank in ranks.items():
+        groups.setdefault(rank, []).append(label)
+    text = "; ".join(f"{rank}: {', '.join(groups[rank])}" for rank in sorted(groups))
+    unranked = [label for label in seed_results(data) if label not in ranks]
+    text += f"; without a result: {', '.join(unranked)}" if unranked else ""
+    return (
+        f"{text} (a group is above another only when the 95% t interval of A - B, paired by "
+        "seed, lies above zero for every A in it and every B below; docs/protocols.md)."
+    )
+
+
 def _headline(data: Mapping[str, Any]) -> list[str]:
-    """The suite's rows ranked by mean validation top-1 over its architectures."""
+    """The suite's rows, with a Rank column only when the seeds resolve a ranking
+    (:func:`ranking`): ordered by rank then suite order; in suite order with the
+    :data:`NOT_RESOLVED` line otherwise."""
     archs = data["archs"]
     by_entry: dict[str, dict[str, Any]] = {}
     for row in data["rows"]:
         by_entry.setdefault(row["entry"], {})[row["arch"]] = row
-
-    def score(label: str) -> float:
-        means = [r["eval_top1"]["mean"] for r in by_entry[label].values() if r["eval_top1"]]
-        return sum(means) / len(means) if len(means) == len(archs) else -math.inf
-
-    unranked = bool(data.get("ruleset", {}).get("refusal"))
-    ranked = (
-        list(by_entry) if unranked else sorted(by_entry, key=lambda label: (-score(label), label))
-    )
-    header = ["Rank", "Entry"] + [f"{a} top-1 (%)" for a in archs]
+    ranks = ranking(data)
+    order = list(by_entry)
+    if ranks is not None:
+        order.sort(key=lambda label: ranks.get(label, len(order) + 1))
+    header = (["Rank"] if ranks else []) + ["Entry"] + [f"{a} top-1 (%)" for a in archs]
     header += [
         f"Δ vs {data['baseline']}" if len(archs) == 1 else f"Δ vs {data['baseline']} ({archs[0]})"
     ]
     lines = []
-    for rank, label in enumerate(ranked, start=1):
+    for label in order:
         rows = by_entry[label]
-        cells = ["-" if unranked else str(rank), label]
+        cells = ([str(ranks.get(label, "-"))] if ranks else []) + [label]
         for arch in archs:
             r = rows.get(arch)
             s = r and r["eval_top1"]
@@ -834,7 +936,7 @@ def _headline(data: Mapping[str, Any]) -> list[str]:
         first = rows.get(archs[0], {})
         cells.append(_json_difference(first))
         lines.append(cells)
-    return markdown_table(header, lines)
+    return markdown_table(header, lines) + ["", f"Ranking: {ranking_text(data)}"]
 
 
 def _json_difference(row: Mapping[str, Any]) -> str:
@@ -857,8 +959,10 @@ def render_index(results: Mapping[str, Mapping[str, Any]], defined: Mapping[str,
         "",
         "One folder per suite, written by `benchbnn compare SUITE` and regenerated from the "
         "tracking store by `benchbnn leaderboard SUITE` (this index too). Cells are mean ± std "
-        "over seeds (n); Δ is the difference in validation top-1 to the suite's baseline, "
-        "paired by seed, with a 95% t interval (`*`: it excludes zero).",
+        "over seeds (n) of top-1 on the split each suite evaluates on (its accuracy line "
+        "names it); Δ is the difference in that top-1 to the suite's baseline, paired by seed, "
+        "with a 95% t interval (`*`: it excludes zero). Entries are ranked only where such "
+        "intervals separate them (docs/protocols.md, Ranking).",
         "",
         "| Suite | Dataset | Architectures | Results |",
         "| --- | --- | --- | --- |",
@@ -885,7 +989,7 @@ def render_index(results: Mapping[str, Mapping[str, Any]], defined: Mapping[str,
         if data["description"]:
             out += [data["description"], ""]
         out.append(
-            f"Validation column: {data['eval_name']}. Hardware: "
+            f"Accuracies measured on the {data['eval_name']}. Hardware: "
             + ("; ".join(data["hardware"]) or "not recorded")
             + "."
         )
