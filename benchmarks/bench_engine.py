@@ -1,5 +1,30 @@
-"""How much the engine adds to the model's own work: ``benchbnn.train.engine.train`` against a
-minimal hand-written PyTorch loop on the same model, data, optimizer and batch size.
+"""The engine's speed: against a hand-written eager PyTorch loop and against larq.
+
+**Speed protocol** (the default; benchbnn issue 19): BinaryNet on CIFAR-10 (JPEG copy), batch
+50, Bop for the binary weights and Adam for the rest, no augmentation, the same threads for
+everyone. Contenders, each in a fresh process and interleaved round by round (the order rotates,
+so drift on a shared machine hits all of them alike):
+
+* ``engine``: ``benchbnn.train.engine.train`` with its default settings (compiled model,
+  channels_last), tracking and checkpoints on;
+* ``eager``: a hand-written eager loop with the same model, data pipeline and optimizer;
+* ``larq``: ``benchmarks/larq_binarynet.py`` run by ``--larq-python`` (a Python with TensorFlow,
+  tf-keras and larq; larq is never a dependency of benchbnn: see docs/speed.md).
+
+Each trains ``--epochs`` epochs of ``--steps`` steps on the same class-balanced subset of the
+training images and reports its training seconds per epoch (evaluation and compilation
+excluded); the first epoch of every process is warm-up and not counted. The script prints every
+epoch time, the median epoch per contender, the ratios per round (eager / engine, larq / engine)
+and their medians against the targets (eager / engine >= 1.6 at width 0.25 and > 1 at width 1.0;
+larq / engine >= 1.25), the test top-1 after the last epoch (on 200 test images a class), and
+the 1-minute load average before and after every process.
+
+    python benchmarks/bench_engine.py [--width 0.25] [--steps 40] [--epochs 3] [--rounds 2] \
+        [--larq-python /work/larq-venv/bin/python]
+
+**Overhead protocol** (``--overhead``): how much the engine adds to the model's own work:
+``benchbnn.train.engine.train`` against a minimal hand-written PyTorch loop on the same model,
+data, optimizer and batch size, interleaved epoch by epoch in one process.
 
 Both sides train BinaryNet (width 0.25 by default) on CIFAR-10 with Bop2ndOrder from the same
 initial weights through the same data pipeline (``benchbnn.data.pipeline.build_loaders``) and
@@ -16,7 +41,7 @@ reports the median ratio (and the ratio of summed times), in wall time and in CP
 process. The first pair is warm-up and left out. Both sides compute the same numbers (same seed,
 same order), which the script checks at the end.
 
-    python benchmarks/bench_engine.py --data-dir /tmp/cifar10-jpeg [--steps 100] [--epochs 7]
+    python benchmarks/bench_engine.py --overhead --data-dir /tmp/cifar10-jpeg [--steps 100]
 
 ``--steps`` trains on a class-balanced subset of ``steps x batch size`` images so an epoch fits a
 shared machine (``--steps 0``: the whole training split); without ``--data-dir`` the development
@@ -26,7 +51,12 @@ copy in ../shared/datasets is extracted to a temporary directory.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -43,6 +73,11 @@ from benchbnn.data.pipeline import build_loaders
 from benchbnn.train.engine import EVAL_BATCH_SIZE, seed_everything, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+HERE = Path(__file__).resolve().parent
+#: test images kept per class by the speed protocol (evaluation is not timed; this keeps it short)
+TEST_PER_CLASS = 200
+#: the speed protocol's targets: contender -> (width -> minimum ratio of its epoch to the engine's)
+TARGETS = {"eager": {0.25: 1.6, 1.0: 1.0}, "larq": {0.25: 1.25, 1.0: 1.25}}
 
 
 def _clock() -> tuple[float, float]:
@@ -159,21 +194,174 @@ def _report(pairs: list[dict[str, tuple[float, float]]]) -> None:
         )
 
 
+def prepare_data(target: Path, test_per_class: int = TEST_PER_CLASS) -> str:
+    """Extract the shared CIFAR-10 JPEG copy into ``target``, keeping ``test_per_class`` test
+    images of each class (the first in name order); returns the data directory."""
+    with tarfile.open(SHARED) as archive:
+        archive.extractall(target, filter="data")
+    root = target / "cifar10-jpeg"
+    for folder in sorted((root / "test").iterdir()):
+        for extra in sorted(folder.iterdir())[test_per_class:]:
+            extra.unlink()
+    return str(root)
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _contender(name: str, args: argparse.Namespace, data_dir: str, arrays: Path) -> dict:
+    """Run contender ``name`` in a fresh process; its JSON line plus the load around it."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if name == "larq":
+        command = [
+            args.larq_python,
+            str(HERE / "larq_binarynet.py"),
+            f"--data={arrays}",
+            f"--width={args.width}",
+            f"--epochs={args.epochs}",
+            f"--batch-size={args.batch_size}",
+            f"--threads={args.threads}",
+        ]
+    else:
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            f"--contender={name}",
+            f"--data-dir={data_dir}",
+            f"--width={args.width}",
+            f"--steps={args.steps}",
+            f"--epochs={args.epochs}",
+            f"--batch-size={args.batch_size}",
+            f"--threads={args.threads}",
+        ]
+    before = _load()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"contender {name} failed:\n{done.stderr[-3000:]}")
+    line = [text for text in done.stdout.splitlines() if text.startswith("{")][-1]
+    return {**json.loads(line), "load": (before, _load())}
+
+
+def _speed(args: argparse.Namespace) -> None:
+    """The speed protocol (see the module's docstring)."""
+    from engine_contenders import export_arrays, run_config
+
+    names = ["engine", "eager"] + (["larq"] if args.larq_python else [])
+    work = Path(tempfile.mkdtemp(prefix="bench-engine-speed-"))
+    try:
+        data_dir = args.data_dir or prepare_data(work)
+        arrays = work / "arrays.npz"
+        if args.larq_python:
+            config = run_config(args.width, args.steps, args.batch_size, 1, "bop")
+            export_arrays(config, data_dir, arrays)
+        print(
+            f"BinaryNet width {args.width}, Bop + Adam, {args.steps} steps of {args.batch_size} "
+            f"per epoch, {args.epochs} epochs per process (the first is warm-up), "
+            f"{args.threads} threads, {args.rounds} rounds; load {_load():.2f}"
+        )
+        rounds = []
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            results = {name: _contender(name, args, data_dir, arrays) for name in order}
+            for name in order:
+                out = results[name]
+                epochs = " ".join(f"{s:.2f}" for s in out["epoch_s"])
+                extra = (
+                    f", compile {out['compile_time_s']:.1f} s" if "compile_time_s" in out else ""
+                )
+                print(
+                    f"round {r + 1} {name:>6}: epochs {epochs} s, top-1 {out['test_top1']:.2f}%"
+                    f"{extra}, load {out['load'][0]:.2f} -> {out['load'][1]:.2f}"
+                )
+            rounds.append(results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _speed_report(rounds, names, args.width)
+
+
+def _epoch(out: dict) -> float:
+    """Median training seconds of the counted epochs (all but the first)."""
+    return statistics.median(out["epoch_s"][1:] or out["epoch_s"])
+
+
+def _speed_report(rounds: list[dict], names: list[str], width: float) -> None:
+    for name in names:
+        epochs = [_epoch(results[name]) for results in rounds]
+        print(
+            f"{name:>6}: median epoch {statistics.median(epochs):.2f} s over {len(epochs)} rounds"
+        )
+    for name in names[1:]:
+        ratios = [_epoch(results[name]) / _epoch(results["engine"]) for results in rounds]
+        target = TARGETS[name].get(width)
+        verdict = "" if target is None else f" (target >= {target}: "
+        if target is not None:
+            verdict += "met)" if statistics.median(ratios) >= target else "NOT met)"
+        print(
+            f"{name} / engine epoch: median {statistics.median(ratios):.2f}, rounds "
+            f"{', '.join(f'{x:.2f}' for x in ratios)}{verdict}"
+        )
+
+
+def _run_contender(args: argparse.Namespace) -> None:
+    """``--contender``: train one PyTorch contender here and print its JSON line."""
+    from engine_contenders import run_config, run_eager, run_engine
+
+    torch.set_num_threads(args.threads)
+    config = run_config(args.width, args.steps, args.batch_size, args.epochs, "bop")
+    if args.contender == "engine":
+        out = run_engine(config, args.data_dir)
+    else:
+        out = run_eager(config, args.data_dir)
+    print(json.dumps(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="the overhead protocol (engine against a hand-written loop, one process)",
+    )
+    parser.add_argument("--contender", choices=("engine", "eager"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2, help="speed protocol: rounds")
+    parser.add_argument("--threads", type=int, default=2, help="speed protocol: threads")
+    parser.add_argument(
+        "--larq-python",
+        default=None,
+        metavar="PATH",
+        help="speed protocol: a Python with TensorFlow, tf-keras and larq (docs/speed.md)",
+    )
+    parser.add_argument(
         "--steps",
         type=int,
-        default=100,
-        help="training batches per epoch (0: the whole training split)",
+        default=None,
+        help="training batches per epoch (0: the whole training split; default 40 for the "
+        "speed protocol, 100 for the overhead protocol)",
     )
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--epochs", type=int, default=7, help="epoch pairs (the first is warm-up)")
-    parser.add_argument("--optimizer", default="bop2ndorder")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs per process (speed, default 3) or epoch pairs (overhead, default 7); "
+        "the first is warm-up",
+    )
+    parser.add_argument("--optimizer", default="bop2ndorder", help="overhead protocol only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.contender:
+        _run_contender(args)
+        return
+    if not args.overhead:
+        args.steps = 40 if args.steps is None else args.steps
+        args.epochs = args.epochs or 3
+        _speed(args)
+        return
+    args.steps = 100 if args.steps is None else args.steps
+    args.epochs = args.epochs or 7
 
     data_dir = _data_dir(args.data_dir)
     device = torch.device(args.device)

@@ -18,8 +18,14 @@ from benchbnn.core.names import EPOCH_METRICS
 
 #: a BNN MLP with one hidden layer of 32 units on the embedded 8x8 digits: a run takes ~1 s
 TINY_ARCH = {"hidden": [32]}
-#: metrics that depend on the machine's speed, not on the computation
-TIMINGS = ("epoch_time_s", "images_per_s")
+#: metrics that depend on the machine's speed or load, not on the computation
+TIMINGS = (
+    "epoch_time_s",
+    "images_per_s",
+    "forward_backward_s",
+    "optimizer_step_s",
+    "load_average",
+)
 
 
 def tiny_config(**overrides: Any) -> RunConfig:

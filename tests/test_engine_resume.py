@@ -4,6 +4,8 @@ The killed process is a real subprocess; a small plugin loaded with ``-p`` only 
 the start of epoch 2 (after epoch 1's checkpoint was written) so the kill lands mid-run instead of
 racing the end of a tiny run. PBop (random flips from its own generator) and a schedule are used
 so that the generator state and the schedule position both have to survive the checkpoint.
+Both model modes are covered: eager (what "auto" chooses for the MLP) and compiled (``--compile
+on``): within a mode, the resumed run ends bit-identical to the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _cli_args(store: str, checkpoints) -> list[str]:
+def _cli_args(store: str, checkpoints, compile: str) -> list[str]:
     return [
         "run",
         "--dataset",
@@ -86,6 +88,8 @@ def _cli_args(store: str, checkpoints) -> list[str]:
         store,
         "--checkpoint-dir",
         str(checkpoints),
+        "--compile",
+        compile,
         "--quiet",
     ]
 
@@ -102,7 +106,8 @@ def _wait_for_checkpoint(summary, process, timeout: float = 240.0) -> None:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("compile", ["auto", "on"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, compile):
     store = fresh_store(tmp_path / "store")
     (tmp_path / "pause_at_epoch_two.py").write_text(PAUSE_PLUGIN)
     checkpoints = tmp_path / "ck"
@@ -118,7 +123,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
             "benchbnn",
             "-p",
             "pause_at_epoch_two",
-            *_cli_args(store, checkpoints),
+            *_cli_args(store, checkpoints, compile),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -143,6 +148,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         resume=True,
         quiet=True,
         plugins=[resumed_state],
+        compile=compile,
     )
     whole = train(
         config(),
@@ -150,6 +156,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         checkpoint_dir=tmp_path / "whole",
         quiet=True,
         plugins=[whole_state],
+        compile=compile,
     )
 
     assert resumed.status == whole.status == "FINISHED"

@@ -383,6 +383,8 @@ def compare(
     storage: str | None = None,
     heartbeat: int | None = None,
     ruleset: RulesetInfo | None = None,
+    compile: str = "auto",
+    precision: str = "fp32",
 ) -> CompareResult:
     """Train what is missing of a suite, then write its leaderboard from the tracking store.
 
@@ -409,6 +411,8 @@ def compare(
     whose environment compare then plans in); 0 queues them for workers started elsewhere
     (``benchbnn worker --storage``) and waits until every run is settled. ``heartbeat`` is the
     heartbeat interval on a database storage (every process sharing it must use the same).
+    ``compile`` and ``precision`` are how the runs trained here run their model
+    (:func:`benchbnn.train.engine.train`; recorded as tags, not part of a configuration).
     ``ruleset`` (resolved above this layer, :func:`benchbnn.tune.rulesets.apply_ruleset`, with
     ``suite`` already carrying its settings) is stated in the leaderboard with every budget.
     Raises BenchbnnError for bad input (nothing started), e.g. a SQLite ``storage`` (not a safe
@@ -469,6 +473,8 @@ def compare(
         reuse_any_environment=reuse_any_environment,
         storage=storage,
         heartbeat=heartbeat,
+        compile=compile,
+        precision=precision,
     )
     trained = _train_missing(planned, training, say, workers)
     written = write_from_store(
@@ -561,6 +567,8 @@ class Training:
     reuse_any_environment: bool = False
     storage: str | None = None
     heartbeat: int | None = None
+    compile: str = "auto"
+    precision: str = "fp32"
 
     def key(self, config: RunConfig) -> str:
         """The claim key of ``config`` in this store and experiment."""
@@ -676,6 +684,8 @@ def _train_one(
         tags={**training.tags, TAG_ENTRY: p.entry.label},
         run_name=training.name(p),
         keep_checkpoint=training.keep_checkpoints,
+        compile=training.compile,
+        precision=training.precision,
     )
     if p.action == RESUME:
         announce = _start_over_announcer(label, say)

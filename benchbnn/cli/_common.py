@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchbnn.core.names import DEFAULT_SUITE
+from benchbnn.core.names import COMPILE_MODES, DEFAULT_SUITE, PRECISIONS
 
 
 def add_suite_argument(parser: argparse.ArgumentParser) -> None:
@@ -39,4 +39,24 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--device",
         metavar="DEV",
         help="torch device, e.g. cpu or cuda:0 (default: cuda if available)",
+    )
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the model runs (``run``, ``compare``, ``worker``): recorded on every run as tags,
+    not part of a run's configuration."""
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="auto",
+        help="compile the model with torch.compile: auto (default: convolutional networks on "
+        "CPU and CUDA), on, or off (eager); recorded as the tag benchbnn.compile, not part of "
+        "the configuration",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="arithmetic of the forward passes: fp32 (default) or bf16 autocast (CUDA only; "
+        "weights, binary weights and optimizer state stay float32)",
     )

@@ -6,7 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from benchbnn.cli._common import add_device_arguments, add_suite_argument, add_tracking_uri_argument
+from benchbnn.cli._common import (
+    add_device_arguments,
+    add_execution_arguments,
+    add_suite_argument,
+    add_tracking_uri_argument,
+)
 from benchbnn.core import limits
 from benchbnn.core.errors import BenchbnnError, HyperparameterError
 from benchbnn.core.values import Nullable, Number, ValueType, convert
@@ -297,6 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the checkpoints of finished runs (default: deleted once a run finishes)",
     )
+    add_execution_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
 
 
@@ -330,6 +336,8 @@ def main(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         reuse_any_environment=args.reuse_any_environment,
         keep_checkpoints=args.keep_checkpoints,
+        compile=args.compile,
+        precision=args.precision,
         data_note=args.data_note,
         quiet=args.quiet,
         workers=args.workers,

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from benchbnn.cli._common import add_execution_arguments
 from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
@@ -110,6 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
+    add_execution_arguments(where)
     where.add_argument(
         "--tracking-uri",
         default=None,
@@ -257,6 +259,8 @@ def main(args: argparse.Namespace) -> int:
         download=args.download,
         log_every=args.log_every if args.log_every is not None else DEFAULT_LOG_EVERY,
         keep_checkpoint=args.keep_checkpoints,
+        compile=args.compile,
+        precision=args.precision,
     )
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun ranks take no claim
         result = train(config, **options)

@@ -53,11 +53,13 @@ class SignSTE(torch.autograd.Function):
 
     The straight-through estimator of Courbariaux et al. (BinaryNet): the sign has zero gradient
     almost everywhere, so training pretends it is the identity, cancelled where ``|x|`` is large
-    (there a latent weight or activation is saturated).
+    (there a latent weight or activation is saturated). ``clip`` is a number or a 0-dim tensor
+    (binary layers pass theirs as a tensor, so that a compiled model reads a scheduled window
+    as a value instead of recompiling for each one); either compares in ``x``'s dtype.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, clip: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, clip: float | torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x.abs() <= clip)  # a bool mask costs a quarter of saving x
         return sgn0(x)
 
@@ -85,9 +87,10 @@ class ApproxSign(torch.autograd.Function):
         return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
 
 
-def ste_sign(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
-    """``sgn0(x)`` with a straight-through gradient where ``|x| <= clip``."""
-    return SignSTE.apply(x, float(clip))
+def ste_sign(x: torch.Tensor, clip: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``sgn0(x)`` with a straight-through gradient where ``|x| <= clip`` (a number or a
+    0-dim tensor)."""
+    return SignSTE.apply(x, clip if isinstance(clip, torch.Tensor) else float(clip))
 
 
 def approx_sign(x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +146,8 @@ class BinaryLayer:
 
     weight: torch.Tensor  # an nn.Parameter (typed as the layers that mix this in type it)
     latent: bool
-    clip: float
+    ste_clip: torch.Tensor  # the window as a 0-dim buffer (not saved), what forward reads
+    _clip: float
     scale_weights: bool
     input_quantizer: Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -155,7 +159,26 @@ class BinaryLayer:
         self.input_quantizer = _input_quantizer(input_quantizer)
         self.scale_weights = bool(scale_weights)
         self.latent = True
+        assert isinstance(self, nn.Module), "BinaryLayer is mixed into an nn.Module"
+        # not persistent: checkpoints and state_dicts stay as they were; the engine's schedule
+        # sets the window again on resume
+        self.register_buffer("ste_clip", torch.ones(()), persistent=False)
         self.clip = 1.0
+
+    @property
+    def clip(self) -> float:
+        """The straight-through window of latent mode (gradients pass where ``|w| <= clip``).
+
+        Setting it also fills the layer's ``ste_clip`` buffer in place, so that a compiled
+        forward pass sees the new value without recompiling.
+        """
+        return self._clip
+
+    @clip.setter
+    def clip(self, value: float) -> None:
+        self._clip = float(value)
+        with torch.no_grad():
+            self.ste_clip.fill_(self._clip)
 
     def binarized_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The +-1 weight the forward pass uses and the per-output-channel scale (or None).
@@ -169,7 +192,7 @@ class BinaryLayer:
         scale = None
         if self.scale_weights:
             scale = w.detach().abs().mean(dim=tuple(range(1, w.dim())))
-        return ste_sign(w, self.clip), scale
+        return ste_sign(w, self.ste_clip), scale
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
@@ -322,8 +345,17 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def _state_size(module: nn.Module) -> int:
-    """Floating-point buffers (batch-norm statistics) that inference needs, in values."""
-    return sum(b.numel() for b in module.buffers(recurse=False) if b.is_floating_point())
+    """Floating-point buffers (batch-norm statistics) that inference needs, in values.
+
+    Non-persistent buffers (a binary layer's training-time ``ste_clip``) are not stored and
+    not counted.
+    """
+    transient: set[str] = getattr(module, "_non_persistent_buffers_set", set())
+    return sum(
+        b.numel()
+        for name, b in module.named_buffers(recurse=False)
+        if b.is_floating_point() and name not in transient
+    )
 
 
 def parameter_breakdown(model: nn.Module) -> dict[str, Any]:

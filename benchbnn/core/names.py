@@ -49,6 +49,13 @@ TAG_LEGACY_CONFIG_HASH = "benchbnn.config_hash_v1"
 #: TAG_TORCH_VERSION and TAG_WORLD_SIZE). Runs without it are of UNKNOWN_ENVIRONMENT.
 TAG_DEVICE_TYPE = "benchbnn.device_type"
 TAG_CPU_THREADS = "benchbnn.cpu_threads"
+#: how the model ran: "compiled", "eager" or "eager (compilation failed: ...)"; and the
+#: arithmetic of its forward passes ("fp32" or "bf16"). Recorded, not part of the identity.
+TAG_COMPILE = "benchbnn.compile"
+TAG_PRECISION = "benchbnn.precision"
+#: the choices of --compile and --precision
+COMPILE_MODES = ("auto", "on", "off")
+PRECISIONS = ("fp32", "bf16")
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid

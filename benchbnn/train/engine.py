@@ -23,6 +23,28 @@ failure class (:mod:`benchbnn.train.identity`): ``run`` when it failed because o
 
 Every run is tagged with its identity schema, its numerical environment and its owner process.
 A finished run's checkpoint is deleted unless ``keep_checkpoint`` is set.
+
+How the model runs (:func:`_prepare_model`) is part of the run's environment, not of its identity:
+convolutional networks read their input batches in ``channels_last`` memory format (the weights
+keep theirs, so optimizers and checkpoints see the same tensors); ``compile`` ("auto", "on",
+"off") compiles the model with ``torch.compile`` (``nn.Module.compile``: the module, its
+parameters and its state_dict stay the same objects) on CPU and CUDA, where "auto" compiles
+convolutional networks only (measured: compiling the quick suite's MLP costs more seconds than its
+short runs save); when compilation is unavailable or fails the run trains eagerly, with one
+warning saying why, recorded in the tag ``benchbnn.compile``. Shapes are static
+(``dynamic=False``): the training batch (the loader drops the last partial batch) and each
+evaluation batch shape compile once, in the first epoch, and never again. Seconds spent in steps
+and evaluation batches that compiled are the run metric ``compile_time_s`` and are left out of
+the epoch's times. ``precision="bf16"`` runs forward passes under CUDA autocast (bfloat16); the
+parameters, binary weights (exactly +-1, which bfloat16 represents exactly) and optimizer state
+stay float32. It is refused on CPU, where bfloat16 autocast is slower than float32 on most
+processors and would change the numbers for no gain.
+
+Per epoch the engine measures in process the seconds of the forward and backward passes
+(``forward_backward_s``) and of the optimizer's own steps (``optimizer_step_s``; for an optimizer
+that takes a closure, the closure's forward and backward count as forward/backward), with CUDA
+events on CUDA (read once at the epoch's end) and the process clock elsewhere, plus the 1-minute
+``load_average`` at the epoch's end.
 """
 
 from __future__ import annotations
@@ -51,11 +73,16 @@ from benchbnn.core import hookspecs
 from benchbnn.core.binary import binary_layers, set_latent_mode, set_ste_window, split_parameters
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.machine import load_average
 from benchbnn.core.names import (
+    COMPILE_MODES,
     DEFAULT_EXPERIMENT,
     FAILURE_ENVIRONMENT,
     FAILURE_RUN,
+    PRECISIONS,
     RUN_METRICS,
+    TAG_COMPILE,
+    TAG_PRECISION,
 )
 from benchbnn.core.plugins import (
     PROJECT,
@@ -87,6 +114,9 @@ FLIP_LOG_OFFSET = math.exp(-9)
 TOP_K = 5
 #: evaluation batches hold at least this many images (evaluation has no gradients to keep)
 EVAL_BATCH_SIZE = 256
+#: how the model may run: compiled where it pays ("auto"), always when possible ("on"), never
+#: devices torch.compile's default backend (inductor) generates code for
+COMPILE_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -187,6 +217,15 @@ class Run:
     #: RunContext it was built with; set with the optimizer
     optimizer_spec: OptimizerSpec | None = None
     context: RunContext | None = None
+    #: how the model runs (see :func:`_prepare_model`): the requested compile mode, whether it
+    #: is compiled now, whether inputs go channels_last, the precision; and the seconds spent
+    #: compiling (in all, and in the current epoch)
+    compile_mode: str = "auto"
+    compiled: bool = False
+    channels_last: bool = False
+    precision: str = "fp32"
+    compile_time_s: float = 0.0
+    epoch_compile_s: float = 0.0
 
     @property
     def rank(self) -> int:
@@ -401,6 +440,186 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
         run.binary_params, run.real_params, context=run.context, **dict(cfg.hparams)
     )
     run.l2_params = l2_parameters(run.model, run.real_params) if cfg.l2 else []
+    _prepare_model(run)
+
+
+# --- how the model runs --------------------------------------------------------------------
+
+
+def check_run_mode(compile: str | bool, precision: str, device: torch.device) -> tuple[str, str]:
+    """``(compile mode, precision)`` as the engine uses them, or BenchbnnError saying what to pass.
+
+    ``compile`` is one of :data:`COMPILE_MODES` (True and False mean "on" and "off");
+    ``precision`` one of :data:`PRECISIONS`, "bf16" on a CUDA device only.
+    """
+    mode = ("on" if compile else "off") if isinstance(compile, bool) else compile
+    if mode not in COMPILE_MODES:
+        raise BenchbnnError(
+            f"compile must be one of {', '.join(COMPILE_MODES)} (or True/False), got {compile!r}"
+        )
+    if precision not in PRECISIONS:
+        raise BenchbnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device.type != "cuda":
+        raise BenchbnnError(
+            f"precision bf16 (autocast) runs on CUDA only, not on {device.type}: on a CPU it "
+            f"is slower than fp32 on most processors; use --precision fp32 or a CUDA --device"
+        )
+    return mode, precision
+
+
+def _is_conv_net(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution (then its inputs go channels_last)."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def _why_eager(run: Run, conv_net: bool) -> tuple[str | None, bool]:
+    """``(reason, warn)``: why the model runs eagerly (None: compile it) and whether to warn.
+
+    "auto" leaves networks without convolutions eager: measured on the quick suite (digits,
+    bnn-mlp, 20 epochs of a few steps), compiling costs more seconds than it saves.
+    """
+    mode = run.compile_mode
+    if mode == "off":
+        return "compile off", False
+    if run.device.type not in COMPILE_DEVICES:
+        return f"torch.compile does not support {run.device.type} here", mode == "on"
+    if mode == "auto" and not conv_net:
+        return "auto: no convolutions, compiling would not pay", False
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile is not supported by this Python", True
+    except Exception as exc:
+        return f"torch.compile is unavailable: {_first_line(exc)}", True
+    return None, False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _prepare_model(run: Run) -> None:
+    """Channels-last inputs for convolutional networks; compile the model as ``compile_mode``
+    asks (``nn.Module.compile``, static shapes); tag how it runs (TAG_COMPILE, TAG_PRECISION).
+    """
+    conv_net = _is_conv_net(run.model)
+    run.channels_last = conv_net and run.device.type in COMPILE_DEVICES
+    why, warn = _why_eager(run, conv_net)
+    if why is None:
+        try:
+            run.model.compile(dynamic=False)
+            run.compiled = True
+        except Exception as exc:
+            why, warn = f"compilation failed: {_first_line(exc)}", True
+    _tag_mode(run, why)
+    if warn:
+        _warn_eager(why)
+
+
+def _tag_mode(run: Run, why: str | None) -> None:
+    run.tags[TAG_COMPILE] = "compiled" if why is None else f"eager ({why})"
+    run.tags[TAG_PRECISION] = run.precision
+
+
+def _warn_eager(why: str | None) -> None:
+    warnings.warn(f"benchbnn: training eagerly ({why})", RuntimeWarning, stacklevel=3)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exception types torch.compile raises when it cannot compile (not the model's own)."""
+    import torch._dynamo.exc
+
+    kinds: list[type[BaseException]] = [torch._dynamo.exc.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        kinds.append(InductorError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _fall_back(run: Run, exc: BaseException) -> None:
+    """Stop compiling after ``exc`` (raised while compiling): eager from now on, one warning."""
+    run.model._compiled_call_impl = None  # what nn.Module.compile set
+    run.compiled = False
+    why = f"compilation failed: {_first_line(exc)}"
+    _tag_mode(run, why)
+    _warn_eager(why)
+
+
+def _autocast(run: Run) -> contextlib.AbstractContextManager[Any]:
+    if run.precision == "bf16":
+        return torch.autocast(run.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _forward(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """The model's logits (batch x classes, float32) for ``images`` as the run runs the model:
+    channels_last, under autocast for bf16, compiled, falling back to eager if compiling fails.
+    """
+    if run.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if run.compiled:
+        try:
+            with _autocast(run):
+                return run.model(images).float()
+        except _compile_errors() as exc:
+            _fall_back(run, exc)
+    with _autocast(run):
+        return run.model(images).float()
+
+
+def _compile_count() -> int:
+    """Frames torch.compile has compiled in this process so far (grows when anything compiles)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
+class _StepClock:
+    """Seconds of the forward/backward passes and optimizer steps of one epoch, in process.
+
+    On CUDA each mark records an event, read once at the epoch's end (:meth:`totals`
+    synchronises then, never per step); elsewhere marks are ``time.perf_counter()``, as CPU
+    kernels run synchronously. A step's spans are pending until :meth:`end_step` keeps or
+    drops them (a step that compiled counts as compile time instead).
+    """
+
+    NAMES = ("forward_backward_s", "optimizer_step_s")
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._pending: list[tuple[str, Any, Any, float]] = []
+        self._kept: list[tuple[str, Any, Any, float]] = []
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, name: str, start: Any, end: Any, sign: float = 1.0) -> None:
+        """Count ``end - start`` (``sign`` -1: take it off) towards ``name``."""
+        self._pending.append((name, start, end, sign))
+
+    def end_step(self, keep: bool = True) -> None:
+        if keep:
+            self._kept.extend(self._pending)
+        self._pending = []
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per name over the kept steps."""
+        sums = dict.fromkeys(self.NAMES, 0.0)
+        if self.cuda and self._kept:
+            torch.cuda.synchronize()
+        for name, start, end, sign in self._kept:
+            seconds = start.elapsed_time(end) / 1000.0 if self.cuda else end - start
+            sums[name] += sign * seconds
+        return {k: max(v, 0.0) for k, v in sums.items()}
 
 
 def _restore(run: Run, state: Mapping[str, Any]) -> None:
@@ -536,9 +755,14 @@ def _check_finite(run: Run, totals: torch.Tensor) -> None:
 
 
 def _optimizer_step(
-    run: Run, images: torch.Tensor, labels: torch.Tensor
+    run: Run, images: torch.Tensor, labels: torch.Tensor, clock: _StepClock | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Schedules, forward, cross-entropy, backward, gradient averaging, L2, step."""
+    """Schedules, forward, cross-entropy, backward, gradient averaging, L2, step.
+
+    ``clock`` receives the spans of the forward/backward passes (with gradient averaging and
+    L2) and of the optimizer step.
+    """
+    clock = clock or _StepClock(run.device)
     if run.schedules:
         values = apply_schedules(
             run.optimizer, run.schedules, run.step - 1, run.steps_per_epoch, run.total_steps
@@ -546,13 +770,17 @@ def _optimizer_step(
         if run.ste_window is not None:  # the layers' window moves with the optimizer's value
             set_ste_window(run.ste_layers, values[run.ste_window])
     if run.optimizer_spec is not None and run.optimizer_spec.needs_closure:
-        return _closure_step(run, images, labels)
-    logits = run.model(images)
+        return _closure_step(run, images, labels, clock)
+    started = clock.mark()
+    logits = _forward(run, images)
     loss = F.cross_entropy(logits, labels)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     _finish_gradients(run)
+    passed = clock.mark()
     run.optimizer.step()
+    clock.add("forward_backward_s", started, passed)
+    clock.add("optimizer_step_s", passed, clock.mark())
     return loss.detach(), logits.detach()
 
 
@@ -566,7 +794,7 @@ def _finish_gradients(run: Run) -> None:
 
 
 def _closure_step(
-    run: Run, images: torch.Tensor, labels: torch.Tensor
+    run: Run, images: torch.Tensor, labels: torch.Tensor, clock: _StepClock
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``optimizer.step(closure)`` for an optimizer that declares ``needs_closure``.
 
@@ -574,24 +802,31 @@ def _closure_step(
     batch at the weights the parameters hold then, averages the gradients over the ranks (every
     rank calls it as often as the others: the optimizer's draws are seeded alike) and adds the
     L2 term; it returns a :class:`~benchbnn.optim.base.ClosureResult` (loss, logits). The
-    step's metrics are the first call's.
+    step's metrics are the first call's. The closure's time counts as forward/backward and is
+    taken off the optimizer step's.
     """
     calls: list[ClosureResult] = []
-    model, optimizer = run.model, run.optimizer
-    assert model is not None and optimizer is not None
+    optimizer = run.optimizer
+    assert run.model is not None and optimizer is not None
 
     def closure() -> Any:
+        started = clock.mark()
         with torch.enable_grad():
             optimizer.zero_grad(set_to_none=True)
-            logits = model(images)
+            logits = _forward(run, images)
             loss = F.cross_entropy(logits, labels)
             loss.backward()
         _finish_gradients(run)
+        ended = clock.mark()
+        clock.add("forward_backward_s", started, ended)
+        clock.add("optimizer_step_s", started, ended, sign=-1.0)
         result = ClosureResult(loss.detach(), logits.detach())
         calls.append(result)
         return result
 
+    started = clock.mark()
     optimizer.step(closure)
+    clock.add("optimizer_step_s", started, clock.mark())
     if not calls:
         raise RunFailed(
             f"optimizer {run.config.optimizer!r} declares needs_closure but its step did not "
@@ -627,10 +862,12 @@ def _tally(
 
 def _train_epoch(
     run: Run, pm: pluggy.PluginManager, epoch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over the training data; returns (totals, flip sums) as device tensors.
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """One pass over the training data; returns (totals, flip sums) as device tensors and the
+    seconds of forward/backward and optimizer steps (:class:`_StepClock`).
 
     Nothing here reads a device value except the divergence check every ``log_every`` steps.
+    A step during which anything compiled counts towards ``run.epoch_compile_s`` instead.
     """
     step_end, spe = pm.hook.benchbnn_step_end, run.steps_per_epoch
     dtype = _stats_dtype(run.device)
@@ -638,9 +875,12 @@ def _train_epoch(
     flips = torch.zeros(2, dtype=dtype, device=run.device)  # sum of F_t/N, sum of pi_t
     run.model.train()
     run.data.train.set_epoch(epoch)
+    clock = _StepClock(run.device)
     for batch, (images, labels) in enumerate(run.data.train, 1):
         run.step += 1
-        loss, logits = _optimizer_step(run, images, labels)
+        with _compile_watch(run) as compiled:
+            loss, logits = _optimizer_step(run, images, labels, clock)
+        clock.end_step(keep=not compiled)
         ratio, log_ratio = _tally(totals, flips, loss, logits, labels, run.optimizer)
         _call(
             step_end,
@@ -660,7 +900,38 @@ def _train_epoch(
         if run.step % run.log_every == 0:
             _check_finite(run, totals)
     _check_finite(run, totals)
-    return totals, flips
+    return totals, flips, clock.totals()
+
+
+class _Compiled:
+    """Whether anything compiled inside a :func:`_compile_watch` block (truthy then)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def __bool__(self) -> bool:
+        return self.value
+
+
+@contextlib.contextmanager
+def _compile_watch(run: Run) -> Iterator[_Compiled]:
+    """Adds the block's wall seconds to the run's compile time when something compiled in it.
+
+    Only in compiled mode (an eager run's compile time is 0, whatever its optimizer compiles).
+    The block's own execution, one step or batch, is counted with it: negligible next to
+    compiling (seconds to minutes).
+    """
+    seen = _Compiled()
+    if not run.compiled:
+        yield seen
+        return
+    before, started = _compile_count(), time.perf_counter()
+    yield seen
+    if _compile_count() != before:
+        seen.value = True
+        seconds = time.perf_counter() - started
+        run.compile_time_s += seconds
+        run.epoch_compile_s += seconds
 
 
 class _Networks:
@@ -725,7 +996,7 @@ def _mean_prediction(run: Run, networks: _Networks, images: torch.Tensor) -> tor
     assert run.model is not None
     for index in range(networks.count):
         networks.use(index)
-        p = F.softmax(run.model(images).float(), dim=1)
+        p = F.softmax(_forward(run, images), dim=1)
         probabilities = p if probabilities is None else probabilities.add_(p)
     assert probabilities is not None
     probabilities.div_(networks.count)
@@ -742,20 +1013,27 @@ def _evaluate(run: Run, loader: Any, networks: _Networks | None = None) -> torch
     run.model.eval()
     sums = torch.zeros(4, dtype=_stats_dtype(run.device), device=run.device)
     for images, labels in loader:
-        if networks is None or networks.samples is None:
-            if networks is not None:
-                networks.use(0)
-            logits = run.model(images)
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-        else:
-            logits = _mean_prediction(run, networks, images)
-            loss = F.nll_loss(logits, labels, reduction="sum")
+        with _compile_watch(run):
+            logits, loss = _evaluate_batch(run, networks, images, labels)
         hits = _hits(logits, labels)
         sums[0] += loss
         sums[1] += hits[:, 0].sum()
         sums[2] += hits.sum()
         sums[3] += labels.shape[0]
     return sums
+
+
+def _evaluate_batch(
+    run: Run, networks: _Networks | None, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits or mean log-probabilities, batch x classes; summed loss) of one batch."""
+    if networks is None or networks.samples is None:
+        if networks is not None:
+            networks.use(0)
+        logits = _forward(run, images)
+        return logits, F.cross_entropy(logits, labels, reduction="sum")
+    logits = _mean_prediction(run, networks, images)
+    return logits, F.nll_loss(logits, labels, reduction="sum")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -781,22 +1059,40 @@ def _split_metrics(prefix: str, sums: list[float]) -> dict[str, float]:
 
 
 def _epoch_metrics(
-    run: Run, parts: dict[str, torch.Tensor], flips: torch.Tensor, times: list[float]
+    run: Run,
+    parts: dict[str, torch.Tensor],
+    flips: torch.Tensor,
+    times: list[float],
+    steps: Mapping[str, float],
 ) -> dict[str, Any]:
-    """Reduce this epoch's sums over the ranks (one all-reduce each) into the metric dict."""
+    """Reduce this epoch's sums over the ranks (one all-reduce each) into the metric dict.
+
+    ``times`` are the (training, whole epoch) wall seconds without compiling; ``steps`` the
+    seconds of forward/backward and optimizer steps (:class:`_StepClock`); each time is the
+    slowest rank's.
+    """
     names = list(parts)
     summed = distributed.all_reduce_sum(torch.cat([parts[k] for k in names]), run.world)
     values = summed.tolist()
+    step_names = list(steps)
     local_max = torch.tensor(
-        [*times, peak_memory_mb(run.device)], dtype=torch.float64, device=run.device
+        [*times, *steps.values(), peak_memory_mb(run.device)],
+        dtype=_stats_dtype(run.device),
+        device=run.device,
     )
-    train_time, epoch_time, peak = distributed.all_reduce_max(local_max, run.world).tolist()
+    train_time, epoch_time, *step_times, peak = distributed.all_reduce_max(
+        local_max, run.world
+    ).tolist()
     metrics: dict[str, Any] = {"epoch": run.epoch}
     for i, name in enumerate(names):
         metrics.update(_split_metrics(name, values[4 * i : 4 * i + 4]))
     images = values[3]
     metrics["epoch_time_s"] = epoch_time
     metrics["images_per_s"] = images / max(train_time, 1e-9)
+    metrics.update(zip(step_names, step_times))
+    load = load_average()
+    if load is not None:
+        metrics["load_average"] = load[0]
     if getattr(run.optimizer, "flip_ratio", None) is not None:
         flip_sum, log_sum = flips.tolist()
         metrics["flip_ratio"] = flip_sum / run.steps_per_epoch
@@ -822,11 +1118,11 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
 
 
 def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
-    run.epoch = epoch
+    run.epoch, run.epoch_compile_s = epoch, 0.0
     _call(pm.hook.benchbnn_epoch_start, run=run, epoch=epoch)
     started = time.perf_counter()
-    train_sums, flips = _train_epoch(run, pm, epoch)
-    train_time = time.perf_counter() - started
+    train_sums, flips, steps = _train_epoch(run, pm, epoch)
+    train_time = time.perf_counter() - started - run.epoch_compile_s
     distributed.average_buffers(run.model, run.world)
     parts = {"train": train_sums}
     loaders = {split: getattr(run.data, split) for split in ("val", "test")}
@@ -835,7 +1131,8 @@ def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
         with _evaluation_networks(run) as networks:
             for split, loader in loaders.items():
                 parts[split] = _evaluate(run, loader, networks)
-    metrics = _epoch_metrics(run, parts, flips, [train_time, time.perf_counter() - started])
+    epoch_time = time.perf_counter() - started - run.epoch_compile_s
+    metrics = _epoch_metrics(run, parts, flips, [train_time, epoch_time], steps)
     if run.world.parallel and not distributed.check_in_sync(run.binary_params, run.world):
         raise RunFailed(f"binary weights differ between ranks after epoch {epoch}")
     run.history.append(metrics)
@@ -854,6 +1151,7 @@ def _run_metrics(run: Run) -> dict[str, Any]:
     if callable(state_bytes):
         metrics["state_bytes_per_binary_weight"] = float(state_bytes())
     metrics.setdefault("peak_memory_mb", peak_memory_mb(run.device))
+    metrics["compile_time_s"] = run.compile_time_s
     return {k: metrics[k] for k in RUN_METRICS if k in metrics}
 
 
@@ -986,6 +1284,8 @@ def train(
     download: bool = False,
     log_every: int = DEFAULT_LOG_EVERY,
     keep_checkpoint: bool = False,
+    compile: str | bool = "auto",
+    precision: str = "fp32",
 ) -> RunResult:
     """Train and evaluate one configuration; track it in MLflow; checkpoint every epoch.
 
@@ -1006,6 +1306,11 @@ def train(
     environment and the host, pid and start time of this process
     (:mod:`benchbnn.train.identity`); a run that does not finish also with its failure class.
 
+    ``compile`` ("auto", "on", "off"; True/False) and ``precision`` ("fp32", or "bf16" on
+    CUDA) say how the model runs (see the module's docstring); neither is part of the run's
+    identity: they are tagged (TAG_COMPILE, TAG_PRECISION) and the seconds spent compiling are
+    the run metric ``compile_time_s``.
+
     Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
     returns ``status="FAILED"`` when training diverges. With ``resume``, a checkpoint that
     cannot continue the run (made with another optimizer state layout or model, in another
@@ -1018,6 +1323,7 @@ def train(
         raise BenchbnnError(f"log_every must be a positive whole number, got {log_every!r}")
     world = distributed.world_from_env()
     run = _new_run(config, distributed.resolve_device(device, world.local_rank), world)
+    run.compile_mode, run.precision = check_run_mode(compile, precision, run.device)
     run.tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run.tags.update(
         {

@@ -281,6 +281,7 @@ class MlflowTracker:
         self.run_id: str | None = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
+        self._tags: dict[str, str] = {}  # the run's tags as logged (to log later changes)
 
     # -- before anything starts ----------------------------------------------------------------
 
@@ -304,6 +305,7 @@ class MlflowTracker:
     @hookimpl(tryfirst=True)
     def benchbnn_run_start(self, run: Any) -> None:
         run.tracking_uri, run.experiment = self.uri, self.experiment
+        self._tags = {str(k): str(v) for k, v in (run.tags or {}).items()}
         if run.run_id and self._reopen(run):
             return
         created = self.client.create_run(
@@ -354,6 +356,7 @@ class MlflowTracker:
         finally:  # other plugins have added their metrics (or one of them raised)
             self._queue_epoch(epoch, metrics)
             self.flush()
+            self._log_changed_tags(run)
 
     @hookimpl(trylast=True)
     def benchbnn_run_end(self, run: Any, result: Any) -> None:
@@ -366,6 +369,7 @@ class MlflowTracker:
             return
         try:
             self.flush()
+            self._log_changed_tags(run)
             self._log_run_metrics(result)
             self._log_artifacts(run, result)
         finally:
@@ -445,6 +449,18 @@ class MlflowTracker:
         for chunk in _chunks(pending, _BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=chunk)
         self._last_flush = time.monotonic()
+
+    def _log_changed_tags(self, run: Any) -> None:
+        """Log the run's tags that changed since it started (e.g. the engine's compile tag
+        when compilation failed at the first step and the run went on eagerly)."""
+        current = {str(k): str(v) for k, v in (run.tags or {}).items()}
+        changed = {k: v for k, v in current.items() if self._tags.get(k) != v}
+        if not changed:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in changed.items()])
+        self._tags.update(changed)
 
     def _log_run_metrics(self, result: Any) -> None:
         metrics = result.metrics

@@ -1,0 +1,251 @@
+"""The engine's compiled mode: same training as eager, one compilation per shape, fallback, timing.
+
+Real runs on the embedded digits data (tiny BNN MLP) and on small synthetic images (BinaryNet at
+width 0.125), tracked into temporary SQLite stores. ``torch._dynamo`` counters tell when
+anything compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch._dynamo
+from engine_support import TIMINGS, computed, fresh_store, tiny_config
+from mlflow import MlflowClient
+from torch._dynamo.utils import counters
+
+import benchbnn
+from benchbnn.core.binary import binary_layers
+from benchbnn.core.errors import BenchbnnError
+from benchbnn.train.engine import TAG_COMPILE, TAG_PRECISION, check_run_mode, train
+
+#: BinaryNet at width 0.125 on 16x16 synthetic images: 130 training images in batches of 32
+#: (4 steps, the partial fifth batch dropped), 300 test images (evaluated as 256 + 44) and a
+#: validation split of 26 (one partial batch): three evaluation shapes besides the training one
+CONV = {
+    "dataset": "synthetic",
+    "arch": "binarynet",
+    "optimizer": "bop",
+    "arch_options": {"width": 0.125},
+    "dataset_options": {"size": 16, "train_size": 156, "test_size": 300},
+    "val_fraction": 1 / 6,
+    "batch_size": 32,
+    "epochs": 3,
+}
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return fresh_store(tmp_path / "store")
+
+
+class Capture:
+    """Records the compiled-frame count at every epoch's end and the final binary weights."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    @benchbnn.hookimpl
+    def benchbnn_epoch_end(self, run: Any, epoch: int, metrics: dict) -> None:
+        self.frames.append(int(counters["frames"]["total"]))
+
+    @benchbnn.hookimpl
+    def benchbnn_run_end(self, run: Any, result: Any) -> None:
+        self.binary = [layer.weight.detach().clone() for _, layer in binary_layers(run.model)]
+        self.state = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+def _train(store: str, tmp_path, name: str, config, **options: Any):
+    capture = Capture()
+    result = train(
+        config,
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / name,
+        plugins=[capture],
+        **options,
+    )
+    assert result.status == "FINISHED", result.error
+    return result, capture
+
+
+class FirstStep:
+    """The parameters and their gradients right after the first optimizer step."""
+
+    @benchbnn.hookimpl
+    def benchbnn_step_end(self, run: Any, step: int, logs: Any) -> None:
+        if step == 1:
+            named = list(run.model.named_parameters())
+            self.weights = {n: p.detach().clone() for n, p in named}
+            self.grads = {n: p.grad.clone() for n, p in named}
+            self.binary = {n for n, _ in binary_layers(run.model)}
+
+
+def test_compiled_and_eager_take_the_same_first_step(store, tmp_path):
+    """One Bop2ndOrder step of the MLP on digits. The compiled model computes the same
+    function with kernels that round differently (fused batch-norm reductions): gradients agree
+    to ~1e-8 (float32 rounding of values up to ~0.3). A binary weight flips where its gradient's
+    sign agrees with the weight's (this configuration's gamma / sqrt(sigma) = 1e-5 exceeds the
+    1e-6 threshold whatever the gradient's size), so the two may flip differently only where the
+    gradient is rounding noise: the digits' constant border pixels feed batch norm, whose input
+    gradient sums to zero over the batch, leaving |g| ~ 1e-9. Every binary weight with a
+    gradient above 1e-7 flips identically; real-valued parameters agree to float32 rounding."""
+    config = tiny_config(epochs=1, subset=64)  # one step of 64
+    eager, compiled = FirstStep(), FirstStep()
+    train(
+        config,
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "e",
+        plugins=[eager],
+        compile="off",
+    )
+    train(
+        config,
+        quiet=True,
+        tracking_uri=store,
+        checkpoint_dir=tmp_path / "c",
+        plugins=[compiled],
+        compile="on",
+    )
+    for name, grad in eager.grads.items():
+        torch.testing.assert_close(compiled.grads[name], grad, rtol=0, atol=1e-7)
+        if name.removesuffix(".weight") in eager.binary:
+            differ = eager.weights[name] != compiled.weights[name]
+            assert int(differ.sum()) < grad.numel() // 10
+            assert bool((grad[differ].abs() < 1e-7).all())
+        else:
+            torch.testing.assert_close(
+                compiled.weights[name], eager.weights[name], rtol=0, atol=1e-6
+            )
+
+
+def test_no_recompilation_after_the_first_epoch(store, tmp_path):
+    """The MLP on digits with a validation split: the training batch (64; the partial last
+    batch is dropped) and the evaluation shapes (test 256 + 104, validation 143) compile in
+    epoch 1; epochs 2 and 3, with the same shapes, compile nothing."""
+    torch._dynamo.reset()  # earlier tests may have compiled the same graphs in this process
+    config = tiny_config(epochs=3, val_fraction=0.1)
+    result, capture = _train(store, tmp_path, "mlp", config, compile="on")
+    assert capture.frames[0] >= 4  # train, test 256, test 104, validation 143
+    assert capture.frames[1] == capture.frames[2] == capture.frames[0]
+    assert result.metrics["compile_time_s"] > 0
+    assert sum(h["epoch_time_s"] for h in result.history) < result.metrics["compile_time_s"]
+
+
+@pytest.mark.slow
+def test_conv_net_compiles_by_default_without_graph_breaks(store, tmp_path):
+    """BinaryNet (channels_last inputs) compiles under "auto": once per shape in epoch 1, no
+    graph break in the binary layers' straight-through sign, the tags and compile time
+    recorded in the store."""
+    torch._dynamo.reset()
+    result, capture = _train(store, tmp_path, "conv", benchbnn.RunConfig(**CONV), compile="auto")
+    assert capture.frames[0] >= 4  # train, eval 256, eval 44, eval 26 (+ the optimizer's step)
+    assert capture.frames[1] == capture.frames[2] == capture.frames[0]
+    assert counters["graph_break"] == {}
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.data.tags[TAG_COMPILE] == "compiled"
+    assert run.data.tags[TAG_PRECISION] == "fp32"
+    assert run.data.metrics["compile_time_s"] == result.metrics["compile_time_s"] > 0
+
+
+def test_scheduled_ste_window_does_not_recompile(store, tmp_path):
+    """AdamLatent's clip is the layers' straight-through window; scheduled, it changes at every
+    step, and the compiled model reads it from the layers' ``ste_clip`` buffers as a value,
+    not as a constant to recompile for."""
+    torch._dynamo.reset()
+    config = tiny_config(
+        optimizer="adam-latent",
+        epochs=2,
+        schedules={"clip": {"schedule": "polynomial", "start": 1.5, "end": 0.5, "power": 1.0}},
+    )
+    _, capture = _train(store, tmp_path, "latent", config, compile="on")
+    assert capture.frames[1] == capture.frames[0]
+    assert counters["graph_break"] == {}
+
+
+def test_auto_leaves_an_mlp_eager(store, tmp_path):
+    result, _ = _train(store, tmp_path, "auto", tiny_config(epochs=1), compile="auto")
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags[TAG_COMPILE] == "eager (auto: no convolutions, compiling would not pay)"
+    assert result.metrics["compile_time_s"] == 0.0
+
+
+def test_compilation_failing_falls_back_to_eager_with_one_warning(store, tmp_path, monkeypatch):
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.warns(RuntimeWarning, match="training eagerly") as caught:
+        result, _ = _train(store, tmp_path, "fallback", tiny_config(epochs=1), compile="on")
+    assert len([w for w in caught if "training eagerly" in str(w.message)]) == 1
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags[TAG_COMPILE] == ("eager (compilation failed: RuntimeError: no compiler here)")
+    eager, _ = _train(store, tmp_path, "eager", tiny_config(epochs=1), compile="off")
+    assert computed(result.history) == computed(eager.history)  # exactly the eager run
+
+
+def test_compile_error_at_the_first_step_falls_back(store, tmp_path, monkeypatch):
+    """A compiler that fails lazily, at the first forward pass: the tag set at the start
+    ("compiled") is replaced in the store and the run trains eagerly."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def failing_backend(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("backend broke")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: real_compile(fn, backend=failing_backend)
+    )
+    with pytest.warns(RuntimeWarning, match="training eagerly"):
+        result, _ = _train(store, tmp_path, "lazy", tiny_config(epochs=1), compile="on")
+    tag = MlflowClient(store).get_run(result.run_id).data.tags[TAG_COMPILE]
+    assert tag.startswith(f"eager (compilation failed: {BackendCompilerFailed.__name__}")
+
+
+def test_epoch_timing_metrics_are_present_and_positive(store, tmp_path):
+    result, _ = _train(store, tmp_path, "timing", tiny_config(epochs=2), compile="off")
+    for entry in result.history:
+        assert entry["forward_backward_s"] > 0
+        assert entry["optimizer_step_s"] > 0
+        assert entry["forward_backward_s"] + entry["optimizer_step_s"] <= entry["epoch_time_s"]
+        assert entry["load_average"] >= 0
+    logged = MlflowClient(store).get_run(result.run_id).data.metrics
+    for name in ("forward_backward_s", "optimizer_step_s", "load_average", "compile_time_s"):
+        assert name in logged
+    assert set(TIMINGS) >= {"forward_backward_s", "optimizer_step_s", "load_average"}
+
+
+@pytest.mark.skipif(
+    "bayesbinn" not in benchbnn.get_registry().names("optimizer"),
+    reason="needs the closure optimizer bayesbinn",
+)
+def test_closure_optimizer_counts_the_closure_as_forward_backward(store, tmp_path):
+    """BayesBiNN takes a closure (its step runs forward and backward itself) and evaluates
+    sampled networks through evaluation_weights(); compiled, it trains and both timings stay
+    positive, the optimizer's without the closure's passes."""
+    config = tiny_config(optimizer="bayesbinn", epochs=1)
+    result, _ = _train(store, tmp_path, "closure", config, compile="on")
+    (entry,) = result.history
+    assert entry["forward_backward_s"] > 0
+    assert entry["optimizer_step_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("compile", "precision", "device", "error"),
+    [
+        ("maybe", "fp32", "cpu", "compile must be one of auto, on, off"),
+        ("auto", "fp16", "cpu", "precision must be one of fp32, bf16"),
+        ("auto", "bf16", "cpu", "precision bf16 \\(autocast\\) runs on CUDA only"),
+    ],
+)
+def test_bad_run_mode_is_refused(compile, precision, device, error):
+    with pytest.raises(BenchbnnError, match=error):
+        check_run_mode(compile, precision, torch.device(device))
+
+
+def test_run_mode_accepts_booleans():
+    assert check_run_mode(True, "fp32", torch.device("cpu")) == ("on", "fp32")
+    assert check_run_mode(False, "fp32", torch.device("cpu")) == ("off", "fp32")
