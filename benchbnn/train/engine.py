@@ -270,7 +270,9 @@ def canonical_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
     spec = get_optimizer(config.optimizer)
     resolved = spec.resolve(**dict(config.hparams))
     # every epoch start of the run (the steps per epoch are known once the data are: _build)
-    schedules = validate_schedules(spec, dict(config.schedules), epochs=config.epochs)
+    schedules = validate_schedules(
+        spec, dict(config.schedules), epochs=config.epochs, hparams=config.hparams
+    )
     get_dataset(config.dataset)
     arch_options = get_architecture(config.arch).resolve_options(config.arch_options)
     from benchbnn.core.limits import check_model_size
@@ -296,7 +298,7 @@ def _new_run(
         config=config,
         config_hash=config.config_hash(),
         hparams=spec.resolve(**dict(config.hparams)),
-        schedules=validate_schedules(spec, dict(config.schedules)),
+        schedules=validate_schedules(spec, dict(config.schedules), hparams=config.hparams),
         arch_options=get_architecture(config.arch).resolve_options(config.arch_options),
         device=device,
         world=world,

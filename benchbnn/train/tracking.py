@@ -221,12 +221,10 @@ def run_params(run: Any) -> dict[str, str]:
         "l2": cfg.l2,
     }
     params.update({names.PARAM_HPARAM_PREFIX + k: v for k, v in run.hparams.items()})
-    params.update(
-        {
-            names.PARAM_SCHEDULE_PREFIX + k: v if isinstance(v, str) else dict(v)
-            for k, v in cfg.schedules.items()
-        }
-    )
+    # the schedules as given, then the optimizer's default schedules the run follows as data
+    given = {k: v if isinstance(v, str) else dict(v) for k, v in cfg.schedules.items()}
+    defaults = {k: s.to_dict() for k, s in run.schedules.items() if k not in given}
+    params.update({names.PARAM_SCHEDULE_PREFIX + k: v for k, v in {**given, **defaults}.items()})
     params.update({names.PARAM_ARCH_OPTION_PREFIX + k: v for k, v in run.arch_options.items()})
     params.update(
         {names.PARAM_DATASET_OPTION_PREFIX + k: v for k, v in cfg.dataset_options.items()}
