@@ -7,20 +7,30 @@ A throw-away PostgreSQL cluster is started as ``tests/pg.py`` does (a unix socke
 directory, removed afterwards). For each worker count (default 1, 2, 4, 8) a fresh database gets
 ``--jobs`` jobs (default 500) queued by :meth:`benchbnn.train.workqueue.WorkQueue.put`, and that
 many worker processes drain it the way ``benchbnn worker`` does, minus the training: take a job
-(``Study.ask`` on a queue shard, a heartbeat), claim its configuration in the ledger
-(:meth:`benchbnn.train.ledger.Ledger.try_claim`: a RUNNING trial in the configuration's study,
-a heartbeat, a read of the RUNNING claims), sleep ``--job-ms`` (default 50 ms) instead of
-training, end the claim and the job. Reported per worker count:
+(:meth:`~benchbnn.train.workqueue.WorkQueue.take`: a listing of the waiting jobs, then the
+atomic WAITING -> RUNNING transition of one by id with its first heartbeat), claim its
+configuration in the ledger (:meth:`benchbnn.train.ledger.Ledger.try_claim`: a RUNNING trial in
+the configuration's study with its holder and first heartbeat, a read of the RUNNING claims'
+numbers), sleep ``--job-ms`` (default 50 ms) instead of training, end the claim and the job.
+Reported per worker count:
 
 * exactly once: every job done by one worker, each configuration claimed once, no job left,
-  the number of stray trials (``ask`` that found the queue dry) closed on the way;
+  the number of stray trials (trials without a job; ``take`` creates none, so 0);
 * claim overhead per job: take + claim before the job, end of claim + job after it (median,
   p99; wall-clock milliseconds, so it includes waiting for the CPU on a busy machine);
 * wall time against the ideal, and the scaling efficiency (ideal / wall);
-* the machine: cores, load average before and after, CPU seconds the workers used.
+* the machine: cores, load average before and after, CPU seconds the workers used (with their
+  start-up: imports, opening the storage) and CPU milliseconds per job while draining (measured
+  in each worker: ``time.process_time`` around its loop), the listings the workers read and the
+  takes they lost to another worker.
 
     python benchmarks/bench_queue.py
     python benchmarks/bench_queue.py --workers 1,8 --jobs 200 --out benchbnn-out/queue.json
+    python benchmarks/bench_queue.py --profile 100
+
+``--profile JOBS`` measures instead one process draining JOBS jobs without sleeping, on
+PostgreSQL and on a journal file: SQL statements (a SQLAlchemy listener) and CPU milliseconds per
+job for each step (take, claim, end claim, finish), and cProfile's top functions.
 
 Workers start together (they wait for a go file once imported). Timings on a shared machine are
 noisy: read them with the load average printed beside them.
@@ -65,6 +75,7 @@ def worker(storage: str, go: Path, job_s: float) -> dict[str, Any]:
     while not go.exists():
         time.sleep(0.002)
     records = []
+    cpu = time.process_time()
     while True:
         start = time.perf_counter()
         taken = queue.take(holder)
@@ -87,8 +98,77 @@ def worker(storage: str, go: Path, job_s: float) -> dict[str, Any]:
                 "end": time.time(),
             }
         )
+    cpu = time.process_time() - cpu
     ledger.close()
-    return {"pid": os.getpid(), "records": records, "finished_at": time.time()}
+    return {
+        "pid": os.getpid(),
+        "records": records,
+        "finished_at": time.time(),
+        "drain_cpu_s": cpu,
+        "listings": queue.listings,
+        "lost": queue.lost,
+    }
+
+
+# --- one job's path, profiled ------------------------------------------------------------------
+
+#: The steps of one job's path, in order, as the profile names them.
+STEPS = ("take", "claim", "end claim", "finish")
+
+
+def profile(storage: str, jobs: int, top: int = 25) -> dict[str, Any]:
+    """Queue ``jobs`` jobs in ``storage`` and drain them in this process (no sleep), under
+    cProfile, counting SQL statements (a SQLAlchemy ``before_cursor_execute`` listener) and CPU
+    time (``time.process_time``) per step of each job's path. Returns per-step means per job
+    (statements, CPU milliseconds) and prints cProfile's ``top`` functions by internal time."""
+    import cProfile
+    import pstats
+
+    import sqlalchemy
+    import sqlalchemy.event
+
+    from benchbnn.train.ledger import Ledger, claim_key, this_holder
+    from benchbnn.train.workqueue import WorkQueue
+
+    statements = [0]
+
+    def count(*_args: Any) -> None:
+        statements[0] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", count)
+    producer = Ledger.open(storage)
+    keys = [claim_key("http://bench", "queue", f"{n:016x}") for n in range(jobs)]
+    WorkQueue(producer).put([{"key": key, "n": n} for n, key in enumerate(keys)])
+    producer.close()
+    ledger = Ledger.open(storage)  # a worker's: it knows no study yet
+    queue = WorkQueue(ledger)
+    holder = this_holder("worker", ledger.heartbeat_s)
+    sums = {step: [0, 0.0] for step in STEPS}
+    done = 0
+
+    def step(name: str, call: Any) -> Any:
+        before_n, before_t = statements[0], time.process_time()
+        result = call()
+        sums[name][0] += statements[0] - before_n
+        sums[name][1] += time.process_time() - before_t
+        return result
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    while (taken := step("take", lambda: queue.take(holder))) is not None:
+        claim = step("claim", lambda t=taken: ledger.try_claim(t.job["key"], holder))
+        step("end claim", lambda c=claim: c.finish(True))
+        step("finish", lambda t=taken: queue.finish(t))
+        done += 1
+    profiler.disable()
+    ledger.close()
+    sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", count)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    return {
+        "jobs": done,
+        "statements_per_job": {name: n / max(done, 1) for name, (n, _) in sums.items()},
+        "cpu_ms_per_job": {name: 1000 * t / max(done, 1) for name, (_, t) in sums.items()},
+    }
 
 
 # --- one worker count -------------------------------------------------------------------------
@@ -154,6 +234,9 @@ def drain(url: str, workers: int, jobs: int, job_s: float, folder: Path) -> dict
         "efficiency": ideal / wall,
         "jobs_per_worker": sorted(len(r["records"]) for r in results),
         "worker_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "drain_cpu_ms_per_job": 1000 * sum(r["drain_cpu_s"] for r in results) / jobs,
+        "listings": sum(r["listings"] for r in results),
+        "lost_takes": sum(r["lost"] for r in results),
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
@@ -173,6 +256,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500, help="jobs per drain (default 500)")
     parser.add_argument("--job-ms", type=float, default=50.0, help="job length (default 50 ms)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="JOBS",
+        help="instead: profile one process draining JOBS jobs (no sleep) on PostgreSQL and on a "
+        "journal file; SQL statements and CPU ms per step of a job, cProfile's top functions",
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(TESTS))
@@ -183,7 +273,15 @@ def main() -> None:
     reports = []
     try:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}")
-        for workers in [int(w) for w in args.workers.split(",")]:
+        if args.profile:
+            for name, where in (
+                ("postgresql", server.new_database(f"profile_{uuid.uuid4().hex[:6]}")),
+                ("journal file", str(folder / "profile.journal")),
+            ):
+                figures = profile(where, args.profile)
+                reports.append({"profile": name, **figures})
+                print(f"{name}: {json.dumps(figures)}")
+        for workers in [] if args.profile else [int(w) for w in args.workers.split(",")]:
             url = server.new_database(f"queue_{workers}_{uuid.uuid4().hex[:6]}")
             report = drain(url, workers, args.jobs, args.job_ms / 1000, folder)
             reports.append(report)
@@ -195,7 +293,9 @@ def main() -> None:
                 f"end {o['after_median']:.1f}), p99 {o['p99']:.1f} ms; wall "
                 f"{report['wall_s']:.2f} s vs ideal {report['ideal_s']:.2f} s "
                 f"({report['wall_over_ideal']:.2f}x, efficiency {report['efficiency']:.0%}); "
-                f"workers' CPU {report['worker_cpu_s']:.1f} s; load "
+                f"workers' CPU {report['worker_cpu_s']:.1f} s (draining: "
+                f"{report['drain_cpu_ms_per_job']:.1f} ms/job; {report['listings']} listings, "
+                f"{report['lost_takes']} takes lost to another worker); load "
                 f"{report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; "
                 f"enqueue {report['enqueue_ms_per_job']:.1f} ms/job"
             )

@@ -4,9 +4,9 @@
   holds it; a holder whose process died (this machine) or whose heartbeat stopped (another
   machine, a database) is freed, but never by a claimant that beats less often than the holder;
   claims raced by several processes never overlap;
-- the queue: every queued job is taken exactly once by workers racing for it, a trial ``ask``
-  made itself (a stray) is closed at once and never handed out, a job put back or lost with its
-  worker is queued again;
+- the queue: every queued job is taken exactly once by workers racing for it, a take never
+  creates a trial, a trial without a job (a stray of an earlier release's ``ask``) is never
+  handed out nor counted, a job put back or lost with its worker is queued again;
 - SQLite is refused as a ledger.
 """
 
@@ -29,7 +29,7 @@ import pytest
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.train import ledger as ledger_module
 from benchbnn.train.ledger import ATTR_HOLDER, Holder, Ledger, claim_key, this_holder
-from benchbnn.train.workqueue import ATTR_JOB, ATTR_STRAY, WorkQueue
+from benchbnn.train.workqueue import ATTR_JOB, ATTR_STRAY, QUEUE_PREFIX, WorkQueue
 
 TrialState = optuna.trial.TrialState
 
@@ -224,21 +224,27 @@ def test_a_job_is_taken_once_put_back_and_taken_again(storage):
         ledger.close()
 
 
-def test_a_stray_trial_is_closed_at_once_and_never_handed_out(storage, monkeypatch):
+def test_take_creates_no_trial_and_never_hands_out_one_without_a_job(storage):
     ledger = Ledger.open(storage, heartbeat=1)
     try:
         queue = WorkQueue(ledger)
         queue.put([{"key": "k"}])
         holder = this_holder("worker", ledger.heartbeat_s)
-        queue.finish(queue.take(holder))
-        # the queue runs dry between a worker's count and its ask: ask makes a trial itself
-        monkeypatch.setattr(type(ledger.storage), "get_n_trials", lambda *a, **k: 1)
+        taken = queue.take(holder)
+        queue.finish(taken)
+        # a stray of an earlier release (ask on a dry queue) and a trial queued by something else
+        study = optuna.load_study(
+            study_name=f"{QUEUE_PREFIX}{taken.shard:02d}", storage=ledger.storage
+        )
+        study.add_trial(
+            optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={ATTR_STRAY: True})
+        )
+        study.enqueue_trial({}, user_attrs={"other": 1})
+        before = len(queue.trials())
         assert queue.take(holder) is None
-        monkeypatch.undo()
-        strays = [t for t in queue.trials() if t.user_attrs.get(ATTR_STRAY)]
-        assert strays and all(t.state == TrialState.FAIL for t in strays)
-        assert all(ATTR_JOB not in t.user_attrs for t in strays)
-        assert queue.pending() == []
+        assert len(queue.trials()) == before == 3
+        assert queue.waiting() == 0 and queue.pending() == []
+        assert sorted(t.state.name for t in queue.trials()) == ["COMPLETE", "FAIL", "WAITING"]
     finally:
         ledger.close()
 
@@ -312,7 +318,7 @@ def test_sixty_jobs_are_taken_exactly_once_by_three_workers(storage, tmp_path):
     trials = WorkQueue(ledger).trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs[ATTR_JOB]["n"] for t in complete) == list(range(60))
-    assert all(t.user_attrs.get(ATTR_STRAY) for t in trials if t.state != TrialState.COMPLETE)
+    assert len(trials) == 60  # a take never creates a trial: no strays
     ledger.close()
 
 

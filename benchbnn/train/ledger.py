@@ -11,7 +11,8 @@ writers the way claims need.
 The rule. Each configuration (tracking store, experiment, configuration hash:
 :func:`claim_key`) has its own Optuna study. A claimant adds a RUNNING trial to it, created in
 one storage operation with its holder (host, pid, process start, command, heartbeat) as a user
-attribute, then reads the study's RUNNING trials: *the lowest-numbered RUNNING trial owns the
+attribute and, on a database, its first heartbeat (:class:`~benchbnn.train.storage.TrialOps`),
+then reads the study's RUNNING trials: *the lowest-numbered RUNNING trial owns the
 configuration*. If a lower one is RUNNING, the claimant closes its own trial at once (FAIL, a
 duplicate) and the configuration is busy. This is exclusive because trial numbers are handed out
 one at a time (Optuna locks the study row to number a trial; a journal orders its log), so when a
@@ -56,6 +57,7 @@ from benchbnn.train.storage import (
     open_storage,
     quiet_optuna,
     redact,
+    trial_ops,
 )
 from benchbnn.train.store import sqlite_path
 
@@ -170,11 +172,14 @@ class Heartbeat:
             self._thread.daemon = True
             self._thread.start()
 
-    def add(self, trial_id: int) -> None:
-        """Beat for ``trial_id`` now and from now on. Raises what the storage raises."""
+    def add(self, trial_id: int, beat: bool = True) -> None:
+        """Beat for ``trial_id`` from now on, and now with ``beat`` (False: its first beat was
+        recorded with the trial, :class:`~benchbnn.train.storage.TrialOps`). Raises what the
+        storage raises."""
         if not self.interval:
             return
-        self.storage.record_heartbeat(trial_id)
+        if beat:
+            self.storage.record_heartbeat(trial_id)
         with self._lock:
             self._ids.add(trial_id)
 
@@ -231,13 +236,10 @@ class Claim:
         state = TrialState.COMPLETE if result else TrialState.FAIL
         self.ended = True
         self.ledger.heartbeat.remove(self.trial_id)
-        try:
-            self.ledger.storage.set_trial_state_values(
-                self.trial_id, state, [0.0] if result else None
-            )
-        except Exception as exc:  # UpdateFinishedTrialError, or the storage is gone
-            if type(exc).__name__ != "UpdateFinishedTrialError":
-                warnings.warn(f"benchbnn: could not end claim {self.key}: {exc!r}", stacklevel=2)
+        try:  # False: a reaper failed it meanwhile
+            self.ledger.ops.end(self.trial_id, state, 0.0 if result else None)
+        except Exception as exc:  # the storage is gone
+            warnings.warn(f"benchbnn: could not end claim {self.key}: {exc!r}", stacklevel=2)
 
     def release(self) -> None:
         """Free the configuration without a result (FAIL). Never raises."""
@@ -290,6 +292,7 @@ class Ledger:
         self.storage, self.url = storage, url
         self.heartbeat_s = heartbeat_of(storage)
         self.heartbeat = Heartbeat(storage, self.heartbeat_s)
+        self.ops = trial_ops(storage)
         self._study_ids: dict[str, int] = {}
 
     @classmethod
@@ -306,6 +309,7 @@ class Ledger:
 
     def close(self) -> None:
         self.heartbeat.stop()
+        self.ops.close()
 
     def describe(self) -> str:
         return redact(self.url)
@@ -318,9 +322,8 @@ class Ledger:
             return self._study_ids[name]
         import optuna
 
-        try:
-            found = self.storage.get_study_id_from_name(name)
-        except KeyError:
+        found = self.ops.study_id(name)
+        if found is None:
             if not create:
                 return None
             try:
@@ -336,18 +339,20 @@ class Ledger:
 
     def try_claim(self, key: str, holder: Holder) -> Claim:
         """Claim configuration ``key`` for ``holder`` now: an owned claim, or a busy one naming
-        the live holder. Raises what the storage raises."""
-        import optuna
-        from optuna.trial import TrialState
+        the live holder. Raises what the storage raises.
 
+        The trial is created with its holder and first heartbeat in one storage operation
+        (:meth:`~benchbnn.train.storage.TrialOps.create_running`); then the ids and numbers of
+        the study's RUNNING trials are read, and only when a lower-numbered one is RUNNING (or
+        this one is not) are they read in full to name and check their holders.
+        """
         study_id = self.study_id(key)
         assert study_id is not None
-        template = optuna.trial.create_trial(
-            state=TrialState.RUNNING, user_attrs={ATTR_HOLDER: holder.as_attr()}
-        )
-        with quiet_optuna():
-            trial_id = self.storage.create_new_trial(study_id, template_trial=template)
-        self.heartbeat.add(trial_id)
+        attrs = {ATTR_HOLDER: holder.as_attr()}
+        trial_id, number = self.ops.create_running(study_id, attrs, beat=bool(self.heartbeat_s))
+        self.heartbeat.add(trial_id, beat=False)
+        if self.ops.running(study_id)[:1] == [(trial_id, number)]:
+            return Claim(self, key, trial_id)  # the lowest RUNNING trial is this one
         running = self._running(study_id)
         mine = next((t for t in running if t._trial_id == trial_id), None)
         lower = [t for t in running if mine is None or t.number < mine.number]

@@ -2,25 +2,31 @@
 
 A job is a JSON object (what to train and where to track it, :mod:`benchbnn.bench.compare`).
 ``put`` queues each as a WAITING trial (``Study.enqueue_trial`` with the job as a user
-attribute); ``take`` pops one with ``Study.ask``, which moves a WAITING trial to RUNNING in one
-atomic storage operation, so a job is handed to one worker only. The worker's holder is
-recorded on the trial (:class:`~benchbnn.train.ledger.Holder`) and on a database the trial
-gets heartbeats; ``finish`` ends it COMPLETE. A job whose worker died goes back to the queue:
+attribute); ``take`` lists the waiting trials (ids and jobs) and takes one by id with the atomic
+storage transition WAITING -> RUNNING that ``Study.ask`` uses (Optuna's
+``set_trial_state_values``, :class:`~benchbnn.train.storage.TrialOps`): of several workers
+taking one id, exactly one succeeds, so a job is handed to one worker only. On a database the
+trial gets its first heartbeat in the same transaction, and heartbeats from then on; without
+heartbeats the worker's holder (:class:`~benchbnn.train.ledger.Holder`) is recorded on it.
+``finish`` ends it COMPLETE. A job whose worker died goes back to the queue:
 on a database Optuna's ``fail_stale_trials`` fails a trial whose heartbeat stopped and its
 ``RetryHeartbeatStaleTrialCallback`` queues a copy (same user attributes) as WAITING; on a
 journal file the same is done for a holder process of this machine that is gone (:meth:`reap`).
 An interrupted worker puts its job back itself (:meth:`put_back`).
 
-Strays. ``ask`` creates a new trial when it finds nothing waiting: a worker that saw a waiting
-job, but lost it to another worker before its ``ask``, gets a trial that is not from the queue.
-Such a trial has no job; it is closed at once (FAIL, user attribute ``benchbnn.stray``) and is
-never counted as work.
+Listing. A worker keeps the listing it read and takes its jobs one after the other from a
+random place in it (workers so start on different jobs); when it loses one to another worker the
+listing is stale and it reads a new one. ``take`` returns None only when a fresh listing is
+empty. A listing is one query on a database, whatever the number of jobs.
 
-Shards. ``ask`` reads every waiting trial of its study, so one study of N jobs would cost O(N)
-per take. The queue is spread over :data:`SHARDS` studies (``benchbnn.queue.00`` ...); ``put``
-deals jobs round-robin from a random shard; ``take`` asks the shard it last took from at once
-and counts the waiting jobs of any other before asking it (workers so make strays only when a
-shard runs dry under them), visiting the others in a random order.
+Strays. Queues of earlier releases took jobs with ``Study.ask``, which creates a trial when it
+finds nothing waiting; such a trial was closed at once (FAIL, user attribute
+``benchbnn.stray``). ``take`` never creates a trial, and a trial without a job (a stray, or one
+queued by something else) is never handed out nor counted as work.
+
+Shards. The queue is spread over :data:`SHARDS` studies (``benchbnn.queue.00`` ...), ``put``
+dealing jobs round-robin from a random shard, so that Optuna's per-study reads (``reap``,
+``pending``) stay small; ``take`` lists all of them at once.
 
 Several compares may share a queue; exactly-once training per configuration is the ledger's
 business (:mod:`benchbnn.train.ledger`), not the queue's: two queued copies of one job are two
@@ -29,19 +35,20 @@ entries, and the second worker to take one finds the configuration claimed.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from benchbnn.train.ledger import ATTR_HOLDER, Holder, Ledger
-from benchbnn.train.storage import quiet_optuna
+from benchbnn.train.storage import Queued, quiet_optuna
 
 #: The studies a queue is spread over, and their name prefix.
 SHARDS = 16
 QUEUE_PREFIX = "benchbnn.queue."
+SHARD_NAMES = tuple(f"{QUEUE_PREFIX}{shard:02d}" for shard in range(SHARDS))
 #: Trial user attributes: the job, and the mark of a trial ``ask`` created itself.
 ATTR_JOB = "benchbnn.job"
 ATTR_STRAY = "benchbnn.stray"
@@ -66,8 +73,9 @@ class WorkQueue:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._studies: dict[int, Any] = {}
-        self._next = random.randrange(SHARDS)
-        self._sticky = False
+        self._listing: deque[Queued] = deque()
+        #: How many listings this queue read, and how many takes it lost to other workers.
+        self.listings, self.lost = 0, 0
 
     # -- studies -----------------------------------------------------------------------------
 
@@ -77,7 +85,7 @@ class WorkQueue:
             return self._studies[shard]
         import optuna
 
-        name = f"{QUEUE_PREFIX}{shard:02d}"
+        name = SHARD_NAMES[shard]
         if self.ledger.study_id(name, create=create) is None:
             return None
         with quiet_optuna():
@@ -114,65 +122,52 @@ class WorkQueue:
     # -- consuming ---------------------------------------------------------------------------
 
     def take(self, holder: Holder) -> Taken | None:
-        """Pop a waiting job for ``holder`` (None when no shard has one). Raises what the
-        storage raises."""
-        from optuna.trial import TrialState
+        """Take a waiting job for ``holder`` (None when a fresh listing has none). Raises what
+        the storage raises."""
+        ops, beats = self.ledger.ops, bool(self.ledger.heartbeat_s)
+        attrs = {} if beats else {ATTR_HOLDER: holder.as_attr()}  # liveness by process id
+        fresh = False
+        while True:
+            if not self._listing:
+                if fresh:
+                    return None
+                self._listing, fresh = self._list(), True
+                continue
+            queued = self._listing.popleft()
+            if ops.take(queued.trial_id, attrs, beat=beats):
+                self.ledger.heartbeat.add(queued.trial_id, beat=False)
+                shard = int(queued.study_name[len(QUEUE_PREFIX) :])
+                return Taken(queued.decoded(), queued.trial_id, queued.number, shard)
+            self.lost += 1
+            self._listing.clear()  # another worker took it: the listing is stale
+            fresh = False
 
-        storage = self.ledger.storage
-        # the shard of the last take first, then the others in a random order, so that
-        # workers spread over the shards instead of queueing behind each other on the next one
-        others = [shard for shard in range(SHARDS) if shard != self._next]
-        for step, shard in enumerate([self._next, *random.sample(others, len(others))]):
-            study = self._study(shard, create=False)
-            if study is None:
-                continue
-            # the shard this worker last took from is asked at once (it usually has more);
-            # any other is counted first, so that empty shards make no strays
-            sticky = step == 0 and self._sticky
-            if not sticky and storage.get_n_trials(study._study_id, TrialState.WAITING) == 0:
-                continue
-            with quiet_optuna():
-                trial = study.ask()
-            job = trial.user_attrs.get(ATTR_JOB)
-            if job is None:  # a stray: the shard ran dry between the count and the ask
-                _close_stray(study, trial._trial_id)
-                self._sticky = False
-                continue
-            self.ledger.heartbeat.add(trial._trial_id)
-            if not self.ledger.heartbeat_s:  # no heartbeats: liveness by process id
-                study._storage.set_trial_user_attr(trial._trial_id, ATTR_HOLDER, holder.as_attr())
-            self._next, self._sticky = shard, True
-            return Taken(job, trial._trial_id, trial.number, shard)
-        self._sticky = False
-        return None
+    def _list(self) -> deque[Queued]:
+        """The waiting jobs of every shard, in trial order from a random place."""
+        listing = deque(self.ledger.ops.waiting(SHARD_NAMES, ATTR_JOB))
+        self.listings += 1
+        listing.rotate(random.randrange(len(listing)) if listing else 0)
+        return listing
 
     def finish(self, taken: Taken, value: float = SETTLED) -> None:
         """End a taken job (COMPLETE with ``value``: :data:`SETTLED` or :data:`DUPLICATE`).
         A job failed meanwhile by a reaper (and queued again) stays so. Never raises on that;
         raises what the storage raises otherwise."""
-        import optuna
         from optuna.trial import TrialState
 
         self.ledger.heartbeat.remove(taken.trial_id)
-        study = self._study(taken.shard, create=False)
-        assert study is not None
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            study._storage.set_trial_state_values(taken.trial_id, TrialState.COMPLETE, [value])
+        self.ledger.ops.end(taken.trial_id, TrialState.COMPLETE, value)
 
     def put_back(self, taken: Taken) -> None:
         """Give a taken job back (this worker stops before it is done): its trial ends FAIL and
         a copy is queued again, as Optuna's retry callback does. Raises what the storage raises."""
-        import optuna
         from optuna.trial import TrialState
 
         self.ledger.heartbeat.remove(taken.trial_id)
         study = self._study(taken.shard, create=False)
         assert study is not None
-        try:
-            changed = study._storage.set_trial_state_values(taken.trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            changed = False  # a reaper failed it, and queued it again, first
-        if changed:
+        # False: a reaper failed it, and queued it again, first
+        if self.ledger.ops.end(taken.trial_id, TrialState.FAIL):
             _requeue(study, study._storage.get_trial(taken.trial_id))
 
     def release(self, taken: Taken) -> None:
@@ -232,26 +227,12 @@ class WorkQueue:
         return jobs
 
     def waiting(self) -> int:
-        """How many jobs wait to be taken (strays are never waiting)."""
-        from optuna.trial import TrialState
-
-        storage = self.ledger.storage
-        return sum(
-            storage.get_n_trials(study._study_id, TrialState.WAITING)
-            for _shard, study in self._existing()
-        )
+        """How many jobs wait to be taken (trials without a job are not counted)."""
+        return len(self.ledger.ops.waiting(SHARD_NAMES, ATTR_JOB))
 
     def trials(self) -> list[Any]:
         """Every trial of every shard (for reports and tests)."""
         return [t for _shard, study in self._existing() for t in study.get_trials(deepcopy=False)]
-
-
-def _close_stray(study: Any, trial_id: int) -> None:
-    """Close a trial ``ask`` created instead of taking a queued one: FAIL, marked a stray."""
-    from optuna.trial import TrialState
-
-    study._storage.set_trial_user_attr(trial_id, ATTR_STRAY, True)
-    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _requeue(study: Any, trial: Any) -> None:
