@@ -856,6 +856,8 @@ def job_of(p: PlannedRun, training: Training, threads: int | None = None) -> dic
         "retry_failed": training.retry_failed,
         "reuse_any_environment": training.reuse_any_environment,
         "keep_checkpoints": training.keep_checkpoints,
+        "compile": training.compile,
+        "precision": training.precision,
     }
 
 

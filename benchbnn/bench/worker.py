@@ -54,8 +54,9 @@ POLL_S = 2.0
 class WorkerOptions:
     """What a worker brings to every job, overriding the job's own where given: the tracking
     URI (else the job's; a job whose URI had a password needs this or $MLFLOW_TRACKING_URI),
-    the data and checkpoint directories, the device and the torch CPU threads (else the job's
-    share, else torch's default)."""
+    the data and checkpoint directories, the device, the torch CPU threads (else the job's
+    share, else torch's default), and how the model runs (else as the compare that queued the
+    job asked; jobs of older releases: "auto" and "fp32")."""
 
     tracking_uri: str | None = None
     data_dir: str | None = None
@@ -63,6 +64,9 @@ class WorkerOptions:
     device: str | None = None
     threads: int | None = None
     quiet: bool = False
+    #: how the model runs (``benchbnn.train.engine.train``); None: as the job says
+    compile: str | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -118,6 +122,8 @@ def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
         keep_checkpoints=bool(job.get("keep_checkpoints")),
         retry_failed=bool(job.get("retry_failed")),
         reuse_any_environment=bool(job.get("reuse_any_environment")),
+        compile=options.compile or str(job.get("compile", "auto")),
+        precision=options.precision or str(job.get("precision", "fp32")),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from benchbnn.core import limits
+from benchbnn.core.names import COMPILE_MODES, PRECISIONS
 
 NAME = "worker"
 HELP = (
@@ -80,6 +81,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep polling for new jobs once the queue is empty (stop with Ctrl-C)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="compile the model: auto, on or off (default: as the compare that queued the job "
+        "asked)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="fp32 or bf16 autocast, CUDA only (default: as the compare that queued the job asked)",
+    )
     parser.add_argument("--quiet", action="store_true", help="one line per run")
 
 
@@ -93,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         quiet=args.quiet,
+        compile=args.compile,
+        precision=args.precision,
     )
     work(args.storage, options, wait=args.wait, heartbeat=args.heartbeat)
     return 0
