@@ -250,15 +250,18 @@ def test_an_entry_whose_runs_all_failed_shows_dashes_and_reasons():
     assert "0/3; 3 failed: diverged (seeds 0, 1, 2)" in md
 
 
-def test_validation_column_reads_the_held_out_split_when_the_suite_has_one():
+def test_the_result_column_reads_the_test_split_even_when_the_suite_holds_one_out():
     suite = make_suite(val_fraction=0.1)
-    records = [
-        record(e, "binarynet", s, 90.0, 80.0 + s, split="val") for e in (BOP, B2O) for s in range(3)
-    ]
+    records = []
+    for e in (BOP, B2O):
+        for s in range(3):
+            run = record(e, "binarynet", s, 90.0, 80.0 + s, split="val")
+            history = tuple({**h, "test_top1": 70.0 + s, "test_top5": 95.0} for h in run.history)
+            records.append(dataclasses.replace(run, history=history))
     md = render_markdown(build(suite, plan_of(suite), records))
-    assert "validation (0.1 of the training split held out)" in md
-    assert "| Validation accuracy (%) |" in md and "Test accuracy" not in md
-    assert "81.00 ± 1.00 (3)" in md
+    assert "accuracies are measured on the test split (final epoch)" in md
+    assert "| Test accuracy (%) |" in md and "Validation accuracy" not in md
+    assert "71.00 ± 1.00 (3)" in md and "81.00 ± 1.00 (3)" not in md
 
 
 def test_same_runs_give_byte_identical_files_whatever_their_order():

@@ -104,7 +104,7 @@ def test_budgets_are_written_in_every_table(external):
     assert "- Ruleset: external v1, tpe sampler (see docs/rulesets.md)." in md
     assert "bop: 3 studies x 2 trials (tiny-bop-external-0, tiny-bop-external-1, " in md
     assert "Not ranked" not in md
-    assert "Steps to 30% (val)" in md and "Test top-1 (%), final epoch" in md
+    assert "Steps to 30% (val)" in md and "| Test accuracy (%) |" in md
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert {r["ruleset"] for r in rows} == {"external"}
     assert all(r["budget"].startswith("3 studies x 2 trials") for r in rows)

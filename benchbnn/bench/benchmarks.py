@@ -234,7 +234,7 @@ def run_time(record: RunRecord, suite: Suite, measure: str, steps: int | None) -
         return math.inf
     if not record.finished:
         return None
-    metric = f"{suite.eval_split}_top1"
+    metric = f"{suite.target_split}_top1"
     hit = time_to_target(record.history, metric, suite.target_accuracy, steps_per_epoch=steps)
     if hit is None:
         return math.inf

@@ -184,7 +184,9 @@ class Leaderboard:
     @property
     def target_name(self) -> str:
         """The split time to result is measured on."""
-        return "validation split" if self.suite.val_fraction > 0 else "test split"
+        if self.suite.val_fraction > 0:
+            return f"validation split ({self.suite.val_fraction:g} of the training split held out)"
+        return "test split"
 
     @property
     def mixed_environments(self) -> bool:
@@ -197,15 +199,13 @@ class Leaderboard:
 
     @property
     def split_title(self) -> str:
-        """The evaluation columns' name: ``Validation`` (a held-out split) or ``Test``."""
-        return "Validation" if self.suite.val_fraction > 0 else "Test"
+        """The evaluation columns' name (:attr:`Suite.eval_split`: the test split)."""
+        return "Test"
 
     @property
     def eval_name(self) -> str:
         """The split the evaluation (accuracy) columns are measured on, in words."""
-        if self.suite.val_fraction > 0:
-            return f"validation ({self.suite.val_fraction:g} of the training split held out)"
-        return "test split"
+        return "test split (final epoch)"
 
     @property
     def records(self) -> tuple[RunRecord, ...]:
@@ -298,7 +298,7 @@ def _row(
         for r in done:
             spe = steps_per_epoch.get(r.run_id or "")
             hit = time_to_target(
-                r.history, metric + "1", suite.target_accuracy, steps_per_epoch=spe
+                r.history, f"{suite.target_split}_top1", suite.target_accuracy, steps_per_epoch=spe
             )
             if hit is not None:
                 reached.append(hit)

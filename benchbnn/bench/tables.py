@@ -262,7 +262,7 @@ def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
         "State bytes / binary weight",
     ]
     if target is not None:
-        where = "val" if suite.val_fraction > 0 else "test"
+        where = suite.target_split
         header += [
             f"Epochs to {target:g}% ({where})",
             f"Steps to {target:g}% ({where})",
@@ -346,7 +346,7 @@ def render_markdown(lb: Leaderboard) -> str:
         *environment_lines(lb),
         f"- Baseline: {suite.baseline}."
         + (
-            f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.eval_name}."
+            f" Target accuracy: {suite.target_accuracy:g}% top-1 on the {lb.target_name}."
             if suite.target_accuracy is not None
             else ""
         ),
@@ -653,7 +653,7 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
                 "epochs": _summary(row.target_epochs),
                 "seconds": _summary(row.target_seconds),
                 "steps": _summary(row.target_steps),
-                "split": "val" if suite.val_fraction > 0 else "test",
+                "split": suite.target_split,
                 "per_run": _per_run_targets(row, suite),
             }
         rows.append(
@@ -797,7 +797,7 @@ def _per_run_targets(row: Row, suite: Suite) -> dict[str, Any]:
     from benchbnn.bench.stats import time_to_target
 
     assert suite.target_accuracy is not None
-    metric = f"{suite.eval_split}_top1"
+    metric = f"{suite.target_split}_top1"
     out: dict[str, Any] = {}
     for r in sorted(row.records, key=lambda r: r.seed):
         if r.finished:

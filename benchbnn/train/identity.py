@@ -115,7 +115,10 @@ def recorded_params(config: RunConfig) -> dict[str, str]:
 
     options = resolved_options(config)
     view = SimpleNamespace(
-        config=config, hparams=options["hparams"], arch_options=options["arch_options"]
+        config=config,
+        hparams=options["hparams"],
+        arch_options=options["arch_options"],
+        schedules={},  # only hparam.* and arch_option.* are compared
     )
     prefixes = (PARAM_HPARAM_PREFIX, PARAM_ARCH_OPTION_PREFIX)
     return {k: v for k, v in run_params(view).items() if k.startswith(prefixes)}
