@@ -123,7 +123,8 @@ def seed_list(seeds: Any, name: str) -> tuple[int, ...]:
 def parameter_count(
     arch: str, num_classes: int, in_channels: int, image_size: int, options: Mapping[str, Any]
 ) -> int | None:
-    """Weights and buffers of architecture ``arch`` built with ``options`` for this input.
+    """Weights and saved buffers of architecture ``arch`` built with ``options`` for this input
+    (buffers a module does not save, such as a binary layer's clipping window, left out).
 
     The network is built on PyTorch's ``meta`` device: nothing is allocated. Returns None when
     it cannot be built (a bad option or an unsupported input is left to the real build, which
@@ -152,8 +153,7 @@ def _parameter_count(
             )
     except Exception:  # whatever it is, the real build reports it
         return None
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() for t in tensors)
+    return sum(t.numel() for t in model.state_dict().values())
 
 
 def check_model_size(arch: str, dataset: str, options: Mapping[str, Any]) -> None:
