@@ -247,13 +247,11 @@ def main_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
 def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     suite = lb.suite
     target = suite.target_accuracy
-    tested = suite.eval_split != "test"
     header = [
         "Entry",
         "Architecture",
         f"Δ top-1 vs {suite.baseline} (95% CI)",
     ]
-    header += ["Test top-1 (%), final epoch"] if tested else []
     header += [
         "Time / epoch (s)",
         "Optimizer step (s / epoch)",
@@ -272,7 +270,6 @@ def details_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     rows = []
     for row in lb.rows:
         cells = [row.entry.label, row.arch, difference_text(row)]
-        cells += [cell(row.test_top1)] if tested else []
         cells += [cell(row.epoch_time), *cost_text(row), fixed(row.state_bytes, 1)]
         if target is not None:
             cells += list(target_text(row, suite))
