@@ -42,21 +42,25 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_execution_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_execution_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, inherited_from: str | None = None
+) -> None:
     """How the model runs (``run``, ``compare``, ``worker``): recorded on every run as tags,
-    not part of a run's configuration."""
+    not part of a run's configuration. With ``inherited_from`` (e.g. "the compare that queued
+    the job") both default to None: the value comes from there."""
+    default_from = f"as {inherited_from} asked" if inherited_from else None
     parser.add_argument(
         "--compile",
         choices=COMPILE_MODES,
-        default="auto",
-        help="compile the model with torch.compile: auto (default: convolutional networks on "
-        "CPU and CUDA), on, or off (eager); recorded as the tag benchbnn.compile, not part of "
-        "the configuration",
+        default=None if inherited_from else "auto",
+        help="compile the model with torch.compile: auto (convolutional networks on CPU and "
+        "CUDA), on, or off (eager); recorded as the tag benchbnn.compile, not part of the "
+        f"configuration (default: {default_from or 'auto'})",
     )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
-        help="arithmetic of the forward passes: fp32 (default) or bf16 autocast (CUDA only; "
-        "weights, binary weights and optimizer state stay float32)",
+        default=None if inherited_from else "fp32",
+        help="arithmetic of the forward passes: fp32 or bf16 autocast (CUDA only; weights, "
+        f"binary weights and optimizer state stay float32) (default: {default_from or 'fp32'})",
     )

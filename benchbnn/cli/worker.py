@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from benchbnn.cli._common import add_execution_arguments
 from benchbnn.core import limits
-from benchbnn.core.names import COMPILE_MODES, PRECISIONS
 
 NAME = "worker"
 HELP = (
@@ -81,19 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep polling for new jobs once the queue is empty (stop with Ctrl-C)",
     )
-    parser.add_argument(
-        "--compile",
-        choices=COMPILE_MODES,
-        default=None,
-        help="compile the model: auto, on or off (default: as the compare that queued the job "
-        "asked)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="fp32 or bf16 autocast, CUDA only (default: as the compare that queued the job asked)",
-    )
+    add_execution_arguments(parser, inherited_from="the compare that queued the job")
     parser.add_argument("--quiet", action="store_true", help="one line per run")
 
 
