@@ -368,6 +368,29 @@ def test_a_queued_job_describes_its_configuration_exactly(tmp_path):
         planned_of({**job, "version": 99})
 
 
+def test_a_job_carries_how_the_model_runs_and_a_worker_may_override_it(tmp_path):
+    from benchbnn.bench.compare import PlannedRun, Training, job_of
+    from benchbnn.bench.suites import SuiteEntry
+    from benchbnn.bench.worker import WorkerOptions, training_of
+    from benchbnn.core.config import RunConfig
+
+    config = RunConfig(dataset="digits", arch="bnn-mlp", optimizer="bop", epochs=1)
+    planned = PlannedRun(SuiteEntry("bop", "bop"), "bnn-mlp", config, "train")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    training = Training("tiny", uri, "benchbnn", "cpu", {}, compile="off", precision="bf16")
+    job = json.loads(json.dumps(job_of(planned, training)))  # as stored
+    taken = training_of(job, WorkerOptions())
+    assert (taken.compile, taken.precision) == ("off", "bf16")
+    mine = training_of(job, WorkerOptions(compile="on", precision="fp32"))
+    assert (mine.compile, mine.precision) == ("on", "fp32")
+    # a job queued before these existed runs as compare's defaults
+    old = {k: v for k, v in job.items() if k not in ("compile", "precision")}
+    assert (
+        training_of(old, WorkerOptions()).compile,
+        training_of(old, WorkerOptions()).precision,
+    ) == ("auto", "fp32")
+
+
 def test_workers_split_the_cores_and_plan_in_their_environment(monkeypatch):
     from benchbnn.bench.compare import training_environment, worker_share
 
