@@ -545,6 +545,7 @@ def _data_parallel_rank(
                 closure()
                 run.opt.step()
         torch.save({"weights": run.weights(), "buffers": run.buffers()}, f"{folder}/rank{rank}.pt")
+        dist.barrier()  # no rank tears its process group down while another still uses it
     finally:
         dist.destroy_process_group()
 
