@@ -6,10 +6,17 @@ everyone. Contenders, each in a fresh process and interleaved round by round (th
 so drift on a shared machine hits all of them alike):
 
 * ``engine``: ``benchbnn.train.engine.train`` with its default settings (compiled model,
-  channels_last), tracking and checkpoints on;
+  channels_last, fp32), tracking and checkpoints on;
 * ``eager``: a hand-written eager loop with the same model, data pipeline and optimizer;
 * ``larq``: ``benchmarks/larq_binarynet.py`` run by ``--larq-python`` (a Python with TensorFlow,
-  tf-keras and larq; larq is never a dependency of benchbnn: see docs/speed.md).
+  tf-keras and larq; larq is never a dependency of benchbnn: see docs/speed.md);
+* with ``--bf16``, also ``engine-bf16`` (the engine with ``precision="bf16"``: autocast, on CUDA
+  or a CPU with native bfloat16) and ``larq-bf16`` (larq under Keras' ``mixed_bfloat16``
+  policy), so that each precision is compared with the same precision.
+
+Round ``r`` trains every contender from seed ``r`` (initial weights and batch order; the images
+are the same), so the spread of top-1 over rounds is a seed-noise estimate for judging whether
+a faster contender learns as well.
 
 Each trains ``--epochs`` epochs of ``--steps`` steps on the same class-balanced subset of the
 training images and reports its training seconds per epoch (evaluation and compilation
@@ -210,10 +217,11 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def _contender(name: str, args: argparse.Namespace, data_dir: str, arrays: Path) -> dict:
-    """Run contender ``name`` in a fresh process; its JSON line plus the load around it."""
+def _contender(name: str, args: argparse.Namespace, data_dir: str, arrays: Path, seed: int) -> dict:
+    """Run contender ``name`` from ``seed`` in a fresh process; its JSON line plus the load
+    around it."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if name == "larq":
+    if name.startswith("larq"):
         command = [
             args.larq_python,
             str(HERE / "larq_binarynet.py"),
@@ -222,6 +230,8 @@ def _contender(name: str, args: argparse.Namespace, data_dir: str, arrays: Path)
             f"--epochs={args.epochs}",
             f"--batch-size={args.batch_size}",
             f"--threads={args.threads}",
+            f"--seed={seed}",
+            f"--precision={'bf16' if name.endswith('-bf16') else 'fp32'}",
         ]
     else:
         command = [
@@ -234,6 +244,7 @@ def _contender(name: str, args: argparse.Namespace, data_dir: str, arrays: Path)
             f"--epochs={args.epochs}",
             f"--batch-size={args.batch_size}",
             f"--threads={args.threads}",
+            f"--seed={seed}",
         ]
     before = _load()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -247,7 +258,9 @@ def _speed(args: argparse.Namespace) -> None:
     """The speed protocol (see the module's docstring)."""
     from engine_contenders import export_arrays, run_config
 
-    names = ["engine", "eager"] + (["larq"] if args.larq_python else [])
+    names = ["engine", "eager"] + (["engine-bf16"] if args.bf16 else [])
+    if args.larq_python:
+        names += ["larq"] + (["larq-bf16"] if args.bf16 else [])
     work = Path(tempfile.mkdtemp(prefix="bench-engine-speed-"))
     try:
         data_dir = args.data_dir or prepare_data(work)
@@ -263,7 +276,7 @@ def _speed(args: argparse.Namespace) -> None:
         rounds = []
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
-            results = {name: _contender(name, args, data_dir, arrays) for name in order}
+            results = {name: _contender(name, args, data_dir, arrays, r) for name in order}
             for name in order:
                 out = results[name]
                 epochs = " ".join(f"{s:.2f}" for s in out["epoch_s"])
@@ -271,7 +284,8 @@ def _speed(args: argparse.Namespace) -> None:
                     f", compile {out['compile_time_s']:.1f} s" if "compile_time_s" in out else ""
                 )
                 print(
-                    f"round {r + 1} {name:>6}: epochs {epochs} s, top-1 {out['test_top1']:.2f}%"
+                    f"round {r + 1} (seed {r}) {name:>11}: epochs {epochs} s, "
+                    f"top-1 {out['test_top1']:.2f}%"
                     f"{extra}, load {out['load'][0]:.2f} -> {out['load'][1]:.2f}"
                 )
             rounds.append(results)
@@ -285,20 +299,32 @@ def _epoch(out: dict) -> float:
     return statistics.median(out["epoch_s"][1:] or out["epoch_s"])
 
 
+#: the ratios reported, (slower, faster): every contender against the default engine, and each
+#: bf16 contender against the bf16 engine
+def _pairs(names: list[str]) -> list[tuple[str, str]]:
+    pairs = [(name, "engine") for name in names if name != "engine"]
+    if "engine-bf16" in names:
+        pairs += [(name, "engine-bf16") for name in ("larq", "larq-bf16") if name in names]
+    return pairs
+
+
 def _speed_report(rounds: list[dict], names: list[str], width: float) -> None:
     for name in names:
         epochs = [_epoch(results[name]) for results in rounds]
+        top1 = [results[name]["test_top1"] for results in rounds]
+        spread = f" (rounds {min(top1):.2f} to {max(top1):.2f})" if len(top1) > 1 else ""
         print(
-            f"{name:>6}: median epoch {statistics.median(epochs):.2f} s over {len(epochs)} rounds"
+            f"{name:>11}: median epoch {statistics.median(epochs):.2f} s over {len(epochs)} "
+            f"rounds; top-1 mean {statistics.fmean(top1):.2f}%{spread}"
         )
-    for name in names[1:]:
-        ratios = [_epoch(results[name]) / _epoch(results["engine"]) for results in rounds]
-        target = TARGETS[name].get(width)
+    for slower, faster in _pairs(names):
+        ratios = [_epoch(results[slower]) / _epoch(results[faster]) for results in rounds]
+        target = TARGETS.get(slower, {}).get(width) if faster == "engine" else None
         verdict = "" if target is None else f" (target >= {target}: "
         if target is not None:
             verdict += "met)" if statistics.median(ratios) >= target else "NOT met)"
         print(
-            f"{name} / engine epoch: median {statistics.median(ratios):.2f}, rounds "
+            f"{slower} / {faster} epoch: median {statistics.median(ratios):.2f}, rounds "
             f"{', '.join(f'{x:.2f}' for x in ratios)}{verdict}"
         )
 
@@ -308,9 +334,10 @@ def _run_contender(args: argparse.Namespace) -> None:
     from engine_contenders import run_config, run_eager, run_engine
 
     torch.set_num_threads(args.threads)
-    config = run_config(args.width, args.steps, args.batch_size, args.epochs, "bop")
-    if args.contender == "engine":
-        out = run_engine(config, args.data_dir)
+    config = run_config(args.width, args.steps, args.batch_size, args.epochs, "bop", args.seed)
+    if args.contender.startswith("engine"):
+        precision = "bf16" if args.contender == "engine-bf16" else "fp32"
+        out = run_engine(config, args.data_dir, precision=precision)
     else:
         out = run_eager(config, args.data_dir)
     print(json.dumps(out))
@@ -324,7 +351,15 @@ def main() -> None:
         action="store_true",
         help="the overhead protocol (engine against a hand-written loop, one process)",
     )
-    parser.add_argument("--contender", choices=("engine", "eager"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--contender", choices=("engine", "engine-bf16", "eager"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="speed protocol: also the engine and larq in bf16 (autocast / mixed_bfloat16)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="speed protocol: rounds")
     parser.add_argument("--threads", type=int, default=2, help="speed protocol: threads")
     parser.add_argument(

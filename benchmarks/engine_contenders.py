@@ -8,6 +8,8 @@ prints one JSON line: the training seconds of every epoch and the test top-1 (%)
   checkpointing every epoch. An epoch's training seconds are its images over its
   ``images_per_s`` (the engine's training time, without evaluation and without compiling, which
   the run reports apart as ``compile_time_s``).
+* ``engine-bf16``: the same with ``precision="bf16"`` (autocast; CUDA or a CPU with native
+  bfloat16);
 * ``eager``: the loop a user writes by hand: the same BinaryNet, data pipeline, batch and
   optimizer (benchbnn's ``bop``: Bop for the binary weights, Adam for the rest), eager,
   contiguous NCHW, timed around each epoch's training loop.
@@ -34,9 +36,13 @@ from benchbnn.train.engine import EVAL_BATCH_SIZE, seed_everything, train
 NO_AUGMENTATION = {"augmentation": "none"}
 
 
-def run_config(width: float, steps: int, batch_size: int, epochs: int, optimizer: str) -> RunConfig:
-    """The configuration both PyTorch contenders train: BinaryNet on ``steps x batch_size``
-    class-balanced CIFAR-10 training images, no augmentation, seed 0."""
+def run_config(
+    width: float, steps: int, batch_size: int, epochs: int, optimizer: str, seed: int = 0
+) -> RunConfig:
+    """The configuration the PyTorch contenders train: BinaryNet on ``steps x batch_size``
+    class-balanced CIFAR-10 training images (the subset of seed 0 whatever ``seed``, so every
+    round trains on the same images), no augmentation, initial weights and batch order from
+    ``seed``."""
     return RunConfig(
         dataset="cifar10",
         arch="binarynet",
@@ -45,12 +51,14 @@ def run_config(width: float, steps: int, batch_size: int, epochs: int, optimizer
         dataset_options=NO_AUGMENTATION,
         epochs=epochs,
         batch_size=batch_size,
-        seed=0,
+        seed=seed,
         subset=steps * batch_size,
     )
 
 
-def run_engine(config: RunConfig, data_dir: str, compile: str = "auto") -> dict[str, Any]:
+def run_engine(
+    config: RunConfig, data_dir: str, compile: str = "auto", precision: str = "fp32"
+) -> dict[str, Any]:
     """Train ``config`` with the engine; ``{"epoch_s": [...], "test_top1": ..., ...}``."""
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as work:
         result = train(
@@ -61,6 +69,7 @@ def run_engine(config: RunConfig, data_dir: str, compile: str = "auto") -> dict[
             tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}",
             checkpoint_dir=Path(work) / "checkpoints",
             compile=compile,
+            precision=precision,
         )
     if not result.finished:
         raise SystemExit(f"engine run failed: {result.error}")

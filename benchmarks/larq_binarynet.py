@@ -12,8 +12,10 @@ conv128 3x3 valid (real input), then binary 3x3 "same" convolutions 128 (max-poo
 (max-pool), 512, 512 (max-pool) and binary dense 1024, 1024, classes, each followed by batch
 norm without a learned scale; every binary layer but the first binarizes its input (ste_sign),
 kernels are binarized by ste_sign and flipped by Bop (threshold 1e-8, gamma 1e-4); the other
-variables follow Adam (lr 0.01). larq 0.14 needs TensorFlow's legacy Keras: the environment
-variable ``TF_USE_LEGACY_KERAS=1`` is set here before TensorFlow is imported.
+variables follow Adam (lr 0.01). ``--precision bf16`` trains under Keras' ``mixed_bfloat16``
+policy (bfloat16 compute, float32 variables, the softmax in float32). larq 0.14 needs
+TensorFlow's legacy Keras: the environment variable ``TF_USE_LEGACY_KERAS=1`` is set here before
+TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def binarynet(width: float, classes: int) -> tf.keras.Model:
     for units in (n(1024), n(1024), classes):
         layers.append(lq.layers.QuantDense(units, input_quantizer="ste_sign", **BINARY))
         layers.append(tf.keras.layers.BatchNormalization(**BN))
-    layers.append(tf.keras.layers.Activation("softmax"))
+    layers.append(tf.keras.layers.Activation("softmax", dtype="float32"))
     return tf.keras.Sequential(layers)
 
 
@@ -85,7 +87,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: Keras' mixed_bfloat16 policy (bfloat16 compute, float32 variables)",
+    )
     args = parser.parse_args()
+    if args.precision == "bf16":
+        tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)

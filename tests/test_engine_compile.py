@@ -19,7 +19,10 @@ from torch._dynamo.utils import counters
 import benchbnn
 from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.machine import native_bf16_cpu
+from benchbnn.core.names import TAG_ENVIRONMENT
 from benchbnn.train.engine import TAG_COMPILE, TAG_PRECISION, check_run_mode, train
+from benchbnn.train.identity import Environment
 
 #: BinaryNet at width 0.125 on 16x16 synthetic images: 130 training images in batches of 32
 #: (4 steps, the partial fifth batch dropped), 300 test images (evaluated as 256 + 44) and a
@@ -54,6 +57,12 @@ class Capture:
     @benchbnn.hookimpl
     def benchbnn_run_end(self, run: Any, result: Any) -> None:
         self.binary = [layer.weight.detach().clone() for _, layer in binary_layers(run.model)]
+        self.optimizer_state = [
+            value
+            for state in run.optimizer.state.values()
+            for value in state.values()
+            if isinstance(value, torch.Tensor)
+        ]
         self.state = {k: v.clone() for k, v in run.model.state_dict().items()}
 
 
@@ -238,12 +247,58 @@ def test_closure_optimizer_counts_the_closure_as_forward_backward(store, tmp_pat
     [
         ("maybe", "fp32", "cpu", "compile must be one of auto, on, off"),
         ("auto", "fp16", "cpu", "precision must be one of fp32, bf16"),
-        ("auto", "bf16", "cpu", "precision bf16 \\(autocast\\) runs on CUDA only"),
+        ("auto", "bf16", "meta", "precision bf16 \\(autocast\\) runs on CUDA or a CPU"),
     ],
 )
 def test_bad_run_mode_is_refused(compile, precision, device, error):
     with pytest.raises(BenchbnnError, match=error):
         check_run_mode(compile, precision, torch.device(device))
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_refused_with_the_flags(monkeypatch):
+    """Emulated bfloat16 is slower than fp32: refused, naming the instructions that are missing."""
+    monkeypatch.setattr("benchbnn.train.engine.native_bf16_cpu", lambda: False)
+    with pytest.raises(BenchbnnError, match=r"native bfloat16 arithmetic .*avx512_bf16"):
+        check_run_mode("auto", "bf16", torch.device("cpu"))
+    monkeypatch.setattr("benchbnn.train.engine.native_bf16_cpu", lambda: True)
+    assert check_run_mode("auto", "bf16", torch.device("cpu")) == ("auto", "bf16")
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    assert native_bf16_cpu(frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert native_bf16_cpu(frozenset({"amx_tile", "amx_bf16"}))
+    assert native_bf16_cpu(frozenset({"fp", "asimd", "bf16"}))  # Arm
+    assert not native_bf16_cpu(frozenset({"avx2", "avx512f", "avx512bw"}))
+    assert not native_bf16_cpu(frozenset())
+
+
+def test_bf16_is_a_numerical_environment_of_its_own():
+    """A bf16 run's environment line differs from fp32's, which keeps its old spelling."""
+    fp32 = Environment("cpu", "2.14.1", 1, 1)
+    bf16 = Environment("cpu", "2.14.1", 1, 1, "bf16")
+    assert fp32.key() == "cpu, torch 2.14.1, 1 thread, world size 1"
+    assert bf16.key() == "cpu, torch 2.14.1, 1 thread, world size 1, bf16"
+
+
+@pytest.mark.skipif(not native_bf16_cpu(), reason="this CPU has no native bfloat16")
+def test_bf16_on_a_native_cpu_trains_with_exact_binary_weights_and_float32_state(store, tmp_path):
+    """BinaryNet under CPU bf16 autocast, eager: the binary weights stay exactly +-1 in
+    float32, the optimizer's state stays float32, the run is tagged bf16 and its numerical
+    environment says bf16 (so an fp32 compare never reuses it)."""
+    config = benchbnn.RunConfig(**{**CONV, "epochs": 1})
+    result, capture = _train(store, tmp_path, "bf16", config, compile="off", precision="bf16")
+    for weight in capture.binary:
+        assert weight.dtype == torch.float32
+        assert set(weight.unique().tolist()) <= {-1.0, 1.0}
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.data.tags[TAG_PRECISION] == "bf16"
+    assert run.data.tags[TAG_ENVIRONMENT].endswith(", bf16")
+    assert capture.optimizer_state  # Bop's m of every binary weight, Adam's moments
+    assert all(
+        value.dtype == torch.float32
+        for value in capture.optimizer_state
+        if value.is_floating_point()
+    )
 
 
 def test_run_mode_accepts_booleans():

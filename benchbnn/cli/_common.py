@@ -61,6 +61,8 @@ def add_execution_arguments(
         "--precision",
         choices=PRECISIONS,
         default=None if inherited_from else "fp32",
-        help="arithmetic of the forward passes: fp32 or bf16 autocast (CUDA only; weights, "
-        f"binary weights and optimizer state stay float32) (default: {default_from or 'fp32'})",
+        help="arithmetic of the forward and backward passes: fp32 or bf16 autocast (CUDA, or a "
+        "CPU with native bfloat16; weights, binary weights and optimizer state stay float32; "
+        "bf16 runs are a separate numerical environment) "
+        f"(default: {default_from or 'fp32'})",
     )

@@ -303,6 +303,7 @@ def _train_claimed(
         experiment=args.experiment,
         storage=args.storage,
         device=args.device,
+        precision=args.precision,
         on_wait=waiting,
     ) as held:
         if held.done is not None:

@@ -35,10 +35,15 @@ warning saying why, recorded in the tag ``benchbnn.compile``. Shapes are static
 (``dynamic=False``): the training batch (the loader drops the last partial batch) and each
 evaluation batch shape compile once, in the first epoch, and never again. Seconds spent in steps
 and evaluation batches that compiled are the run metric ``compile_time_s`` and are left out of
-the epoch's times. ``precision="bf16"`` runs forward passes under CUDA autocast (bfloat16); the
+the epoch's times. ``precision="bf16"`` runs forward passes under autocast (bfloat16: the
+convolutions and matrix products and their backward passes; the loss in float32); the
 parameters, binary weights (exactly +-1, which bfloat16 represents exactly) and optimizer state
-stay float32. It is refused on CPU, where bfloat16 autocast is slower than float32 on most
-processors and would change the numbers for no gain.
+stay float32. On a CPU it is accepted only where the processor computes in bfloat16 natively
+(:func:`benchbnn.core.machine.native_bf16_cpu`: AVX-512 BF16, AMX or Arm BF16); elsewhere
+PyTorch emulates it, slower than float32, and it is refused. bf16 changes the numbers (products
+of +-1 are exact, but sums above 256 and the backward pass's gradients are rounded to 8
+significant bits), so it is part of a run's numerical environment: a bf16 run is never reused
+as an fp32 result or the other way round (:class:`benchbnn.train.identity.Environment`).
 
 Per epoch the engine measures in process the seconds of the forward and backward passes
 (``forward_backward_s``) and of the optimizer's own steps (``optimizer_step_s``; for an optimizer
@@ -73,7 +78,7 @@ from benchbnn.core import hookspecs
 from benchbnn.core.binary import binary_layers, set_latent_mode, set_ste_window, split_parameters
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed
-from benchbnn.core.machine import load_average
+from benchbnn.core.machine import NATIVE_BF16_FLAGS, cpu_model, load_average, native_bf16_cpu
 from benchbnn.core.names import (
     COMPILE_MODES,
     DEFAULT_EXPERIMENT,
@@ -452,7 +457,8 @@ def check_run_mode(compile: str | bool, precision: str, device: torch.device) ->
     """``(compile mode, precision)`` as the engine uses them, or BenchbnnError saying what to pass.
 
     ``compile`` is one of :data:`COMPILE_MODES` (True and False mean "on" and "off");
-    ``precision`` one of :data:`PRECISIONS`, "bf16" on a CUDA device only.
+    ``precision`` one of :data:`PRECISIONS`; "bf16" on CUDA, or on a CPU that computes in
+    bfloat16 natively (:func:`benchbnn.core.machine.native_bf16_cpu`), never on other devices.
     """
     mode = ("on" if compile else "off") if isinstance(compile, bool) else compile
     if mode not in COMPILE_MODES:
@@ -461,12 +467,27 @@ def check_run_mode(compile: str | bool, precision: str, device: torch.device) ->
         )
     if precision not in PRECISIONS:
         raise BenchbnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and device.type != "cuda":
-        raise BenchbnnError(
-            f"precision bf16 (autocast) runs on CUDA only, not on {device.type}: on a CPU it "
-            f"is slower than fp32 on most processors; use --precision fp32 or a CUDA --device"
-        )
+    if precision == "bf16":
+        _check_bf16_device(device)
     return mode, precision
+
+
+def _check_bf16_device(device: torch.device) -> None:
+    """Refuse bf16 autocast on a device that would emulate bfloat16 (BenchbnnError)."""
+    if device.type == "cuda":
+        return
+    if device.type == "cpu":
+        if native_bf16_cpu():
+            return
+        raise BenchbnnError(
+            f"precision bf16 needs a CPU with native bfloat16 arithmetic (one of the flags "
+            f"{', '.join(NATIVE_BF16_FLAGS)}), which this one ({cpu_model()}) lacks: PyTorch "
+            f"would emulate it, slower than fp32; use --precision fp32 or a CUDA --device"
+        )
+    raise BenchbnnError(
+        f"precision bf16 (autocast) runs on CUDA or a CPU with native bfloat16, not on "
+        f"{device.type}; use --precision fp32"
+    )
 
 
 def _is_conv_net(model: nn.Module) -> bool:
@@ -1309,9 +1330,11 @@ def train(
     (:mod:`benchbnn.train.identity`); a run that does not finish also with its failure class.
 
     ``compile`` ("auto", "on", "off"; True/False) and ``precision`` ("fp32", or "bf16" on
-    CUDA) say how the model runs (see the module's docstring); neither is part of the run's
-    identity: they are tagged (TAG_COMPILE, TAG_PRECISION) and the seconds spent compiling are
-    the run metric ``compile_time_s``.
+    CUDA and on CPUs with native bfloat16) say how the model runs (see the module's
+    docstring); neither is part of the run's configuration identity: they are tagged
+    (TAG_COMPILE, TAG_PRECISION), the seconds spent compiling are the run metric
+    ``compile_time_s``, and a bf16 run's numerical environment says bf16 (so compare reuses
+    it only for bf16).
 
     Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
     returns ``status="FAILED"`` when training diverges. With ``resume``, a checkpoint that
@@ -1330,7 +1353,7 @@ def train(
     run.tags.update(
         {
             **identity_tags(run.config),
-            **environment_tags(run.device, world.world_size),
+            **environment_tags(run.device, world.world_size, run.precision),
             **owner_tags(),
         }
     )

@@ -69,6 +69,7 @@ def exclusively(
     command: str = "run",
     heartbeat: int = DEFAULT_HEARTBEAT_S,
     device: Any = None,
+    precision: str = "fp32",
     on_wait: Callable[[Holder], None] | None = None,
 ) -> Iterator[Exclusive]:
     """Hold the claim of ``config`` (tracked at ``tracking_uri`` in ``experiment``) in the
@@ -88,7 +89,7 @@ def exclusively(
         with claim:
             held = Exclusive(claim)
             if claim.waited_for is not None:
-                environment = current_environment(device).key()
+                environment = current_environment(device, precision=precision).key()
                 held.done = stored_result(uri, experiment, config, environment)
             yield held
     finally:

@@ -147,20 +147,29 @@ def recorded_as_resolved(params: Mapping[str, str], config: RunConfig) -> bool:
 class Environment:
     """The numerical environment of a run.
 
-    ``cpu_threads`` is ``torch.get_num_threads()`` for a CPU run, None on an accelerator.
+    ``cpu_threads`` is ``torch.get_num_threads()`` for a CPU run, None on an accelerator;
+    ``precision`` the arithmetic of the forward and backward passes ("fp32", or "bf16" for
+    autocast, which rounds sums and gradients and so gives other numbers).
     """
 
     device_type: str
     torch_version: str
     cpu_threads: int | None
     world_size: int
+    precision: str = "fp32"
 
     def key(self) -> str:
-        """One line, e.g. ``cpu, torch 2.5.1, 2 threads, world size 1`` (what compare matches)."""
+        """One line, e.g. ``cpu, torch 2.5.1, 2 threads, world size 1`` (what compare matches).
+
+        A precision other than fp32 is appended (``..., world size 1, bf16``); fp32 is left
+        out, so runs tracked before the precision was recorded keep their line.
+        """
         parts = [self.device_type, f"torch {self.torch_version}"]
         if self.cpu_threads is not None:
             parts.append(f"{self.cpu_threads} thread{'s' if self.cpu_threads != 1 else ''}")
         parts.append(f"world size {self.world_size}")
+        if self.precision != "fp32":
+            parts.append(self.precision)
         return ", ".join(parts)
 
     def tags(self) -> dict[str, str]:
@@ -176,11 +185,14 @@ class Environment:
         return tags
 
 
-def current_environment(device: Any = None, world_size: int | None = None) -> Environment:
+def current_environment(
+    device: Any = None, world_size: int | None = None, precision: str = "fp32"
+) -> Environment:
     """The environment a run on ``device`` would have in this process, now.
 
     ``device`` is a torch device or its name (None: CUDA when available, else CPU, as the
-    engine chooses); ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun).
+    engine chooses); ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun);
+    ``precision`` is the run's ``--precision``.
     """
     import torch
 
@@ -192,7 +204,7 @@ def current_environment(device: Any = None, world_size: int | None = None) -> En
         text = os.environ.get("WORLD_SIZE", "1")
         world_size = int(text) if text.isdigit() else 1
     threads = torch.get_num_threads() if kind == "cpu" else None
-    return Environment(kind, torch.__version__, threads, int(world_size))
+    return Environment(kind, torch.__version__, threads, int(world_size), precision)
 
 
 def environment_of(tags: Mapping[str, str]) -> str:
@@ -200,9 +212,9 @@ def environment_of(tags: Mapping[str, str]) -> str:
     return str(tags.get(TAG_ENVIRONMENT) or UNKNOWN_ENVIRONMENT)
 
 
-def environment_tags(device: Any, world_size: int) -> dict[str, str]:
+def environment_tags(device: Any, world_size: int, precision: str = "fp32") -> dict[str, str]:
     """:meth:`Environment.tags` of :func:`current_environment`."""
-    return current_environment(device, world_size).tags()
+    return current_environment(device, world_size, precision).tags()
 
 
 def reopened_tags(existing: Mapping[str, str], current: Mapping[str, str]) -> dict[str, str]:
