@@ -173,6 +173,96 @@ def test_binarynet_layer_norm_option_keeps_the_binary_layers():
     assert small(batch(small)).shape == (4, 10)
 
 
+# --- normalization settings: the authors' by default (docs/architectures.md) ------------------
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def bn_settings(model: nn.Module) -> list[tuple[float, float, bool]]:
+    """(momentum, eps, learns a scale) of every batch norm, in module order."""
+    return [(m.momentum, m.eps, m.weight is not None) for m in batch_norms(model)]
+
+
+def test_binarynet_batch_norm_is_the_authors_keras_setting():
+    # Bop2ndOrder binarynet_batch.py: BatchNormalization(scale=False), Keras momentum 0.99
+    model = build("binarynet")
+    assert bn_settings(model) == [(0.01, 1e-3, False)] * 9
+    assert all(m.bias is not None and m.bias.shape == (m.num_features,) for m in batch_norms(model))
+
+
+def test_binarynet_batch_norm_options_give_pytorchs_defaults():
+    with torch.device("meta"):
+        model = benchbnn.get_architecture("binarynet").build(
+            bn_momentum="0.1", bn_eps="1e-5", bn_scale="true"
+        )
+    assert bn_settings(model) == [(0.1, 1e-5, True)] * 9
+    assert all(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in batch_norms(model))
+    # a scale and an offset per channel or unit of the nine normalizations
+    features = [m.num_features for m in batch_norms(model)]
+    assert features == [128, 128, 256, 256, 512, 512, 1024, 1024, 10]
+    binary, trainable = counts(model)
+    assert (binary, trainable - binary) == (10_352_000, 2 * sum(features))
+
+
+def test_binarynet_layer_norm_epsilon_is_keras_default():
+    model = build("binarynet", norm="layer")
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 9 and {m.eps for m in norms} == {1e-3}
+    assert {
+        m.eps
+        for m in build("binarynet", norm="layer", bn_eps=1e-5).modules()
+        if isinstance(m, nn.LayerNorm)
+    } == {1e-5}
+
+
+def test_birealnet_batch_norm_is_the_authors_keras_setting(birealnet224):
+    # Bop2ndOrder birealnet_batch.py: BatchNormalization(momentum=0.8), Keras eps 1e-3, scale
+    assert bn_settings(birealnet224) == [(0.2, 1e-3, True)] * 20  # stem, 16 blocks, 3 shortcuts
+    model = build("birealnet18", bn_momentum=0.1, bn_eps=1e-5)
+    assert bn_settings(model) == [(0.1, 1e-5, True)] * 20
+
+
+def test_xnornet_batch_norm_epsilon_follows_the_layer(xnornet224):
+    # Bop2ndOrder xnor_batch.py: momentum 0.9 (PyTorch 0.1), scale=True; eps 1e-5 after the
+    # stem, 1e-4 in front of each binary convolution, 1e-3 last
+    want = [(0.1, 1e-5, True)] + [(0.1, 1e-4, True)] * 6 + [(0.1, 1e-3, True)]
+    assert bn_settings(xnornet224) == want
+    assert xnornet224.stem.bn.eps == 1e-5 and xnornet224.norm.eps == 1e-3
+    assert {m.eps for m in batch_norms(build("xnornet", bn_eps="1e-5"))} == {1e-5}
+
+
+def test_xnornet_without_scale_is_larq_zoos_and_keeps_its_classifier_interface():
+    model = build("xnornet", bn_scale=False)
+    assert [s for _, _, s in bn_settings(model)] == [False] * 8
+    full, centred = counts(build("xnornet")), counts(model)
+    assert full[1] - centred[1] == sum(m.num_features for m in batch_norms(model))
+    model.reset_classifier(5)
+    assert model(batch(model)).shape == (4, 5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "options", "message"),
+    [
+        ("binarynet", {"bn_momentum": 0}, r"'bn_momentum' = 0.0 is outside .* \(0.0, 1.0\]"),
+        ("birealnet18", {"bn_momentum": 1.5}, "'bn_momentum'"),
+        ("xnornet", {"bn_eps": -1e-3}, "'bn_eps' must be"),
+        ("xnornet", {"bn_eps": "1e-5,1e-4"}, "one epsilon for every batch norm or three"),
+        ("binarynet", {"bn_scale": "sometimes"}, "'bn_scale' must be true or false"),
+    ],
+)
+def test_bad_batch_norm_options_are_clear_errors(arch, options, message):
+    with pytest.raises(HyperparameterError, match=message):
+        benchbnn.get_architecture(arch).build(**options)
+
+
+def test_bnn_mlp_keeps_pytorchs_batch_norm():
+    # no authors' code in the Bop line: Courbariaux et al.'s Theano MLP is the reference
+    assert set(bn_settings(build("bnn-mlp"))) == {(0.1, 1e-5, True)}
+    assert "bn_momentum" not in benchbnn.get_architecture("bnn-mlp").options
+
+
 def test_parameter_breakdown_of_birealnet_packs_binary_weights_at_one_bit(birealnet224):
     info = parameter_breakdown(birealnet224)
     assert info["binary_weights"] == 10_985_472

@@ -226,7 +226,7 @@ def test_augmentation_none_is_the_word_none_on_the_command_line_and_in_a_suite()
     empty = cli_config("dataset", "cifar10", "augmentation", "")
     assert empty.dataset_options == {"augmentation": ""}
     spec = benchbnn.get_dataset("cifar10")
-    assert spec.resolve_options({"augmentation": "none"}) == ({}, "none")
+    assert spec.resolve_options({"augmentation": "none"}) == ({"crop_fill": "black"}, "none")
     fixed = benchbnn.get_dataset("imagenet")
     assert fixed.resolve_options({"augmentation": "none"})[1] == "none"
     with pytest.raises(HyperparameterError, match="only 'none' can turn it off"):
@@ -417,7 +417,13 @@ def test_command_line_errors_name_flag_option_owner_value_and_form(flag, assignm
 def test_describe_reads_set_by_the_declared_types(capsys):
     argv = ["describe", "binarynet", "--set", "width=0.25", "--set", "norm=LAYER", "--json"]
     assert cli_main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["options"] == {"width": 0.25, "norm": "layer"}
+    assert json.loads(capsys.readouterr().out)["options"] == {
+        "width": 0.25,
+        "norm": "layer",
+        "bn_momentum": 0.01,
+        "bn_eps": 0.001,
+        "bn_scale": False,
+    }
     assert cli_main(["describe", "bnn-mlp", "--set", "hidden=64x64", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["options"] == {"hidden": [64, 64]}
     assert cli_main(["describe", "binarynet", "--set", "norm=group"]) == 2

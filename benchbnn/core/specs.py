@@ -851,8 +851,8 @@ def _validate_option_types(
 
 #: Augmentation operations the in-memory pipeline applies, vectorized per batch.
 AUGMENTATION_OPS = {
-    "crop": "crop:P pads every side by P pixels (value 0 after normalization) and takes a random "
-    "crop of the original size",
+    "crop": "crop:P pads every side by P pixels (with the data set's crop_fill: black, pixel "
+    "value 0, by default) and takes a random crop of the original size",
     "flip": "flip mirrors each image horizontally with probability 1/2",
 }
 

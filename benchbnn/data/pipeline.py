@@ -44,7 +44,7 @@ from benchbnn.core.config import check_budget
 from benchbnn.core.errors import BenchbnnError, DataError
 from benchbnn.core.plugins import get_dataset
 from benchbnn.core.specs import DatasetSpec
-from benchbnn.data.augment import AugmentParams, Normalizer
+from benchbnn.data.augment import CROP_FILL_OPTION, AugmentParams, Normalizer
 from benchbnn.data.tensors import ImageTensors
 
 #: Seed of the subset and validation splits: fixed, so they are the same for every run seed.
@@ -441,7 +441,8 @@ def build_loaders(
             train_data.labels, len(train_data), num_classes, subset, val_fraction, spec.name
         )
         channels = shape[0]
-        train_norm = Normalizer(spec, augmentation, channels, device)
+        crop_fill = loader_options.get(CROP_FILL_OPTION)
+        train_norm = Normalizer(spec, augmentation, channels, device, crop_fill=crop_fill)
         eval_norm = Normalizer(spec, "", channels, device)
 
         def make_batches(

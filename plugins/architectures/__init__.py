@@ -17,6 +17,7 @@ here too, so each family file holds only what makes its network different.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,24 +26,40 @@ from torch import nn
 
 from benchbnn.core.binary import BinaryLayer, set_latent_mode
 from benchbnn.core.errors import HyperparameterError, UnsupportedInputError
-from benchbnn.core.values import Choice, ListOf, Number, convert, option_label
+from benchbnn.core.values import (
+    Choice,
+    Flag,
+    ListOf,
+    Number,
+    ValueType,
+    convert,
+    option_label,
+)
 
 #: CIFAR-10 training-set channel statistics, for the default configs of the 32x32 variants
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 __all__ = [
+    "BN_EPS",
+    "BN_EPS_LIST",
+    "BN_MOMENTUM",
+    "BN_SCALE",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "MAX_UNITS",
     "MAX_WIDTH",
     "SIZES",
     "WIDTH",
+    "BatchNormSettings",
+    "CenteredBatchNorm1d",
+    "CenteredBatchNorm2d",
     "ClassifierHead",
     "UnsupportedInputError",
     "as_choice",
     "as_float",
     "as_sizes",
+    "as_value",
     "build_with_cfg",
     "cfg_factory",
     "check_channels",
@@ -63,6 +80,15 @@ MAX_UNITS = 2**20
 WIDTH = Number(float, positive=True, high=MAX_WIDTH, high_open=True)
 #: Declared type of layer sizes such as ``512,512`` (``ArchitectureSpec.option_types``).
 SIZES = ListOf(Number(int, positive=True, high=MAX_UNITS), nonempty=True)
+#: Declared type of option ``bn_momentum``: PyTorch's convention, the weight of the new batch's
+#: statistic in the running average, in (0, 1]. A Keras momentum ``m`` is PyTorch's ``1 - m``.
+BN_MOMENTUM = Number(float, low=0.0, high=1.0, low_open=True)
+#: Declared type of option ``bn_eps``: the epsilon added to the variance, in (0, 1].
+BN_EPS = Number(float, positive=True, high=1.0)
+#: ``bn_eps`` as one epsilon per group of layers, or one for every layer (XNOR-Net).
+BN_EPS_LIST = ListOf(BN_EPS, nonempty=True)
+#: Declared type of option ``bn_scale``: whether batch norm learns a scale (Keras ``scale``).
+BN_SCALE = Flag()
 
 
 def as_float(arch: str, name: str, value: Any, *, positive: bool = True) -> float:
@@ -91,6 +117,14 @@ def as_sizes(arch: str, name: str, value: Any, example: Any = None) -> tuple[int
     """
     declared = SIZES.with_example(example) if example is not None else SIZES
     return tuple(convert(value, declared, option_label(f"architecture {arch!r}", name)))
+
+
+def as_value(arch: str, name: str, value: Any, declared: ValueType) -> Any:
+    """``value`` (text or typed) converted to ``declared``.
+
+    Raises HyperparameterError naming the architecture, the option and the accepted form.
+    """
+    return convert(value, declared, option_label(f"architecture {arch!r}", name))
 
 
 def scaled(channels: int, width: float) -> int:
@@ -173,6 +207,77 @@ def cfg_factory(**family: Any) -> Callable[..., dict[str, Any]]:
         return {**common, **family, **overrides}
 
     return _cfg
+
+
+# --- batch norm ------------------------------------------------------------------------------
+
+
+class _CenteredBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm with a learned offset and no learned scale (Keras ``scale=False``).
+
+    A mixin placed before ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``, which share this base. Its
+    state is ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked``.
+    """
+
+    def __init__(self, num_features: int, **kwargs: Any):
+        super().__init__(num_features, affine=False, **kwargs)
+        self.bias = nn.Parameter(torch.zeros(num_features))  # F.batch_norm adds it
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"scale=False, center=True"
+        )
+
+
+class CenteredBatchNorm1d(_CenteredBatchNorm, nn.BatchNorm1d):
+    """:class:`_CenteredBatchNorm` over (N, C) or (N, C, L) inputs."""
+
+
+class CenteredBatchNorm2d(_CenteredBatchNorm, nn.BatchNorm2d):
+    """:class:`_CenteredBatchNorm` over (N, C, H, W) inputs."""
+
+
+@dataclass(frozen=True)
+class BatchNormSettings:
+    """The batch-norm hyperparameters of one network, in PyTorch's convention.
+
+    ``momentum`` is the weight of a batch's statistic in the running average (Keras's
+    ``momentum=m`` is ``1 - m`` here: Keras updates ``moving = m * moving + (1 - m) * batch``);
+    ``eps`` is added to the variance; ``scale`` False drops the learned scale and keeps the
+    learned offset (Keras ``scale=False``, ``center=True``). Every layer learns an offset.
+    """
+
+    momentum: float
+    eps: float
+    scale: bool = True
+
+    @classmethod
+    def from_options(
+        cls, arch: str, momentum: Any, eps: Any, scale: Any = True
+    ) -> BatchNormSettings:
+        """Settings from option values (text or typed).
+
+        Raises HyperparameterError naming the option when a value does not fit
+        :data:`BN_MOMENTUM`, :data:`BN_EPS` or :data:`BN_SCALE`.
+        """
+        return cls(
+            as_value(arch, "bn_momentum", momentum, BN_MOMENTUM),
+            as_value(arch, "bn_eps", eps, BN_EPS),
+            as_value(arch, "bn_scale", scale, BN_SCALE),
+        )
+
+    def __call__(
+        self, features: int, *, spatial: bool = True, eps: float | None = None
+    ) -> nn.Module:
+        """A batch norm over ``features`` channels: 2d (N, C, H, W) if ``spatial``, else 1d
+        (N, C); ``eps`` overrides this network's epsilon for one layer."""
+        epsilon = self.eps if eps is None else eps
+        if self.scale:
+            full = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+            return full(features, eps=epsilon, momentum=self.momentum)
+        centred = CenteredBatchNorm2d if spatial else CenteredBatchNorm1d
+        return centred(features, eps=epsilon, momentum=self.momentum)
 
 
 class ClassifierHead:

@@ -17,24 +17,35 @@ normalized, with a learned scale and offset per channel). Any image with sides o
 pixels works (the first dense layer is sized from the input); MNIST's 28x28 gives the same
 3x3x512 feature map as CIFAR's 32x32.
 
+Normalization settings default to the authors' Keras code (``CuauSuarez/Bop2ndOrder``,
+``bnn_optimization/models/binarynet_batch.py``: ``BatchNormalization(scale=False)`` with Keras's
+defaults momentum 0.99 and epsilon 1e-3; ``binarynet.py``: ``LayerNormalization()``, epsilon
+1e-3): ``bn_momentum=0.01`` (PyTorch's convention: Keras 0.99), ``bn_eps=1e-3`` (batch and
+layer norm), ``bn_scale=False``. PyTorch's own defaults are ``bn_momentum=0.1, bn_eps=1e-5,
+bn_scale=true``.
+
 timm: ``timm.create_model("binarynet", num_classes=10, in_chans=3)``; the ``binarynet.mnist``
 config builds the 1x28x28 variant.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 
 import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import benchbnn
 from benchbnn.core.binary import BinaryConv2d, BinaryLinear
 from benchbnn.core.values import Choice
 from benchbnn_plugins.architectures import (
+    BN_EPS,
+    BN_MOMENTUM,
+    BN_SCALE,
     WIDTH,
+    BatchNormSettings,
     ClassifierHead,
     UnsupportedInputError,
     as_choice,
@@ -50,34 +61,12 @@ from benchbnn_plugins.architectures import (
 ARCH = "binarynet"
 NORMS = ("batch", "layer")
 MIN_SIDE = 10  # valid 3x3 conv, then three 2x2 max-pools must leave at least one pixel
+#: The authors' normalization (Bop2ndOrder ``binarynet_batch.py``: Keras
+#: ``BatchNormalization(scale=False)``, momentum 0.99 = PyTorch 0.01, epsilon 1e-3).
+AUTHORS_BN = BatchNormSettings(momentum=0.01, eps=1e-3, scale=False)
 
 
 # --- blocks ----------------------------------------------------------------------------------
-
-
-class _CenteredBatchNorm(_BatchNorm):
-    """Batch norm with a learned offset and no learned scale (Keras ``scale=False``).
-
-    A mixin placed before ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``, which share this base.
-    """
-
-    def __init__(self, num_features: int, **kwargs: Any):
-        super().__init__(num_features, affine=False, **kwargs)
-        self.bias = nn.Parameter(torch.zeros(num_features))  # F.batch_norm adds it
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"scale=False, center=True"
-        )
-
-
-class CenteredBatchNorm1d(_CenteredBatchNorm, nn.BatchNorm1d):
-    pass
-
-
-class CenteredBatchNorm2d(_CenteredBatchNorm, nn.BatchNorm2d):
-    pass
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -89,16 +78,27 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
-def _norm(kind: str, features: int, spatial: bool) -> nn.Module:
+def _norm(kind: str, features: int, spatial: bool, bn: BatchNormSettings) -> nn.Module:
+    """Layer norm with ``bn.eps`` (its momentum and scale do not apply: layer norm keeps no
+    running statistics and always learns a scale), or batch norm as ``bn`` says."""
     if kind == "layer":
-        return ChannelLayerNorm(features)
-    return CenteredBatchNorm2d(features) if spatial else CenteredBatchNorm1d(features)
+        return ChannelLayerNorm(features, eps=bn.eps)
+    return bn(features, spatial=spatial)
 
 
 class ConvBlock(nn.Module):
     """Binary 3x3 convolution, optional 2x2 max-pool, then normalization."""
 
-    def __init__(self, in_chs: int, out_chs: int, *, first: bool, pool: bool, norm: str):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        first: bool,
+        pool: bool,
+        norm: str,
+        bn: BatchNormSettings = AUTHORS_BN,
+    ):
         super().__init__()
         self.conv = BinaryConv2d(
             in_chs,
@@ -108,7 +108,7 @@ class ConvBlock(nn.Module):
             input_quantizer=None if first else "ste_sign",
         )
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.norm = _norm(norm, out_chs, spatial=True)
+        self.norm = _norm(norm, out_chs, spatial=True, bn=bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.pool(self.conv(x)))
@@ -117,10 +117,12 @@ class ConvBlock(nn.Module):
 class DenseBlock(nn.Module):
     """Binary dense layer on binarized inputs, then normalization."""
 
-    def __init__(self, in_features: int, out_features: int, *, norm: str):
+    def __init__(
+        self, in_features: int, out_features: int, *, norm: str, bn: BatchNormSettings = AUTHORS_BN
+    ):
         super().__init__()
         self.fc = BinaryLinear(in_features, out_features, input_quantizer="ste_sign")
-        self.norm = _norm(norm, out_features, spatial=False)
+        self.norm = _norm(norm, out_features, spatial=False, bn=bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.fc(x))
@@ -141,6 +143,9 @@ class BinaryNet(ClassifierHead, nn.Module):
         img_size: int | tuple[int, int] = 32,
         width: float = 1.0,
         norm: str = "batch",
+        bn_momentum: float = AUTHORS_BN.momentum,
+        bn_eps: float = AUTHORS_BN.eps,
+        bn_scale: bool = AUTHORS_BN.scale,
     ):
         super().__init__()
         self.num_classes = check_num_classes(ARCH, num_classes)
@@ -155,23 +160,25 @@ class BinaryNet(ClassifierHead, nn.Module):
             )
         self.width = as_float(ARCH, "width", width)
         self.norm = as_choice(ARCH, "norm", norm, NORMS)
+        self.bn = BatchNormSettings.from_options(ARCH, bn_momentum, bn_eps, bn_scale)
         self.input_size = (in_chans, height, wide)
 
         c1, c2, c3 = (scaled(c, self.width) for c in (128, 256, 512))
+        conv = partial(ConvBlock, norm=self.norm, bn=self.bn)
         self.stages = nn.Sequential(
-            ConvBlock(in_chans, c1, first=True, pool=False, norm=self.norm),
-            ConvBlock(c1, c1, first=False, pool=True, norm=self.norm),
-            ConvBlock(c1, c2, first=False, pool=False, norm=self.norm),
-            ConvBlock(c2, c2, first=False, pool=True, norm=self.norm),
-            ConvBlock(c2, c3, first=False, pool=False, norm=self.norm),
-            ConvBlock(c3, c3, first=False, pool=True, norm=self.norm),
+            conv(in_chans, c1, first=True, pool=False),
+            conv(c1, c1, first=False, pool=True),
+            conv(c1, c2, first=False, pool=False),
+            conv(c2, c2, first=False, pool=True),
+            conv(c2, c3, first=False, pool=False),
+            conv(c3, c3, first=False, pool=True),
         )
         side_h, side_w = ((s - 2) // 8 for s in (height, wide))
         units = scaled(1024, self.width)
         self.flatten = nn.Flatten(1)
         self.hidden = nn.Sequential(
-            DenseBlock(c3 * side_h * side_w, units, norm=self.norm),
-            DenseBlock(units, units, norm=self.norm),
+            DenseBlock(c3 * side_h * side_w, units, norm=self.norm, bn=self.bn),
+            DenseBlock(units, units, norm=self.norm, bn=self.bn),
         )
         self.num_features = units
         self.head = self._make_head(self.num_classes)
@@ -179,7 +186,7 @@ class BinaryNet(ClassifierHead, nn.Module):
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
-        return DenseBlock(self.num_features, num_classes, norm=self.norm)
+        return DenseBlock(self.num_features, num_classes, norm=self.norm, bn=self.bn)
 
     def _head_like(self) -> nn.Module:
         # a new binary head takes the mode of the one it replaces, or of the last hidden layer
@@ -230,7 +237,14 @@ def binarynet(pretrained: bool = False, **kwargs: Any) -> BinaryNet:
 
 
 def build(
-    num_classes: int, in_channels: int, image_size: int, width: float = 1.0, norm: str = "batch"
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    width: float = 1.0,
+    norm: str = "batch",
+    bn_momentum: float = AUTHORS_BN.momentum,
+    bn_eps: float = AUTHORS_BN.eps,
+    bn_scale: bool = AUTHORS_BN.scale,
 ) -> BinaryNet:
     """The same network as ``timm.create_model("binarynet", ...)`` with these arguments."""
     return _create_binarynet(
@@ -240,6 +254,9 @@ def build(
         img_size=image_size,
         width=width,
         norm=norm,
+        bn_momentum=bn_momentum,
+        bn_eps=bn_eps,
+        bn_scale=bn_scale,
     )
 
 
@@ -249,11 +266,24 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
         benchbnn.ArchitectureSpec(
             name=ARCH,
             factory=build,
-            options={"width": 1.0, "norm": "batch"},
-            option_types={"width": WIDTH, "norm": Choice(NORMS)},
+            options={
+                "width": 1.0,
+                "norm": "batch",
+                "bn_momentum": AUTHORS_BN.momentum,
+                "bn_eps": AUTHORS_BN.eps,
+                "bn_scale": AUTHORS_BN.scale,
+            },
+            option_types={
+                "width": WIDTH,
+                "norm": Choice(NORMS),
+                "bn_momentum": BN_MOMENTUM,
+                "bn_eps": BN_EPS,
+                "bn_scale": BN_SCALE,
+            },
             description=(
                 "BinaryNet as in the Bop/Bop2ndOrder code: 6 binary convs + 3 binary dense, "
-                "BN without scale; width multiplies channels, norm=layer for the paper's Fig. 2"
+                "BN without scale; width multiplies channels, norm=layer for the paper's Fig. 2; "
+                "BN momentum 0.01 (Keras 0.99), eps 1e-3 as the authors'"
             ),
             reference="Courbariaux et al. 2016, arXiv:1602.02830; Helwegen et al. 2019",
         )

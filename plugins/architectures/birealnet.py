@@ -16,6 +16,13 @@ stride-1 convolution and no max-pool, as is usual for ResNets on CIFAR-10 (11,17
 parameters with 10 classes). ``stem="imagenet"`` or ``"cifar"`` forces one; ``width``
 multiplies every channel count (1.0 is the paper's).
 
+Batch-norm settings default to the authors' Keras code (``CuauSuarez/Bop2ndOrder``,
+``bnn_optimization/models/birealnet_batch.py``, as ``larq/zoo``'s
+``larq_zoo/literature/birealnet.py``): ``BatchNormalization(momentum=0.8)`` in the stem, every
+block and every shortcut, with Keras's default epsilon 1e-3 and a learned scale and offset. Here
+that is ``bn_momentum=0.2`` (PyTorch's convention: Keras 0.8), ``bn_eps=1e-3``,
+``bn_scale=true``; PyTorch's own defaults are ``bn_momentum=0.1, bn_eps=1e-5``.
+
 timm: ``timm.create_model("birealnet18", num_classes=1000, in_chans=3)``; ``img_size=32`` or
 the ``birealnet18.cifar10`` config builds the CIFAR variant.
 """
@@ -33,9 +40,13 @@ import benchbnn
 from benchbnn.core.binary import BinaryConv2d
 from benchbnn.core.values import Choice
 from benchbnn_plugins.architectures import (
+    BN_EPS,
+    BN_MOMENTUM,
+    BN_SCALE,
     CIFAR_MEAN,
     CIFAR_STD,
     WIDTH,
+    BatchNormSettings,
     ClassifierHead,
     UnsupportedInputError,
     as_choice,
@@ -53,6 +64,9 @@ ARCH = "birealnet18"
 STEMS = ("auto", "imagenet", "cifar")
 CIFAR_STEM_BELOW = 112  # stem="auto" picks the CIFAR stem for inputs smaller than this
 MIN_SIDE = {"imagenet": 32, "cifar": 8}  # 5 (ImageNet) or 3 (CIFAR) halvings leave >= 1 pixel
+#: The authors' batch norm (Bop2ndOrder ``birealnet_batch.py``: Keras
+#: ``BatchNormalization(momentum=0.8)``, default epsilon 1e-3, scale and offset).
+AUTHORS_BN = BatchNormSettings(momentum=0.2, eps=1e-3, scale=True)
 
 
 # --- blocks ----------------------------------------------------------------------------------
@@ -61,13 +75,15 @@ MIN_SIDE = {"imagenet": 32, "cifar": 8}  # 5 (ImageNet) or 3 (CIFAR) halvings le
 class Stem(nn.Module):
     """Full-precision first convolution: ImageNet 7x7/2 + max-pool, or CIFAR 3x3/1."""
 
-    def __init__(self, in_chans: int, out_chs: int, imagenet: bool):
+    def __init__(
+        self, in_chans: int, out_chs: int, imagenet: bool, bn: BatchNormSettings = AUTHORS_BN
+    ):
         super().__init__()
         if imagenet:
             self.conv = nn.Conv2d(in_chans, out_chs, 7, stride=2, padding=3, bias=False)
         else:
             self.conv = nn.Conv2d(in_chans, out_chs, 3, stride=1, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_chs)
+        self.bn = bn(out_chs)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +93,7 @@ class Stem(nn.Module):
 class BiRealBlock(nn.Module):
     """One binary 3x3 convolution with batch norm, plus its real-valued shortcut."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, bn: BatchNormSettings = AUTHORS_BN):
         super().__init__()
         self.conv = BinaryConv2d(
             in_chs,
@@ -88,7 +104,7 @@ class BiRealBlock(nn.Module):
             input_quantizer="approx_sign",
             scale_weights=True,
         )
-        self.bn = nn.BatchNorm2d(out_chs)
+        self.bn = bn(out_chs)
         if stride == 1 and in_chs == out_chs:
             self.shortcut: nn.Module = nn.Identity()
         else:
@@ -98,7 +114,7 @@ class BiRealBlock(nn.Module):
                 if stride > 1
                 else nn.Identity(),
                 nn.Conv2d(in_chs, out_chs, 1, bias=False),
-                nn.BatchNorm2d(out_chs),
+                bn(out_chs),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +138,9 @@ class BiRealNet(ClassifierHead, nn.Module):
         width: float = 1.0,
         stem: str = "auto",
         depths: tuple[int, ...] = (4, 4, 4, 4),
+        bn_momentum: float = AUTHORS_BN.momentum,
+        bn_eps: float = AUTHORS_BN.eps,
+        bn_scale: bool = AUTHORS_BN.scale,
     ):
         super().__init__()
         self.num_classes = check_num_classes(ARCH, num_classes)
@@ -139,16 +158,17 @@ class BiRealNet(ClassifierHead, nn.Module):
                 f"(chosen automatically below {CIFAR_STEM_BELOW}), any channel count"
             )
         self.stem_type = stem
+        self.bn = BatchNormSettings.from_options(ARCH, bn_momentum, bn_eps, bn_scale)
         self.input_size = (in_chans, height, wide)
 
         channels = [scaled(c, self.width) for c in (64, 128, 256, 512)]
-        self.stem = Stem(in_chans, channels[0], imagenet=stem == "imagenet")
+        self.stem = Stem(in_chans, channels[0], imagenet=stem == "imagenet", bn=self.bn)
         stages, in_chs = [], channels[0]
         for index, (out_chs, depth) in enumerate(zip(channels, depths)):
             blocks = []
             for block in range(depth):
                 stride = 2 if index > 0 and block == 0 else 1
-                blocks.append(BiRealBlock(in_chs, out_chs, stride))
+                blocks.append(BiRealBlock(in_chs, out_chs, stride, bn=self.bn))
                 in_chs = out_chs
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -182,6 +202,7 @@ _cfg = cfg_factory(  # fixed_input_size (common to all): the stem depends on the
     num_classes=1000,
     input_size=(3, 224, 224),
     crop_pct=0.875,
+    interpolation="bicubic",  # the authors' ImageNet pipeline (Bop2ndOrder data/imagenet.py)
     mean=IMAGENET_DEFAULT_MEAN,
     std=IMAGENET_DEFAULT_STD,
     first_conv="stem.conv",
@@ -219,7 +240,14 @@ def birealnet18(pretrained: bool = False, **kwargs: Any) -> BiRealNet:
 
 
 def build(
-    num_classes: int, in_channels: int, image_size: int, width: float = 1.0, stem: str = "auto"
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    width: float = 1.0,
+    stem: str = "auto",
+    bn_momentum: float = AUTHORS_BN.momentum,
+    bn_eps: float = AUTHORS_BN.eps,
+    bn_scale: bool = AUTHORS_BN.scale,
 ) -> BiRealNet:
     """The same network as ``timm.create_model("birealnet18", ...)`` with these arguments."""
     return _create_birealnet(
@@ -230,6 +258,9 @@ def build(
         width=width,
         stem=stem,
         depths=(4, 4, 4, 4),
+        bn_momentum=bn_momentum,
+        bn_eps=bn_eps,
+        bn_scale=bn_scale,
     )
 
 
@@ -239,11 +270,24 @@ def benchbnn_architectures() -> list[benchbnn.ArchitectureSpec]:
         benchbnn.ArchitectureSpec(
             name=ARCH,
             factory=build,
-            options={"width": 1.0, "stem": "auto"},
-            option_types={"width": WIDTH, "stem": Choice(STEMS)},
+            options={
+                "width": 1.0,
+                "stem": "auto",
+                "bn_momentum": AUTHORS_BN.momentum,
+                "bn_eps": AUTHORS_BN.eps,
+                "bn_scale": AUTHORS_BN.scale,
+            },
+            option_types={
+                "width": WIDTH,
+                "stem": Choice(STEMS),
+                "bn_momentum": BN_MOMENTUM,
+                "bn_eps": BN_EPS,
+                "bn_scale": BN_SCALE,
+            },
             description=(
                 "Bi-Real Net 18: 16 binary 3x3 convs with real-valued shortcuts, ApproxSign, "
-                "mean|w| scaling in latent training; CIFAR stem (3x3/1, no max-pool) below 112 px"
+                "mean|w| scaling in latent training; CIFAR stem (3x3/1, no max-pool) below 112 "
+                "px; BN momentum 0.2 (Keras 0.8), eps 1e-3 as the authors'"
             ),
             reference="Liu et al. 2018, arXiv:1808.00278; larq zoo",
         )

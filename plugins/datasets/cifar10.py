@@ -12,9 +12,18 @@
 
 Each split is decoded once into a uint8 cache (beside the data, or in ``$BENCHBNN_CACHE_DIR``
 when the data directory is read-only) and memory-mapped afterwards. Training augmentation is the
-BNN papers' recipe: inputs scaled to [-1, 1], padded by 4 (with 0 in that scale), a random 32x32
-crop and a random horizontal flip. ``download=True`` fetches the official batches with
-torchvision; nothing downloads otherwise.
+BNN papers' recipe: inputs scaled to [-1, 1], padded by 4, a random 32x32 crop and a random
+horizontal flip. ``download=True`` fetches the official batches with torchvision; nothing
+downloads otherwise.
+
+Option ``crop_fill`` (:data:`benchbnn.data.augment.CROP_FILL_OPTION`) says what the crop pads
+with: ``black`` (default) is pixel value 0, -1 after scaling, as the authors' code pads the
+uint8 image before scaling it (``CuauSuarez/Bop2ndOrder``, branch ``conference``, and
+``plumerai/rethinking-bnn-optimization``, both ``bnn_optimization/data/cifar10.py``:
+``tf.image.resize_with_crop_or_pad(image, 40, 40)``, a random 32x32 crop, a random flip, then
+``x / 127.5 - 1``); ``mid-grey`` pads with 0 after
+scaling, what benchbnn did before. The host's augmentation reads the option; the decoded
+tensors do not depend on it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ from benchbnn.data import (
     decode_images,
     list_image_folder,
 )
+from benchbnn.data.augment import CROP_FILL, CROP_FILL_OPTION
+
+#: The authors' padding of the random crop (module docstring).
+DEFAULT_CROP_FILL = "black"
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PICKLE_DIR = "cifar-10-batches-py"
@@ -230,8 +243,14 @@ def _download(root: Path, split: str) -> None:
         ) from None
 
 
-def read_cifar10(root, split: str = "train", download: bool = False) -> ImageTensors:
-    """The split as uint8 (N, 3, 32, 32) tensors and labels, decoded once and cached."""
+def read_cifar10(
+    root, split: str = "train", download: bool = False, crop_fill: str = DEFAULT_CROP_FILL
+) -> ImageTensors:
+    """The split as uint8 (N, 3, 32, 32) tensors and labels, decoded once and cached.
+
+    ``crop_fill`` is accepted because it is a declared option of the data set; the host's
+    augmentation applies it (the decoded images are the same for every value).
+    """
     root = Path(root).expanduser()
     if download:
         _download(root, split)
@@ -267,8 +286,11 @@ def benchbnn_datasets():
             mean=(0.5,),
             std=(0.5,),
             augmentation="crop:4,flip",
+            options={CROP_FILL_OPTION: DEFAULT_CROP_FILL},
+            option_types={CROP_FILL_OPTION: CROP_FILL},
             description=(
-                "CIFAR-10, 50,000 train / 10,000 test 32x32 RGB (pickled batches or image folders)"
+                "CIFAR-10, 50,000 train / 10,000 test 32x32 RGB (pickled batches or image "
+                "folders); crop_fill=black pads the random crop with -1 as the authors'"
             ),
             reference=(
                 "Krizhevsky 2009; augmentation as in Courbariaux et al. 2016 and the Bop papers"

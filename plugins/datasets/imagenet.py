@@ -6,17 +6,32 @@ the folder containing it as ``imagenet/``. The ``val/`` images are the test spli
 papers; a validation split for tuning is held out of ``train/`` by the pipeline. The number of
 classes is the number of class folders, so subsets such as ImageNet-100 work too.
 
-Images are decoded by torchvision's ``ImageFolder`` in DataLoader workers: training uses
-RandomResizedCrop(224) and a horizontal flip, evaluation resizes the shorter side to 256 and
-takes the central 224x224; both normalize with the usual ImageNet mean and std. Option
-``image_size`` changes 224 (evaluation then resizes to image_size / 0.875). ImageNet cannot be
-downloaded automatically.
+Images are decoded by torchvision's ``ImageFolder`` (PIL images) in DataLoader workers, and
+transformed as in the authors' code (``CuauSuarez/Bop2ndOrder``,
+``bnn_optimization/data/imagenet.py``, from the EfficientNet TPU preprocessing):
+
+* training: a random crop of 8-100% of the area with aspect ratio 3/4 to 4/3 (torchvision's
+  ``RandomResizedCrop``), resized to 224x224 bicubically, and a horizontal flip with
+  probability 1/2;
+* evaluation: the central square of side ``224 / (224 + 32)`` of the shorter side (7/8: the
+  same region as "resize to 256, centre-crop 224"), cut first and then resized to 224x224
+  bicubically (:class:`CenterSquareCrop`);
+* both normalize with the ImageNet mean and std.
+
+The bicubic resizes are PIL's, which always antialias when shrinking (torchvision passes PIL
+images to PIL and ignores its ``antialias`` flag for them); the authors'
+``tf.compat.v1.image.resize_bicubic`` does not antialias and uses TF1's corner-aligned pixel
+grid. When ten draws find no crop, torchvision falls back to the whole image's centre (aspect
+ratio clamped), the authors' code to the evaluation crop. Option ``image_size`` changes 224
+(the evaluation crop is then ``image_size / (image_size + 32)`` of the shorter side, as in the
+authors' code). ImageNet cannot be downloaded automatically.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import benchbnn
 from benchbnn.core.values import Number, convert, option_label
@@ -25,6 +40,9 @@ from benchbnn.data import data_error
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
+#: The evaluation crop's margin: the central square of side size / (size + 32) of the shorter
+#: side (the authors' ``CROP_PADDING``; 224 / 256 at 224).
+CROP_PADDING = 32
 #: Declared type of option ``image_size``: the side of the square crop, at least 8 pixels.
 IMAGE_SIZE = Number(int, low=8, example=224)
 LAYOUT = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (the same class folders in both)"
@@ -66,13 +84,44 @@ def check_layout(directory: Path) -> None:
         )
 
 
+class CenterSquareCrop:
+    """PIL image -> the central square of side ``size / (size + padding)`` of its shorter side,
+    resized bicubically to ``size`` x ``size`` (the authors' ``_decode_and_center_crop``).
+
+    The side is truncated to whole pixels and the offsets are ``(extent - side + 1) // 2``, as
+    there. Picklable, for DataLoader workers.
+    """
+
+    def __init__(self, size: int, padding: int = CROP_PADDING):
+        self.size = size
+        self.padding = padding
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` of the crop in a ``width`` x ``height`` image."""
+        side = int(self.size / (self.size + self.padding) * min(width, height))
+        top, left = (height - side + 1) // 2, (width - side + 1) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image
+
+        square = image.crop(self.box(*image.size))
+        return square.resize((self.size, self.size), Image.Resampling.BICUBIC)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, padding={self.padding}, bicubic)"
+
+
 def transforms_for(augment: bool, image_size: int):
+    """The training (``augment``) or evaluation transform of PIL images, as the module says."""
     from torchvision import transforms as T
 
+    bicubic = T.InterpolationMode.BICUBIC
+    steps: list[Any]
     if augment:
-        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+        steps = [T.RandomResizedCrop(image_size, interpolation=bicubic), T.RandomHorizontalFlip()]
     else:
-        steps = [T.Resize(round(image_size / 0.875)), T.CenterCrop(image_size)]
+        steps = [CenterSquareCrop(image_size)]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
@@ -106,11 +155,12 @@ def benchbnn_datasets():
             image_shape=(3, 224, 224),
             mean=MEAN,
             std=STD,
-            augmentation="random-resized-crop:224,flip",
+            augmentation="random-resized-crop:224,flip",  # bicubic (module docstring)
             options={"image_size": 224},
             option_types={"image_size": IMAGE_SIZE},
             description=(
-                "ILSVRC 2012 from train/<wnid>/ and val/<wnid>/ image folders (val = test split)"
+                "ILSVRC 2012 from train/<wnid>/ and val/<wnid>/ image folders (val = test split); "
+                "bicubic resizes, evaluation on the central 224/256 as the authors'"
             ),
             reference="Russakovsky et al. 2015",
         )
