@@ -870,38 +870,72 @@ def _train_on_workers(
 ) -> Trained:
     """Queue the missing runs in the ledger's storage and wait until all are settled, trained
     by ``workers`` local worker processes (started here) and any others on the storage."""
+    todo = [p for p in planned if p.action in (RESUME, TRAIN)]
+    share = worker_share(training.device, workers) if workers else None
+    jobs = [job_of(p, training, share.threads if share else None) for p in todo]
+    keys = {training.key(p.config) for p in _held_elsewhere(planned, training, ledger)}
+    run_queued(
+        jobs,
+        ledger,
+        say,
+        workers,
+        tracking_uri=training.uri,
+        heartbeat=training.heartbeat,
+        device=training.device,
+        keys=keys,
+    )
+    return _stored(todo, training)
+
+
+def run_queued(
+    jobs: Sequence[Mapping[str, Any]],
+    ledger: Any,
+    say: Callable[[str], None],
+    workers: int,
+    *,
+    tracking_uri: str,
+    heartbeat: int | None = None,
+    device: str | None = None,
+    keys: Iterable[str] = (),
+    what: str = "runs",
+) -> None:
+    """Queue ``jobs`` (each with a claim ``key``) in ``ledger``'s work queue and wait until
+    every one is settled (and every claim of ``keys`` is free): worked on by ``workers`` local
+    ``benchbnn worker`` processes started here (:func:`worker_share` of ``device``; 0: only by
+    workers started elsewhere on the same storage), which are stopped before this returns.
+
+    ``what`` names the jobs in the progress lines ("runs", "studies"). Raises RunFailed when
+    local workers keep failing, what the storage raises, and KeyboardInterrupt (the local
+    workers stopped first).
+    """
     from benchbnn.train.pool import LocalWorkers
     from benchbnn.train.workqueue import WorkQueue, wait_until_settled
 
     queue = WorkQueue(ledger)
-    todo = [p for p in planned if p.action in (RESUME, TRAIN)]
-    share = worker_share(training.device, workers) if workers else None
-    jobs = [job_of(p, training, share.threads if share else None) for p in todo]
-    keys = {job["key"] for job in jobs}
-    keys |= {training.key(p.config) for p in _held_elsewhere(planned, training, ledger)}
+    share = worker_share(device, workers) if workers else None
+    waited = {str(job["key"]) for job in jobs} | set(keys)
     pool = None
     if jobs:
         queue.put(jobs)
         where = ledger.describe()
         if share is not None:
             say(
-                f"queued {len(jobs)} runs in {where} for {workers} local workers "
+                f"queued {len(jobs)} {what} in {where} for {workers} local workers "
                 f"({share.describe()})"
             )
-            pool = LocalWorkers(
-                _worker_commands(training, ledger, share, min(workers, len(jobs))),
-                env={"MLFLOW_TRACKING_URI": training.uri},
-                say=say,
-            )
+            commands = _worker_commands(heartbeat, ledger, share, min(workers, len(jobs)))
+            pool = LocalWorkers(commands, env={"MLFLOW_TRACKING_URI": tracking_uri}, say=say)
             pool.start()
         else:
             say(
-                f"queued {len(jobs)} runs in {where}; start 'benchbnn worker --storage "
-                f"{where}' on the machines that train them"
+                f"queued {len(jobs)} {what} in {where}; start 'benchbnn worker --storage "
+                f"{where}' on the machines that work on them"
             )
+    # wait_until_settled names what it waits for "runs"
+    tell = say if what == "runs" else (lambda line: say(line.replace(" runs (", f" {what} (")))
     try:
         wait_until_settled(
-            queue, keys, poll_s=WAIT_POLL_S, on_poll=pool.check if pool else None, say=say
+            queue, waited, poll_s=WAIT_POLL_S, on_poll=pool.check if pool else None, say=tell
         )
     except BaseException:
         if pool is not None:
@@ -909,11 +943,10 @@ def _train_on_workers(
         raise
     if pool is not None:
         pool.stop()
-    return _stored(todo, training)
 
 
 def _worker_commands(
-    training: Training, ledger: Any, share: WorkerShare, n: int
+    heartbeat: int | None, ledger: Any, share: WorkerShare, n: int
 ) -> list[list[str]]:
     """The command lines of ``n`` local workers (plugin modules loaded with ``-p`` passed on)."""
     import sys
@@ -924,8 +957,8 @@ def _worker_commands(
     modules = list(getattr(plugins, "_extra_modules", []))
     base = [sys.executable, "-m", "benchbnn", *[a for m in modules for a in ("-p", m)], "worker"]
     base += ["--storage", storage, "--threads", str(share.threads), "--quiet"]
-    if training.heartbeat:
-        base += ["--heartbeat", str(training.heartbeat)]
+    if heartbeat:
+        base += ["--heartbeat", str(heartbeat)]
     return [base + (["--device", d] if d else []) for d in share.devices[:n]]
 
 

@@ -9,6 +9,12 @@ checkpoint (when the checkpoint directory is shared between machines; else it st
 job whose configuration another live process holds is ended as a duplicate (the compare that
 queued it waits for that process instead).
 
+Jobs of another kind than a run (a job's ``kind``; a run job has none) are run by the runner
+that the caller registers for that kind (``runners``): the command line registers the tuning
+layer's study jobs (:func:`benchbnn.tune.rulesets.run_study_job`), so this layer never names the
+layers above it. Such a job is worked on under the claim of its ``key`` in the ledger, like a
+run's configuration, so two workers never work on one at once.
+
 It goes on until no job is waiting or being worked on by anyone (so a job that comes back from a
 dead worker is still taken), or with ``wait`` for ever. Interrupted (Ctrl-C, SIGTERM), it puts
 its job back in the queue and releases the claim; killed, its job comes back by itself (a
@@ -20,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,8 @@ from benchbnn.train.workqueue import DUPLICATE, SETTLED, WorkQueue
 
 #: Seconds between two looks at an empty queue.
 POLL_S = 2.0
+#: The kind of a job that trains one planned run (jobs without a ``kind`` are runs).
+RUN_KIND = "run"
 
 
 @dataclass(frozen=True)
@@ -67,16 +75,28 @@ class WorkerOptions:
     #: how the model runs (``benchbnn.train.engine.train``); None: as the job says
     compile: str | None = None
     precision: str | None = None
+    #: the storage this worker takes jobs from, as given (a study job whose storage URL lost
+    #: its password in the queue uses it when it is the same storage)
+    storage: str | None = None
+
+
+#: Runs a job of another kind than a run: ``runner(job, options, say)``, where ``options``
+#: are this worker's overrides and ``say`` prints one line. It raises RunFailed for a job
+#: that failed by itself (reported, the worker goes on), BenchbnnError for a job this worker
+#: cannot run (put back, the worker stops), KeyboardInterrupt when interrupted (put back).
+JobRunner = Callable[[Mapping[str, Any], "WorkerOptions", Callable[[str], None]], None]
 
 
 @dataclass
 class WorkerReport:
-    """What a worker did: jobs it trained, found settled, or found held by another process."""
+    """What a worker did: jobs it trained, found settled, or found held by another process,
+    and the jobs of other kinds it ran (``ran``: count per kind)."""
 
     trained: int = 0
     settled: int = 0
     duplicates: int = 0
     failed: int = 0
+    ran: dict[str, int] = field(default_factory=dict)
 
 
 def planned_of(job: Mapping[str, Any]) -> PlannedRun:
@@ -92,11 +112,10 @@ def planned_of(job: Mapping[str, Any]) -> PlannedRun:
     return PlannedRun(entry=entry, arch=str(job["arch"]), config=config, action=TRAIN)
 
 
-def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
-    """How this worker trains ``job``: the job's settings, this worker's overrides, and the
-    numerical environment of this process (results are reused only from it, unless the job
-    says any environment). Raises BenchbnnError when the job's tracking URI had a password and
-    none is given here."""
+def job_tracking_uri(job: Mapping[str, Any], options: WorkerOptions) -> str:
+    """The tracking URI a worker uses for ``job``: its own ``--tracking-uri``, else the job's
+    (resolved). Raises BenchbnnError when the job's URI had a password (kept in the queue as
+    ``***``) and neither ``--tracking-uri`` nor $MLFLOW_TRACKING_URI gives it here."""
     uri = options.tracking_uri
     if uri is None and "***" in str(job["tracking_uri"]):
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -105,7 +124,15 @@ def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
                 f"the queued job tracks to {job['tracking_uri']}, whose password is not kept in "
                 f"the queue; pass --tracking-uri with the full URI"
             )
-    uri = resolve_tracking_uri(uri or str(job["tracking_uri"]))
+    return resolve_tracking_uri(uri or str(job["tracking_uri"]))
+
+
+def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
+    """How this worker trains ``job``: the job's settings, this worker's overrides, and the
+    numerical environment of this process (results are reused only from it, unless the job
+    says any environment). Raises BenchbnnError when the job's tracking URI had a password and
+    none is given here."""
+    uri = job_tracking_uri(job, options)
     checkpoints = options.checkpoint_dir or job.get("checkpoint_dir")
     data_dir = options.data_dir or job.get("data_dir")
     tags = {**dict(job.get("tags", {})), TAG_HARDWARE: hardware_description(options.device)}
@@ -135,14 +162,17 @@ def work(
     heartbeat: int = DEFAULT_HEARTBEAT_S,
     poll_s: float = POLL_S,
     echo: Callable[[str], None] | None = print,
+    runners: Mapping[str, JobRunner] | None = None,
 ) -> WorkerReport:
     """Take and train queued jobs from ``storage`` (default: the ledger beside the tracking
-    store) until the queue is empty, or with ``wait`` until interrupted.
+    store) until the queue is empty, or with ``wait`` until interrupted. Jobs of another kind
+    than a run are run by ``runners[kind]`` under the claim of their ``key``.
 
     Raises BenchbnnError for a storage that cannot hold a queue or cannot be opened, and for a
     job this worker cannot train (its data directory is missing here, say; the job is put
-    back first); KeyboardInterrupt when interrupted (the job put back, its claim released).
-    A run that fails is reported and the worker goes on.
+    back first), including a job of a kind no runner is given for; KeyboardInterrupt when
+    interrupted (the job put back, its claim released). A run that fails is reported and the
+    worker goes on.
     """
     import torch
 
@@ -174,7 +204,12 @@ def work(
             said_waiting = False
             threads = options.threads or taken.job.get("threads") or default_threads
             torch.set_num_threads(int(threads))
-            value = _run_job(taken, queue, ledger, holder, options, report, prefix, say)
+            kind = str(taken.job.get("kind", RUN_KIND))
+            if kind == RUN_KIND:
+                value = _run_job(taken, queue, ledger, holder, options, report, prefix, say)
+            else:
+                runner = _runner_of(kind, dict(runners or {}), taken, queue)
+                value = _run_other(taken, runner, queue, ledger, holder, options, report, say)
             if value is not None:
                 queue.finish(taken, value)
     finally:
@@ -182,8 +217,62 @@ def work(
     say(
         f"{prefix}done: {report.trained} trained, {report.settled} already settled, "
         f"{report.duplicates} held by other processes, {report.failed} failed"
+        + "".join(f", {count} {kind} jobs" for kind, count in sorted(report.ran.items()))
     )
     return report
+
+
+def _runner_of(
+    kind: str, runners: Mapping[str, JobRunner], taken: Any, queue: WorkQueue
+) -> JobRunner:
+    """The runner of ``kind``; else the job is put back and BenchbnnError raised."""
+    if kind in runners:
+        return runners[kind]
+    queue.put_back(taken)
+    known = ", ".join([RUN_KIND, *sorted(runners)])
+    raise BenchbnnError(
+        f"a queued job of kind {kind!r}, which this worker cannot run (it runs: {known}); run "
+        f"'benchbnn worker' of the release that queued it"
+    )
+
+
+def _run_other(
+    taken: Any,
+    runner: JobRunner,
+    queue: WorkQueue,
+    ledger: Ledger,
+    holder: Any,
+    options: WorkerOptions,
+    report: WorkerReport,
+    say: Callable[[str], None],
+    claim: Any | None = None,
+) -> float:
+    """Run a job of another kind than a run under the claim of its ``key`` (``claim``: made
+    already when the job was taken, else made here): DUPLICATE when another live process holds
+    the claim (the process that queued the job waits for it), else SETTLED once ``runner``
+    returned or failed by itself (RunFailed, reported). Raises what :func:`work` raises, the
+    job put back first."""
+    job, kind = taken.job, str(taken.job["kind"])
+    prefix = f"[worker {holder.pid}] "
+    try:
+        claim = claim or ledger.try_claim(str(job["key"]), holder)
+        if not claim.owned:
+            who = claim.owner.describe() if claim.owner else "another process"
+            say(f"{prefix}{kind} job {job.get('name', job['key'])}: held by {who}; left to it")
+            report.duplicates += 1
+            return DUPLICATE
+        with claim:
+            runner(job, options, lambda line: say(f"{prefix}{line}"))
+            claim.finish(True)
+    except RunFailed as exc:
+        report.failed += 1
+        say(f"{prefix}{kind} job {job.get('name', job['key'])} failed: {exc}")
+        return SETTLED
+    except BaseException:
+        queue.put_back(taken)
+        raise
+    report.ran[kind] = report.ran.get(kind, 0) + 1
+    return SETTLED
 
 
 def _run_job(

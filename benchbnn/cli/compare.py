@@ -230,7 +230,8 @@ def protocol_kwargs(
 
 
 def _ruleset_kwargs(args: argparse.Namespace, original: Any, run_studies: bool) -> dict[str, Any]:
-    """The suite as ``--ruleset`` sets it (studies run first with ``run_studies``)."""
+    """The suite as ``--ruleset`` sets it (studies run first with ``run_studies``: with
+    ``--workers``, queued for the workers in compare's ledger storage)."""
     from benchbnn.tune.rulesets import apply_ruleset
 
     options: dict[str, Any] = {}
@@ -243,6 +244,10 @@ def _ruleset_kwargs(args: argparse.Namespace, original: Any, run_studies: bool) 
         }
         if args.experiment:
             options["experiment"] = args.experiment
+        if getattr(args, "heartbeat", None) is not None:
+            options["heartbeat"] = args.heartbeat
+        if getattr(args, "workers", None) is not None:
+            options.update(workers=args.workers, queue=ledger_storage(args))
     studies_storage = args.storage if args.ruleset == "external" else None
     suite, info = apply_ruleset(
         original.select(args.optimizers),
@@ -263,7 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=limits.argument(limits.WORKERS, "--workers"),
         metavar="N",
-        help="train the missing runs with N local 'benchbnn worker' processes, each with its "
+        help="train the missing runs (and run the missing --ruleset external studies, one "
+        "job per study) with N local 'benchbnn worker' processes, each with its "
         "share of the machine (a GPU each when there are several, else cores // N CPU "
         "threads); 0: queue them in --storage for workers started elsewhere and wait "
         "(default: train here, one at a time)",

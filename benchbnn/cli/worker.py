@@ -9,8 +9,8 @@ from benchbnn.core import limits
 
 NAME = "worker"
 HELP = (
-    "take runs queued by 'benchbnn compare' from a shared storage and train them, until the "
-    "queue is empty"
+    "take runs and tuning studies queued by 'benchbnn compare' from a shared storage and work "
+    "on them, until the queue is empty"
 )
 ORDER = 35
 
@@ -26,6 +26,10 @@ claims a run's configuration before training it, and a configuration another liv
 holds is left to it. A worker killed mid-run loses its claim after three missed heartbeats
 (or at once on this machine); its run is then resumed by another worker from its last
 checkpoint when --checkpoint-dir is on a filesystem every machine shares, else trained again.
+
+'benchbnn compare SUITE --ruleset external --trials N --workers 0' queues the tuning studies
+that are missing or short of N trials the same way (one job per study, run here with 'benchbnn
+tune' as compare would run it), waits for them, then queues the final runs.
 
 The tracking URI, data directory and checkpoint directory default to those the compare queued
 with; give them here when this machine reaches them under other names. Every process sharing
@@ -87,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from benchbnn.bench.worker import WorkerOptions, work
+    from benchbnn.tune.rulesets import STUDY_KIND, run_study_job
 
     options = WorkerOptions(
         tracking_uri=args.tracking_uri,
@@ -97,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         compile=args.compile,
         precision=args.precision,
+        storage=args.storage,
     )
-    work(args.storage, options, wait=args.wait, heartbeat=args.heartbeat)
+    runners = {STUDY_KIND: run_study_job}  # the tuning layer's jobs, run from above bench
+    work(args.storage, options, wait=args.wait, heartbeat=args.heartbeat, runners=runners)
     return 0

@@ -944,6 +944,23 @@ def _tune(
     )
 
 
+def check_tune_inputs(
+    suite: Any,
+    optimizer: str,
+    *,
+    entry: str | None = None,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    data_dir: str | None = None,
+) -> None:
+    """Raise BenchbnnError for what :func:`tune` refuses before its first trial (an unknown
+    sampler or pruner, an optimizer with nothing to tune, a data directory without the suite's
+    data, ...), opening no storage and no tracking store: for callers that queue studies for
+    other processes (:func:`benchbnn.tune.rulesets.external_suite`)."""
+    with quiet_optuna():
+        _inputs(suite, optimizer, sampler, pruner, None, entry, None, 1, None, data_dir)
+
+
 def _schedule_notes(protocol: Protocol, say: Callable[[str], None]) -> dict[str, Any]:
     """One line per tuned hyperparameter that follows a schedule (kept, or held constant), and
     the same as data for ``best.json``."""
