@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from torch._dynamo.utils import counters
 
 import benchbnn
+from benchbnn.bench.compare import training_environment
 from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import native_bf16_cpu
@@ -278,6 +279,10 @@ def test_bf16_is_a_numerical_environment_of_its_own():
     bf16 = Environment("cpu", "2.14.1", 1, 1, "bf16")
     assert fp32.key() == "cpu, torch 2.14.1, 1 thread, world size 1"
     assert bf16.key() == "cpu, torch 2.14.1, 1 thread, world size 1, bf16"
+    # compare plans --precision bf16 in the bf16 environment, alone or with local workers
+    assert training_environment("cpu", None, "bf16").endswith(", bf16")
+    assert training_environment("cpu", 2, "bf16").endswith(", world size 1, bf16")
+    assert not training_environment("cpu", 2).endswith(", bf16")
 
 
 @pytest.mark.skipif(not native_bf16_cpu(), reason="this CPU has no native bfloat16")

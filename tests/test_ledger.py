@@ -381,8 +381,10 @@ def test_a_job_carries_how_the_model_runs_and_a_worker_may_override_it(tmp_path)
     job = json.loads(json.dumps(job_of(planned, training)))  # as stored
     taken = training_of(job, WorkerOptions())
     assert (taken.compile, taken.precision) == ("off", "bf16")
+    assert taken.environment.endswith(", bf16")  # reuses only bf16 results
     mine = training_of(job, WorkerOptions(compile="on", precision="fp32"))
     assert (mine.compile, mine.precision) == ("on", "fp32")
+    assert not mine.environment.endswith(", bf16")
     # a job queued before these existed runs as compare's defaults
     old = {k: v for k, v in job.items() if k not in ("compile", "precision")}
     assert (

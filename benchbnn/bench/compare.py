@@ -438,7 +438,7 @@ def compare(
     writable_dir(target, "the leaderboard", "--out")
     if index:
         check_index_location(target.parent)
-    environment = training_environment(device, workers)
+    environment = training_environment(device, workers, precision)
     planned = plan_runs(
         plan,
         uri,
@@ -789,7 +789,7 @@ class WorkerShare:
         return f"{', '.join(where)}, {self.threads} CPU thread{plural} each"
 
 
-def worker_share(device: str | None, workers: int) -> WorkerShare:
+def worker_share(device: str | None, workers: int, precision: str = "fp32") -> WorkerShare:
     """Split this machine between ``workers`` local workers.
 
     With several GPUs (``torch.cuda.device_count() > 1``) and no device chosen (or plain
@@ -814,21 +814,21 @@ def worker_share(device: str | None, workers: int) -> WorkerShare:
         devices: tuple[str | None, ...] = tuple(f"cuda:{i % gpus}" for i in range(n))
     else:
         devices = (device,) * n
-    env = current_environment(devices[0])
+    env = current_environment(devices[0], precision=precision)
     if env.device_type == "cpu":
         env = dataclasses.replace(env, cpu_threads=threads, world_size=1)
     return WorkerShare(devices, threads, env)
 
 
-def training_environment(device: str | None, workers: int | None) -> str:
+def training_environment(device: str | None, workers: int | None, precision: str = "fp32") -> str:
     """The environment compare plans in: that of its local workers with ``workers`` > 0
     (:func:`worker_share`), else its own (in this process, or the best guess for remote
     workers, whose results in other environments the leaderboard then shows as mixed)."""
     from benchbnn.train.identity import current_environment
 
     if workers:
-        return worker_share(device, workers).environment.key()
-    return current_environment(device).key()
+        return worker_share(device, workers, precision).environment.key()
+    return current_environment(device, precision=precision).key()
 
 
 def job_of(p: PlannedRun, training: Training, threads: int | None = None) -> dict[str, Any]:

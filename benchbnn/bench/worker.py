@@ -136,11 +136,12 @@ def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
     checkpoints = options.checkpoint_dir or job.get("checkpoint_dir")
     data_dir = options.data_dir or job.get("data_dir")
     tags = {**dict(job.get("tags", {})), TAG_HARDWARE: hardware_description(options.device)}
+    precision = options.precision or str(job.get("precision", "fp32"))
     return Training(
         suite=str(job["suite"]),
         uri=uri,
         experiment=str(job["experiment"]),
-        environment=current_environment(options.device).key(),
+        environment=current_environment(options.device, precision=precision).key(),
         tags=tags,
         data_dir=Path(data_dir).expanduser() if data_dir else None,
         device=options.device,
@@ -150,7 +151,7 @@ def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
         retry_failed=bool(job.get("retry_failed")),
         reuse_any_environment=bool(job.get("reuse_any_environment")),
         compile=options.compile or str(job.get("compile", "auto")),
-        precision=options.precision or str(job.get("precision", "fp32")),
+        precision=precision,
     )
 
 
