@@ -3,14 +3,18 @@ two conventions for mu, the mean-only step (S = 0), evaluation weights, errors, 
 through the engine with one closure call per sample.
 
 The float64 reference below replays the optimizer's documented draws (per tensor, in parameter
-order: ``randint`` coins and ``randn`` noise when built, then one ``rand`` per tensor and sample
-at every step) from a generator seeded like the optimizer's, and applies the formulas of the
-class docstring in plain numpy. The optimizer computes in float32, hence the tolerances.
+order: ``randint`` coins and ``randn`` noise when built, then one ``randint`` key per sample and
+tensor at every step, turned into uniforms by ``benchbnn.optim.counter_uniform``, the generator
+the optimizer documents, whatever its bits) from a generator seeded like the optimizer's, and
+applies the formulas of the class docstring in plain numpy. The optimizer computes in float32,
+hence the tolerances.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +26,15 @@ import benchbnn
 from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.specs import RunContext
-from benchbnn.optim.base import EvaluationSamples
+from benchbnn.optim import counter_uniform
+from benchbnn.optim.base import EvaluationSamples, compile_unavailable_reason
 from benchbnn.train.engine import train
 
 SEED = 1234
+needs_compile = pytest.mark.skipif(
+    compile_unavailable_reason("cpu") is not None,
+    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
+)
 #: Two binary tensors (a matrix and a vector) and their loss coefficients: the loss is
 #: sum(a * w + b * w^2 / 2), so the gradient g = a + b * w depends on the sampled weights.
 SHAPES = ((2, 3), (4,))
@@ -45,6 +54,18 @@ class Expected:
     mu: list[np.ndarray]
     momentum: list[np.ndarray]
     seen: list[list[np.ndarray]]  # the weights of every closure call of the step
+
+
+def draw_uniform(shape: tuple[int, ...], generator: torch.Generator) -> np.ndarray:
+    """The documented u: the generator's next key, counter_uniform's value v, then
+    (2 floor(v 2^23) + 1) 2^-24, in float64."""
+    key = torch.randint(0, 2**31, (), generator=generator, dtype=torch.int64)
+    v = counter_uniform(torch.empty(shape), key).double().numpy()
+    return (2 * np.floor(v * 2**23) + 1) * 2.0**-24
+
+
+def logistic(u: np.ndarray) -> np.ndarray:
+    return np.log(u / (1 - u))
 
 
 def reference(samples: int, lagged: bool, steps: int) -> list[Expected]:
@@ -71,8 +92,7 @@ def reference(samples: int, lagged: bool, steps: int) -> list[Expected]:
                 if samples == 0:
                     ws.append(np.tanh(x))
                 else:
-                    u = torch.rand(x.shape, generator=generator).double().numpy()
-                    ws.append(np.tanh((np.log(u / (1 - u)) / 2 + x) / T))
+                    ws.append(np.tanh((logistic(draw_uniform(x.shape, generator)) / 2 + x) / T))
             seen.append(ws)
             for i, w in enumerate(ws):
                 g = A[i] + B[i] * w
@@ -304,3 +324,73 @@ def test_training_calls_the_closure_once_per_sample_and_evaluates_binary_weights
     assert len(probe.per_step) == 22 and set(probe.per_step) == {2}
     assert probe.evaluated > 0
     assert result.history[-1]["test_top1"] > 50.0
+
+
+def test_the_uniforms_get_their_lowest_bit_set_so_the_noise_is_finite_and_symmetric(
+    monkeypatch,
+):
+    # inject the extreme values counter_uniform can return: 0, 2^-24, 1/2 and 1 - 2^-24
+    module = sys.modules[type(build(1, True)[0]).__module__]
+    values = torch.tensor([0.0, 2.0**-24, 0.5, 1 - 2.0**-24])
+    monkeypatch.setattr(module, "counter_uniform", lambda like, key: values)
+    got = module.relaxed_sample(torch.zeros(4), torch.tensor(0), 1.0)
+    u = np.array([1, 1, 2**23 + 1, 2**24 - 1]) * 2.0**-24  # (2 floor(v 2^23) + 1) 2^-24
+    np.testing.assert_allclose(got.double().numpy(), np.tanh(logistic(u) / 2), rtol=1e-6)
+    assert bool(torch.isfinite(got).all()) and got[0] == -got[3]  # symmetric about u = 1/2
+
+
+def test_a_tensor_without_a_gradient_gets_mu_back_and_keeps_its_state():
+    opt, params, real = build(1, True)
+    untouched = {k: v.clone() for k, v in opt.state[params[1]].items()}
+
+    def closure():
+        for p in (*params, *real):
+            p.grad = None
+        (params[0] * torch.tensor(A[0], dtype=torch.float32)).sum().backward()
+        return torch.zeros(())
+
+    opt.step(closure)
+    assert torch.equal(params[1].detach(), untouched["mu"])  # the sample was replaced by mu
+    assert all(torch.equal(opt.state[params[1]][k], v) for k, v in untouched.items())
+    assert torch.equal(params[0].detach(), opt.state[params[0]]["mu"])
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_a_resumed_optimizer_draws_the_same_samples(samples):
+    a, pa, ra = build(samples, True)
+    for _ in range(2):
+        a.step(closure_for(pa, ra, []))
+    saved = io.BytesIO()
+    torch.save(a.state_dict(), saved)
+    saved.seek(0)
+    b, pb, rb = build(samples, True, seed=99)  # another seed: the state brings the stream
+    for x, y in zip(pb, pa):
+        x.data.copy_(y.detach())
+    b.load_state_dict(torch.load(saved, weights_only=False))
+    for _ in range(3):
+        seen_a, seen_b = [], []
+        a.step(closure_for(pa, ra, seen_a))
+        b.step(closure_for(pb, rb, seen_b))
+        for x, y in zip(seen_a, seen_b):
+            assert all(torch.equal(u, v) for u, v in zip(x, y))
+        for x, y in zip(pa, pb):
+            assert torch.equal(x.detach(), y.detach())
+            assert torch.equal(a.state[x]["lam"], b.state[y]["lam"])
+
+
+@pytest.mark.slow
+@needs_compile
+@pytest.mark.parametrize(("samples", "lagged"), CASES)
+def test_the_compiled_step_follows_the_same_rule(samples, lagged):
+    opt, params, real = build(samples, lagged)
+    opt.implementation = "compiled"
+    for want in reference(samples, lagged, steps=3):
+        seen = []
+        opt.step(closure_for(params, real, seen))
+        assert not opt._compile_failed
+        for got_ws, want_ws in zip(seen, want.seen):
+            for got, w in zip(got_ws, want_ws):
+                close(got, w)
+        for i, p in enumerate(params):
+            close(opt.state[p]["lam"], want.lam[i])
+            assert torch.equal(p.detach(), opt.state[p]["mu"])

@@ -1,6 +1,7 @@
 """MD-tanh: steps against an independent float64 computation of the documented rule, the beta
-schedule and its cap, the stable form against the authors' exp form (which overflows to NaN),
-evaluation on the signs, resume, and training through the engine.
+schedule and its cap, the stable form's float32 closed form against float64 ``tanh(atanh(x) -
+a)`` and the authors' exp form (which overflows to NaN), the compiled step bit for bit against
+the reference, evaluation on the signs, resume, and training through the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from engine_support import fresh_store, tiny_config
 
 import benchbnn
 from benchbnn.core.binary import binary_layers
+from benchbnn.optim.base import _COMPILE_OPTIONS, compile_unavailable_reason
 from benchbnn.train.engine import train
+from benchbnn_plugins.optimizers.md_tanh import exp_nonpositive, tanh_step
 
 W0 = [0.5, -0.2, 0.0, 1.5, -0.05]
 GRADS = [
@@ -63,6 +66,104 @@ def reference(grads, beta_scale, beta_interval, stable=True):
         if (t - 1) % beta_interval == 0:  # after iterations 0, interval, 2 interval, ...
             beta = min(beta * beta_scale, 1e35)
     return xs, betas
+
+
+needs_compile = pytest.mark.skipif(
+    compile_unavailable_reason("cpu") is not None,
+    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
+)
+
+
+def ulps(got: torch.Tensor, exact: np.ndarray) -> np.ndarray:
+    """|got - exact| in float32 ulps of the exact value."""
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    return np.abs(got.double().numpy() - exact) / spacing
+
+
+def test_exp_nonpositive_is_within_2_ulps_of_exp_and_expm1():
+    generator = torch.Generator().manual_seed(5)
+    z = torch.cat(
+        [
+            -80 * torch.rand(100_000, generator=generator),
+            -1e-3 * torch.rand(100_000, generator=generator),
+            -torch.logspace(-30, 1.9, 2_000),
+            torch.tensor([0.0, -0.0, -80.0, -1e-45]),
+        ]
+    )
+    q, q_minus_1 = exp_nonpositive(z)
+    exact = z.double().numpy()
+    assert ulps(q, np.exp(exact)).max() <= 2
+    assert ulps(q_minus_1, np.expm1(exact)).max() <= 2
+    # below -80 the exponent is clamped: never 0, so the stable form never divides 0 by 0
+    low, low_minus_1 = exp_nonpositive(torch.tensor([-81.0, -1e30, -math.inf]))
+    assert low.tolist() == [q[-2].item()] * 3 and low_minus_1.tolist() == [-1.0] * 3
+
+
+def test_the_stable_form_matches_float64_tanh_of_atanh_minus_a():
+    # x uniform and crowded near 0 and +-1, |a| log-uniform in [1e-9, 100], both signs
+    generator = torch.Generator().manual_seed(6)
+    n = 100_000
+    near_one = 1 - torch.rand(n, generator=generator) ** 8
+    x = torch.cat(
+        [2 * torch.rand(n, generator=generator) - 1, near_one, -near_one, torch.randn(n) * 1e-4]
+    ).clamp(-1, 1)
+    magnitude = torch.exp(
+        torch.empty(x.numel()).uniform_(math.log(1e-9), math.log(100.0), generator=generator)
+    )
+    a = torch.where(torch.rand(x.numel(), generator=generator) < 0.5, -magnitude, magnitude)
+    got = tanh_step(x, a)
+    with np.errstate(divide="ignore"):
+        exact = np.tanh(np.arctanh(x.double().numpy()) - a.double().numpy())
+    error = np.abs(got.double().numpy() - exact)
+    assert error.max() <= 2e-7  # measured on 7 million pairs: 1.5e-7
+    large = np.abs(exact) >= 0.5
+    assert ulps(got, exact)[large].max() <= 3  # measured: 2.5
+    assert np.array_equal(got.numpy() >= 0, exact >= 0)  # no sign differs (none of 7 million)
+    assert bool((got.abs() <= 1).all())
+
+
+def test_the_stable_form_keeps_plus_or_minus_one_and_saturates_without_nan():
+    x = torch.tensor([1.0, -1.0, 0.0, 1 - 2**-24, -1 + 2**-24, 0.5])
+    for a, moved in [(50.0, -1.0), (-50.0, 1.0), (math.inf, -1.0), (-math.inf, 1.0)]:
+        got = tanh_step(x, torch.full_like(x, a)).tolist()
+        assert got == [1.0, -1.0] + [moved] * 4
+    assert tanh_step(x, torch.zeros_like(x)).tolist() == x.tolist()
+
+
+@pytest.mark.slow
+@needs_compile
+@pytest.mark.parametrize("stable", [True, False])
+def test_the_compiled_step_is_bit_identical_to_the_reference_for_150_steps(stable):
+    # beta doubles every 10 steps (up to 2^15): the stable form drives weights to +-1
+    generator = torch.Generator().manual_seed(7)
+    w0 = torch.randn(1000, generator=generator).tolist()
+    grads = [torch.randn(1000, generator=generator) for _ in range(150)]
+    runs = []
+    for implementation in ("reference", "compiled"):
+        opt, x = build(w0, beta_scale=2.0, beta_interval=10, stable=stable)
+        opt.implementation = implementation
+        trajectory = []
+        for g in grads:
+            x.grad = g.clone()
+            opt.step()
+            trajectory.append((x.detach().clone(), int(opt.flip_count)))
+        assert not opt._compile_failed
+        runs.append(trajectory)
+    for (a, flips_a), (b, flips_b) in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)  # exp form: NaN
+        assert flips_a == flips_b
+    if stable:
+        assert float((runs[0][-1][0].abs() == 1).float().mean()) > 0.5  # saturated weights
+
+
+@needs_compile
+def test_the_stable_form_compiles_to_the_same_bits():
+    generator = torch.Generator().manual_seed(8)
+    x = 2 * torch.rand(4099, generator=generator) - 1
+    powers = torch.randint(-8, 2, (4099,), generator=generator).float()
+    a = torch.randn(4099, generator=generator) * 10.0**powers
+    compiled = torch.compile(tanh_step, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS)
+    assert torch.equal(compiled(x, a), tanh_step(x, a))
 
 
 def test_the_weights_start_at_tanh_of_the_initial_weights_in_float32():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,7 +21,14 @@ import torch
 import benchbnn
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.optim import BinaryOptimizer, adam_hparams
-from benchbnn.optim.base import EvaluationSamples, counter_uniform, restoring
+from benchbnn.optim.base import (
+    EvaluationSamples,
+    _compiled,
+    _flat_alias,
+    _kernel_arg,
+    counter_uniform,
+    restoring,
+)
 
 #: The rule's hyperparameters (group values: schedulable where real-valued).
 RULE_HPARAMS = (
@@ -145,7 +153,9 @@ class BayesBiNN(BinaryOptimizer):
     ``T = temperature``), in the authors' order of operations::
 
         S > 0: for each sample s = 1..S (for each tensor in parameter order):
-                   u   = torch.rand(shape)                     the generator's next draw
+                   key = torch.randint(0, 2**31, ())           the generator's next draw
+                   v   = counter_uniform(lam, key)             a multiple of 2^-24 in [0, 1)
+                   u   = floor(v * 2^23) * 2^-23 + 2^-24       (2 j + 1) 2^-24, never 0 or 1
                    w_s = tanh((log(u / (1 - u)) / 2 + lam) / T)  written into the weight
                closure()                                       gradient g_s at w_s
                g_hat += g_s * ((1 - w_s^2 + 1e-10) / T / (1 - mu^2 + 1e-10))
@@ -166,7 +176,26 @@ class BayesBiNN(BinaryOptimizer):
     Between steps the binary weights hold ``mu`` (in [-1, 1]); :attr:`flip_count` counts the
     weights whose ``sgn0(mu)`` changed. The weights the closure sees are the samples (or
     ``tanh(lam)`` for ``S = 0``), so the layers use the weights as they are (``forward =
-    "identity"``); after the last sample the weights are put back before the rule runs.
+    "identity"``). ``w_s`` in the gradient scale is the sample as the weights hold it (for
+    float32 weights exactly the float32 sample; for float16/bfloat16 weights the sample
+    rounded to them, the weights the closure's gradient was taken at).
+
+    **Random stream and memory passes.** A sample's uniforms come from a counter-based
+    generator (:func:`benchbnn.optim.counter_uniform`: a hash of the key and the weight's
+    position), one key per tensor and sample from the optimizer's generator, so the compiled
+    implementation draws a sample in one fused loop that reads ``lam`` and writes the weight,
+    with no noise tensor. Setting the lowest of the 24 bits makes ``u`` and ``1 - u`` exact,
+    never 0 (``counter_uniform`` can return 0, whose logarithm is -inf) and symmetric about
+    1/2. With ``S = 1`` (the default) the update reads the sample back from the weights,
+    scales its gradient, updates the state and writes ``mu`` over the sample in one pass, so a
+    step moves exactly the bytes of ``2 * weights + gradients + 2 * state``; nothing is
+    cloned (the weights are rewritten from ``mu``; weights without a gradient, which the rule
+    skips, get ``mu`` back in :meth:`run_closure`). ``S >= 2`` sums the scaled gradients
+    into a flat ``g_hat`` after every closure call (the raw gradients too, for their mean).
+    This stream replaced per-sample ``torch.rand`` (mt19937) draws (issue 19): a run with
+    the same seed draws other samples than before, from the same distribution. The compiled
+    kernels' ``log`` and ``tanh`` can differ from eager code in the last bit, so compiled and
+    reference steps agree in signs and flips and within a few ulps, not bit for bit.
 
     **Gradients.** ``N`` is the whole training set's size (``train_size``, else the run
     context's, which counts every data-parallel rank's share): the engine hands the closure's
@@ -230,7 +259,7 @@ class BayesBiNN(BinaryOptimizer):
     real_hparams = adam_hparams(lr=1e-3)
     state_buffers = ("lam", "mu", "momentum", "prior_lam")
     tensor_keys = ("g_hat",)
-    derived_keys = ("bias_correction", "lagged_mu")
+    derived_keys = ("bias_correction", "lagged_mu", "natural_scale", "one_sample")
     forward = "identity"
     needs_closure = True
     divergence_advice = (
@@ -250,6 +279,11 @@ class BayesBiNN(BinaryOptimizer):
         #: Evaluations entered so far (keys the sampled evaluation networks).
         self.evaluations = 0
         self._g_hat: list[torch.Tensor] = []
+        #: N / max(S, 1), the factor of the summed scaled gradients (set by run_closure).
+        self._natural_scale = 1.0
+        #: The key argument of the mean's fill (S = 0), which draws nothing, and g_hat of a
+        #: tensor without a gradient (which the rule skips).
+        self._no_key = torch.zeros((), dtype=torch.int64, device=self._device)
         init, std = self.options["lambda_init"], math.sqrt(self.options["lambda_std"])
         self._initial: dict[int, torch.Tensor] = {}
         for p in self.binary_params:
@@ -313,77 +347,118 @@ class BayesBiNN(BinaryOptimizer):
     # -- the step ------------------------------------------------------------------------------
 
     def run_closure(self, closure: Callable[[], Any]) -> Any:
-        """Call the closure at ``max(S, 1)`` weight draws and prepare ``g_hat`` per tensor.
+        """Call the closure at ``max(S, 1)`` weight draws and prepare the rule's inputs.
 
-        Leaves the binary weights as they were on entry, each binary ``.grad`` holding the mean
-        raw gradient over the samples (None where no sample produced one) and each real-valued
-        ``.grad`` the mean over the samples. Returns the first call's result.
+        Each draw writes the sample (or ``tanh(lam)`` for ``S = 0``) into the binary weights;
+        :meth:`update` then reads the last sample from the weights and overwrites them with
+        ``mu``, so nothing is copied to put the weights back. Binary weights without a gradient
+        (the rule skips them) get ``mu`` back here. Leaves each binary ``.grad`` holding the
+        mean raw gradient over the samples (None where no sample produced one) and each
+        real-valued ``.grad`` the mean over the samples: for ``S <= 1`` the closure's own
+        gradients, untouched. For ``S >= 2`` the scaled gradients are summed into ``g_hat``
+        after every call. Returns the first call's result.
         """
         binary = self.binary_params
         real = list(self.param_groups[1]["params"])
-        n = self._n()
-        samples = int(self.options["train_samples"])
+        self._natural_scale = float(self._n()) / max(self.samples, 1)
         temperature = float(self.param_groups[0]["temperature"])
-        saved = [p.detach().clone() for p in binary]
+        keys = [[self._next_key() for _ in binary] for _ in range(self.samples)]
+        many = self.samples >= 2
         # flat (not views): the compiled rule would recompile for the shape of a view's base
-        self._g_hat = [torch.zeros(p.numel(), dtype=torch.float32, device=p.device) for p in binary]
+        self._g_hat = (
+            [torch.zeros(p.numel(), dtype=torch.float32, device=p.device) for p in binary]
+            if many
+            else []
+        )
         raw: list[torch.Tensor | None] = [None] * len(binary)
         real_sums: list[torch.Tensor | None] = [None] * len(real)
         first = None
-        for _ in range(max(samples, 1)):
-            drawn = [self._draw(p, samples, temperature) for p in binary]
+        for s in range(max(self.samples, 1)):
+            for j, p in enumerate(binary):
+                self._kernel(_fill_mean if self.samples == 0 else _fill_sample)(
+                    p, self.state[p]["lam"], keys[s][j] if keys else self._no_key, temperature
+                )
             result = closure()
             first = result if first is None else first
-            for i, (p, w) in enumerate(zip(binary, drawn)):
-                if p.grad is None:
-                    continue
-                g = p.grad.detach().to(torch.float32)
-                scaled = g if samples == 0 else self._scaled(g, w, p, temperature)
-                self._g_hat[i].add_(scaled.reshape(-1))
-                raw[i] = _accumulate(raw[i], p.grad)
+            if not many:
+                continue
+            for j, p in enumerate(binary):
+                if p.grad is not None:
+                    state = self.state[p]
+                    self._kernel(_add_scaled)(self._g_hat[j], p.grad, p, state["mu"], temperature)
+                    raw[j] = _accumulate(raw[j], p.grad)
             for i, p in enumerate(real):
                 real_sums[i] = _accumulate(real_sums[i], p.grad)
-        factor = n if samples == 0 else n / samples
-        for g_hat in self._g_hat:
-            g_hat.mul_(factor)
-        count = max(samples, 1)
-        for p, w, total in zip(binary, saved, raw):
-            p.copy_(w)
-            p.grad = None if total is None else total / count
-        for p, total in zip(real, real_sums):
-            p.grad = None if total is None else total / count
+        if many:
+            for p, total in zip(binary, raw):
+                p.grad = None if total is None else total / self.samples
+            for p, total in zip(real, real_sums):
+                p.grad = None if total is None else total / self.samples
+        for p in binary:
+            if p.grad is None:
+                p.copy_(self.state[p]["mu"])
         return first
 
-    def _draw(self, p: torch.Tensor, samples: int, temperature: float) -> torch.Tensor:
-        """Write the weight the closure evaluates into ``p``; return it in float32."""
-        lam = self.state[p]["lam"]
-        if samples == 0:
-            w = torch.tanh(lam)
-        else:
-            u = torch.rand(p.shape, generator=self.generator, device=p.device)
-            w = torch.tanh((torch.log(u / (1 - u)) / 2 + lam) / temperature)
-        p.copy_(w)
-        return w
+    @property
+    def samples(self) -> int:
+        """``S``, the number of Monte Carlo samples per step (``train_samples``)."""
+        return int(self.options["train_samples"])
 
-    def _scaled(
-        self, g: torch.Tensor, w: torch.Tensor, p: torch.Tensor, temperature: float
-    ) -> torch.Tensor:
-        """``g * (1 - w^2 + 1e-10) / T / (1 - mu^2 + 1e-10)`` (the authors' order)."""
-        mu = self.state[p]["mu"]
-        scale = (1 - w * w + SCALE_EPS) / temperature / (1 - mu * mu + SCALE_EPS)
-        return scale * g
+    def _next_key(self) -> torch.Tensor:
+        """The next key of the sample stream: an int64 below 2**31 from the generator."""
+        return torch.randint(
+            0, 2**31, (), generator=self.generator, device=self.generator.device, dtype=torch.int64
+        )
+
+    def _kernel(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn`` as this optimizer's implementation runs it: compiled (one fused loop over
+        flat aliases of contiguous tensors) for ``"compiled"``, else eagerly. A compilation
+        that fails falls back to eager code, with one warning, as the rule does."""
+        if self.implementation != "compiled" or self._compile_failed:
+            return fn
+
+        def run(*args: Any) -> None:
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
+            if not all(t.is_contiguous() for t in tensors):
+                fn(*args)
+                return
+            flat = [
+                _flat_alias(a) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args
+            ]
+            flat = [_kernel_arg(a, self._device) for a in flat]
+            try:
+                _compiled(fn)(*flat)
+            except Exception as exc:
+                self._compile_failed = True
+                warnings.warn(
+                    f"benchbnn: torch.compile failed for {fn.__qualname__} "
+                    f"({type(exc).__name__}); falling back to the reference implementation",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                fn(*args)
+
+        return run
 
     def tensor_kwargs(self, group: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-        # g_hat of every binary tensor, flat: the compiled path flattens the weights and
-        # buffers but passes tensor keywords as they are, so the rule views it as the weight.
+        # What the rule scales by N / max(S, 1): for S >= 2 the flat sum of the scaled
+        # gradients (the compiled path flattens the weights and buffers but passes tensor
+        # keywords as they are, so the rule views it as the weight); for S = 0 the gradient
+        # itself; for S = 1 too, unused (the rule scales it by the sample), so that one
+        # compiled rule serves every S without a copy.
         if group["kind"] != "binary":
             return None
-        return [{"g_hat": g} for g in self._g_hat]
+        if self.samples >= 2:
+            return [{"g_hat": g} for g in self._g_hat]
+        return [{"g_hat": p.grad if p.grad is not None else self._no_key} for p in group["params"]]
 
     def rule_kwargs(self, group: Mapping[str, Any]) -> dict[str, Any]:
         kwargs = super().rule_kwargs(group)
         kwargs["bias_correction"] = 1 - group["beta"] ** group["step"]
-        kwargs["lagged_mu"] = bool(self.options["lagged_mu"])
+        # a 0-d tensor, not a Python bool: the compiled rule serves both conventions
+        kwargs["lagged_mu"] = torch.tensor(bool(self.options["lagged_mu"]), device=self._device)
+        kwargs["natural_scale"] = self._natural_scale
+        kwargs["one_sample"] = torch.tensor(self.samples == 1, device=self._device)
         return kwargs
 
     @staticmethod
@@ -398,18 +473,24 @@ class BayesBiNN(BinaryOptimizer):
         g_hat,
         step_size,
         beta,
+        temperature,
         reweight,
         bias_correction,
-        lagged_mu: bool,
+        natural_scale,
+        one_sample,
+        lagged_mu,
     ):
-        before = w >= 0
-        natural = g_hat.view_as(w)
+        # w holds the closure's last sample (tanh(lam) for S = 0); between steps it holds mu,
+        # so the flips are the sign changes of mu.
+        before = mu >= 0
+        # S = 1: the one sample's scaled gradient, from the sample in w; S = 0: g_hat is the
+        # gradient at tanh(lam); S >= 2: the scaled gradients summed by run_closure
+        given = g_hat.view_as(w).to(w.dtype)
+        natural = torch.where(one_sample, _scaled(g, w, mu, temperature), given) * natural_scale
         momentum.copy_(beta * momentum + (1 - beta) * (natural + reweight * (lam - prior_lam)))
-        if lagged_mu:
-            mu.copy_(torch.tanh(lam))
-        lam.sub_(step_size * momentum / bias_correction)
-        if not lagged_mu:
-            mu.copy_(torch.tanh(lam))
+        updated = lam - step_size * momentum / bias_correction
+        mu.copy_(torch.tanh(torch.where(lagged_mu, lam, updated)))  # lam before or after
+        lam.copy_(updated)
         w.copy_(mu)
         return (before != (w >= 0)).sum()
 
@@ -438,6 +519,51 @@ class BayesBiNN(BinaryOptimizer):
                 p.copy_(_plus_where(u < torch.sigmoid(2 * lam)).to(p.dtype))
 
         return draw
+
+
+def relaxed_sample(lam: torch.Tensor, key: torch.Tensor, temperature: Any) -> torch.Tensor:
+    """The relaxed weight sample ``tanh((log(u / (1 - u)) / 2 + lam) / T)`` (float32).
+
+    ``u`` comes from :func:`benchbnn.optim.counter_uniform` (a pure function of ``key`` and
+    the position, so the compiled kernel makes it without reading a noise tensor) with its
+    lowest bit set: ``u = (2 j + 1) 2^-24``, ``j`` uniform in [0, 2^23). Then ``u`` and
+    ``1 - u`` are exact, never 0, and the values are symmetric about 1/2, so the logistic
+    noise ``log(u / (1 - u))`` is finite (at most 16.6 in magnitude) and symmetric about 0.
+    (``counter_uniform`` alone can return 0, where the logarithm is -inf.)
+
+    Args:
+        lam: float32 natural parameters, any shape.
+        key: 0-d int64 tensor below 2**31.
+        temperature: T > 0 (a float, or a 0-d tensor in compiled code).
+
+    Returns:
+        float32 tensor of ``lam``'s shape, in [-1, 1].
+    """
+    u = torch.floor(counter_uniform(lam, key) * 2.0**23) * 2.0**-23 + 2.0**-24
+    # * 0.5 is the authors' / 2 (both exact), without a division's cost
+    return torch.tanh((torch.log(u / (1 - u)) * 0.5 + lam) / temperature)
+
+
+def _scaled(g: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, temperature: Any) -> torch.Tensor:
+    """``((1 - w^2 + 1e-10) / T / (1 - mu^2 + 1e-10)) * g`` (the authors' order), float32."""
+    return (1 - w * w + SCALE_EPS) / temperature / (1 - mu * mu + SCALE_EPS) * g
+
+
+def _fill_sample(p: torch.Tensor, lam: torch.Tensor, key: torch.Tensor, temperature: Any) -> None:
+    """Write :func:`relaxed_sample` into the weight ``p`` (rounded to its dtype)."""
+    p.copy_(relaxed_sample(lam, key, temperature))
+
+
+def _fill_mean(p: torch.Tensor, lam: torch.Tensor, key: torch.Tensor, temperature: Any) -> None:
+    """Write the posterior mean ``tanh(lam)`` into the weight ``p`` (``S = 0``)."""
+    p.copy_(torch.tanh(lam))
+
+
+def _add_scaled(
+    g_hat: torch.Tensor, g: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, temperature: Any
+) -> None:
+    """``g_hat += scaled gradient`` of one sample ``w`` (``g_hat`` flat, float32)."""
+    g_hat.add_(_scaled(g.to(torch.float32), w.to(torch.float32), mu, temperature).reshape(-1))
 
 
 def _accumulate(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor | None:

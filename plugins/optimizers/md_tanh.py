@@ -78,8 +78,8 @@ OPTION_HPARAMS = (
     benchbnn.HParam(
         "stable",
         True,
-        help="true: x <- tanh(atanh(x) - rate * d), never NaN; false: the authors' exp form, "
-        "bit-faithful, NaN once the exponential overflows",
+        help="true: x <- tanh(atanh(x) - rate * d) in a float32 closed form, never NaN; false: "
+        "the authors' exp form, bit-faithful, NaN once the exponential overflows",
     ),
 )
 
@@ -89,6 +89,102 @@ BETA_MAX = 1e35
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: The authors' guard against division by zero in the exp form.
 EXP_FORM_EPS = 1e-20
+#: The stable form's exponent floor: ``exp(-2 |a|)`` is taken at ``max(-2 |a|, -80)``. Where
+#: ``-2 |a| < -80`` every float32 ``x`` in (-1, 1) maps to -+1 either way (``|atanh(x)| <= 8.7``,
+#: so ``|tanh(atanh(x) - a)|`` is within ``2 e^-62`` of 1), and ``q >= e^-80``, a normal float32,
+#: keeps the quotient away from 0/0 at ``x = +-1``.
+EXP_FLOOR = -80.0
+#: float32 constants of :func:`exp_nonpositive` (each exactly representable, so eager code,
+#: which casts a Python float to float32, and compiled code use the same value).
+LOG2E = 1.44269502162933349609375  # float32(log2(e))
+LN2_HI = 0.693359375  # 355 / 512: n * LN2_HI is exact for |n| < 2**15
+LN2_LO = -2.12194440e-4  # float32(ln 2 - LN2_HI), rounded when the rule casts it
+#: Taylor coefficients 1/k! of expm1(r), k = 7 down to 2, for |r| <= ln(2) / 2.
+EXPM1_TAYLOR = (1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2)
+#: Where ``|x| < SMALL_X`` and ``|a| < SMALL_A`` the stable form's numerator is
+#: ``2 x +- (q - 1) (1 +- x)``, elsewhere ``q (1 +- x) - (1 -+ x)`` (see :func:`tanh_step`).
+SMALL_X, SMALL_A = 0.25, 0.125
+
+
+def exp_nonpositive(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(y), exp(y) - 1)`` at ``y = max(z, -80)`` for float32 ``z <= 0`` (``-inf``
+    included), from additions, multiplications, ``round`` and exponent bits only.
+
+    Each of those operations is correctly rounded (or exact) in PyTorch's eager CPU kernels and
+    in Inductor's compiled loops alike, so both give the same bits; float32 ``torch.exp`` does
+    not (Inductor's vectorized ``exp`` and the eager kernel differ in the last bit for about one
+    value in ten, measured with PyTorch 2.14 on AVX-512). Cody-Waite reduction
+    ``y = n ln 2 + r`` with ``n = round(y log2 e)`` (an integer in [-115, 0]) and ``|r| <=
+    0.35``, ``ln 2`` split in a 9-bit head (so ``n * LN2_HI`` is exact) and a float32 tail;
+    ``t = expm1(r)`` by its Taylor polynomial of degree 7 (truncation below ``6e-9``, a tenth
+    of a float32 ulp at 1) in Horner form; then ``exp(y) = 2^n (1 + t)`` and ``exp(y) - 1 =
+    2^n t + (2^n - 1)``, with ``2^n`` exact, built from its IEEE 754 exponent field ``n + 127``
+    (a normal float32 for ``n >= -126``). The second keeps its relative accuracy
+    for small ``|y|`` (``n = 0``), where ``exp(y) - 1`` computed from ``exp(y)`` would not.
+    Accuracy, measured on 4.1 million exponents in [-80, 0] (tests/test_optim_md_tanh.py
+    checks 2 ulps): ``exp`` within 1.2 ulps and ``exp - 1`` within 1.3 ulps of the exact value.
+
+    Args:
+        z: float32 tensor of exponents, ``<= 0`` (positive values are not reduced correctly).
+
+    Returns:
+        ``(q, q_minus_1)``: float32 tensors of ``z``'s shape, ``q`` in ``[e^-80, 1]``.
+    """
+    y = torch.clamp(z, min=EXP_FLOOR)
+    n = torch.round(y * LOG2E)
+    r = (y - n * LN2_HI) - n * LN2_LO
+    t = r * EXPM1_TAYLOR[0] + EXPM1_TAYLOR[1]
+    for c in EXPM1_TAYLOR[2:]:
+        t = t * r + c
+    t = (t * r + 1.0) * r
+    scale = ((n.to(torch.int32) + 127) << 23).view(torch.float32)
+    return scale * (t + 1.0), scale * t + (scale - 1.0)
+
+
+def tanh_step(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``tanh(atanh(x) - a)`` in float32 without ``atanh``, ``tanh`` or overflow.
+
+    With ``q = exp(-2 |a|)`` in (0, 1] (:func:`exp_nonpositive`), ``P = 1 + x`` and
+    ``M = 1 - x`` (so that ``e^{2 atanh(x)} = P / M``)::
+
+        a >= 0:  x' = (q P - M) / (q P + M)
+        a <  0:  x' = (P - q M) / (P + q M)
+
+    (``tanh(y) = (e^{2y} - 1) / (e^{2y} + 1)`` at ``y = atanh(x) - a``, numerator and
+    denominator multiplied by ``M``, resp. by ``P e^{2a}`` for ``a < 0``). Writing the quotient
+    ``(T - B) / (T + B)`` (``T``, ``B`` its two positive terms), it is evaluated as
+    ``1 - 2 B / (T + B)`` where ``T >= B`` and ``2 T / (T + B) - 1`` elsewhere: near +-1 the
+    small ratio carries the distance to +-1 with its full relative precision (``(T - B)`` would
+    round it away: ``x = 1 - 2^-24`` with ``a = 0`` would become 1). No intermediate exceeds 4,
+    near ``x -> +-1`` the small one of ``P``, ``M`` is exact, and ``x = +-1`` is a fixed point
+    (``q >= e^-80 > 0``, so never 0/0). Where ``|x| < 0.25`` and ``|a| < 0.125`` the result is
+    ``(2 x + (q - 1) P) / (T + B)``, resp. ``(2 x - (q - 1) M) / (T + B)`` (the same value):
+    near ``x' = 0`` both forms above subtract terms near 1, leaving an absolute error of about
+    ``1e-7`` whatever ``x``, while these terms are of the size of ``x`` and ``a``, so a small
+    weight moved by a small step keeps the sign of its exact update. One exponential and one
+    division per weight.
+
+    Accuracy against ``tanh(atanh(x) - a)`` in float64 (the same float32 ``a``), measured on 7
+    million pairs (x uniform, and crowded near 0 and +-1; ``|a|`` log-uniform in [1e-9, 100]):
+    see the "Arithmetic" paragraph of MD-tanh in docs/optimizers.md.
+
+    Args:
+        x: float32 weights in [-1, 1].
+        a: float32 steps in the dual, ``x``'s shape; any value but NaN.
+
+    Returns:
+        float32 tensor: the new weights, in [-1, 1].
+    """
+    q, q_minus_1 = exp_nonpositive(-2.0 * a.abs())
+    up = a >= 0
+    plus, minus = 1.0 + x, 1.0 - x
+    top = torch.where(up, q * plus, plus)
+    bottom = torch.where(up, minus, q * minus)
+    small = 2.0 * x + torch.where(up, q_minus_1 * plus, -(q_minus_1 * minus))
+    near_zero = (x.abs() < SMALL_X) & (a.abs() < SMALL_A)
+    ratio = torch.where(near_zero, small, 2.0 * torch.minimum(top, bottom)) / (top + bottom)
+    far = torch.where(top >= bottom, 1.0 - ratio, ratio - 1.0)
+    return torch.where(near_zero, ratio, far)
 
 
 class MDTanh(BinaryOptimizer):
@@ -103,30 +199,40 @@ class MDTanh(BinaryOptimizer):
         v    <- beta2 * v + (1 - beta2) * g * g
         d     = m / (sqrt(v) + eps)                  eps on the uncorrected root
         rate  = step_size * sqrt(1 - beta2^t) / (1 - beta1^t) * beta     (one Python float)
-        x    <- tanh(atanh(x) - rate * d)        (in float64)    stable = true
+        x    <- tanh(atanh(x) - rate * d)   (float32 closed form)   stable = true
         x    <- (e - 1) / (e + 1 + 1e-20),
                 e = (1 + x) / (1 - x + 1e-20) * exp(-2 * rate * d)        stable = false
 
     with ``beta1, beta2, eps`` the ``direction_*`` hyperparameters (PyTorch's classic Adam
     arithmetic, the authors' ``MDAadam``; benchbnn rounds each product and sum of ``m`` and
     ``v`` separately, where PyTorch's eager ``add_(..., alpha=)`` fuses them, so they can differ
-    from the authors' in the last bit). The two forms are the same map. The stable form takes
-    ``atanh``, the step and ``tanh`` in float64 and rounds ``x`` to float32 once: float32
-    ``tanh`` and ``atanh`` kernels differ by an ulp or two between PyTorch's eager and compiled
-    code, and a mirror step feeds its own rounding into every later step, while the float64
-    result rounds to the same float32 on both (so the implementations agree bit for bit). For
-    the same reason the square root is rounded to nearest (:func:`benchbnn.optim.base.sqrt_rn`)
-    and the exp form's exponential is taken in float64 and rounded to float32 (which overflows
-    to inf exactly where a float32 ``exp`` does). Checked: 150 steps of the reference and the
-    compiled step are bit-identical in both forms.
+    from the authors' in the last bit). The two forms are the same map. The stable form
+    evaluates it in float32 as :func:`tanh_step`: with ``a = rate * d`` (a float32 product) and
+    ``q = exp(-2 |a|)``, ``x' = (q (1 + x) - (1 - x)) / (q (1 + x) + (1 - x))`` for ``a >= 0``
+    and ``((1 + x) - q (1 - x)) / ((1 + x) + q (1 - x))`` for ``a < 0``, one exponential and
+    one division per weight in one fused loop, never overflowing. The exponential is built
+    from additions, multiplications and exponent bits (:func:`exp_nonpositive`), which eager
+    and compiled code round alike: PyTorch's float32 ``exp``, ``tanh`` and ``atanh`` kernels
+    differ in the last bit between eager and compiled code, and a mirror step feeds its own
+    rounding into every later step. For the same reason the square root is rounded to nearest
+    (:func:`benchbnn.optim.base.sqrt_rn`) and the exp form's exponential is taken in float64
+    and rounded to float32 (which overflows to inf exactly where a float32 ``exp`` does).
+    Tested: 150 steps of the reference and the compiled step are bit-identical in both forms.
+
+    Until issue 19 the stable form took ``atanh``, the step and ``tanh`` in float64 and rounded
+    once (correctly rounded, but 11x the memory-bandwidth floor compiled, against 1.3x for
+    the other rules). The float32 form is within 1.4e-7 of that map everywhere (float64
+    ``tanh(atanh(x) - a)`` at the same float32 ``a``), within 1.8 ulps where ``|x'| >= 0.5``,
+    and gave the same sign on 7 million test pairs; it changes md-tanh's trajectories in the
+    last bits (and ``a`` is now rounded to float32 before the step, where the float64 form
+    took ``rate * d`` in float64).
 
     The exp form is the authors' expression, operation for operation: once ``-2 * rate * d``
     exceeds about 88.7 the float32 exponential overflows and ``x`` becomes ``inf / inf = NaN``,
     which a growing ``beta`` reaches. The stable form never produces NaN from finite gradients:
-    where ``x`` is exactly +-1 (``atanh`` is infinite) ``x`` is kept, ``rate`` is capped at the
-    largest float32 (so that ``rate * d`` is never ``inf * 0``), and an overflowing ``rate * d``
-    sends ``x`` to the limit +-1. An ``x`` that rounds to +-1 is a fixed point of the stable form
-    (the exp form can leave +1).
+    ``x = +-1`` is a fixed point, ``rate`` is capped at the largest float32 (so that ``rate * d``
+    is never ``inf * 0``), and an overflowing ``rate * d`` sends ``x`` to the limit +-1. An
+    ``x`` that rounds to +-1 stays there (the exp form can leave +1).
 
     **beta.** ``beta`` starts at 1 and, after the step with iteration number ``i = t - 1``,
     becomes ``min(beta * beta_scale, 1e35)`` whenever ``i % beta_interval == 0`` (the authors'
@@ -234,8 +340,7 @@ class MDTanh(BinaryOptimizer):
         v.mul_(direction_beta2).add_(g * g * (1 - direction_beta2))
         d = m / (sqrt_rn(v) + direction_eps)
         if stable:
-            dual = torch.atanh(w.double()) - rate * d.double()
-            w.copy_(torch.where(w.abs() == 1, w, torch.tanh(dual).to(w.dtype)))
+            w.copy_(tanh_step(w, rate * d))
         else:
             growth = torch.exp((-2.0 * rate * d).double()).to(w.dtype)  # inf past ~88.7
             e = (1.0 + w) / (1.0 - w + EXP_FORM_EPS) * growth
