@@ -6,10 +6,15 @@ adam-latent into two loops (the flip count, a reduction, read the weights that t
 overwrote), so those steps streamed the weights and a buffer twice; ``benchbnn bench`` measured
 them at twice the memory-bandwidth floor. These tests count the parallel loops of the generated
 C++ kernel of every built-in rule, and check that the int32 form of ``counter_uniform``'s hash
-produces exactly the bits of its int64 definition.
+produces exactly the bits of its int64 definition and of a plain-Python copy of its documented
+hash, that its uniforms pass simple statistical checks, and that the compiled PBop kernel builds
+no index vector lane by lane (which cost PBop more than its hash).
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import pytest
 import torch
@@ -28,7 +33,7 @@ needs_compile = pytest.mark.skipif(
     reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
 )
 
-BUILT_IN = ["bop", "bop2ndorder", "pbop", "adam-latent", "cema", "sgdat"]
+BUILT_IN = ["bop", "bop2ndorder", "pbop", "adam-latent", "cema", "sgdat", "md-tanh"]
 
 
 def _kernel_loops(name: str) -> int:
@@ -76,18 +81,122 @@ def test_counter_uniform_keeps_its_bits(numel, key):
     assert torch.equal(counter_uniform(like, key_tensor), _counter_uniform_int64(like, key_tensor))
 
 
+MASK32 = 0xFFFFFFFF
+
+
+def python_mix(x: int) -> int:
+    """``benchbnn.optim.base._mix32`` on a Python int (logical shifts, products mod 2**32)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & MASK32
+    x ^= x >> 15
+    x = (x * 0x5BD1E995) & MASK32
+    return x ^ (x >> 16)
+
+
+def python_uniform(position: int, key: int) -> float:
+    """The documented value of ``counter_uniform`` at ``position`` under ``key``, in plain
+    Python: the 24 high bits of ``mix((position * 0x61C88647 mod 2**32) xor mix(key))``."""
+    scrambled = (position * 0x61C88647) & MASK32
+    return (python_mix(scrambled ^ python_mix(key)) >> 8) / 2**24
+
+
+@pytest.mark.parametrize("key", [0, 1, 7, 2**31 - 1])
+def test_counter_uniform_is_its_documented_hash(key):
+    positions = [0, 1, 2, 63, 64, 65, 4095, 99_999, 100_002]
+    u = counter_uniform(torch.empty(100_003), torch.tensor(key))
+    assert [u[i].item() for i in positions] == [python_uniform(i, key) for i in positions]
+
+
 def test_counter_uniform_values_are_pinned():
-    # The first values for key 7 in units of 2**-24, as PBop drew them before the int32 form:
-    # a change of these numbers changes every PBop run.
+    # The first values for key 7 in units of 2**-24: a change of these numbers changes every
+    # PBop and BayesBiNN run (the stream changed once, on 2026-11-30; docs/optimizers.md).
     u = counter_uniform(torch.empty(3), torch.tensor(7))
     assert u.dtype == torch.float32
-    assert (u * 2**24).tolist() == [4938332.0, 15662534.0, 4393579.0]
+    assert (u * 2**24).tolist() == [4258248.0, 12100812.0, 14990047.0]
+
+
+def uniformity_failures(uniform, n: int = 2**20, keys: range = range(8)) -> list[str]:
+    """Checks of ``uniform(like, key)`` on ``n`` consecutive positions under consecutive keys;
+    every bound is five standard deviations of the statistic under true uniforms.
+
+    Per key: the mean (exactly ``1/2 - 2**-25`` for multiples of 2**-24), a chi-square of the
+    12 high bits (4096 bins, 4095 degrees of freedom), the correlation of values ``lag``
+    positions apart (standard deviation ``1/sqrt(n)``) and a chi-square of neighbouring pairs
+    (16 x 16 cells). Between consecutive keys: the correlation at equal positions and how often
+    both coins of probability 1/2 come up (``1/4``).
+    """
+    failures = []
+    us = [uniform(torch.empty(n), torch.tensor(k)).double() for k in keys]
+    for k, u in zip(keys, us):
+        mean = u.mean().item()
+        if abs(mean - (0.5 - 2**-25)) > 5 * math.sqrt(1 / 12 / n):
+            failures.append(f"key {k}: mean {mean}")
+        counts = torch.bincount((u * 4096).long(), minlength=4096).double()
+        chi2 = ((counts - n / 4096) ** 2 / (n / 4096)).sum().item()
+        if abs(chi2 - 4095) > 5 * math.sqrt(2 * 4095):
+            failures.append(f"key {k}: chi-square {chi2:.0f} on 4095 degrees of freedom")
+        centred = u - u.mean()
+        for lag in (1, 2, 3, 7, 16, 64, 1024, 4096):
+            r = ((centred[:-lag] * centred[lag:]).mean() / centred.var()).item()
+            if abs(r) > 5 / math.sqrt(n):
+                failures.append(f"key {k}: correlation {r:.5f} at lag {lag}")
+        cells = (u[:-1] * 16).long() * 16 + (u[1:] * 16).long()
+        pairs = torch.bincount(cells, minlength=256).double()
+        expected = (n - 1) / 256
+        chi2 = ((pairs - expected) ** 2 / expected).sum().item()
+        if abs(chi2 - 255) > 5 * math.sqrt(2 * 255):
+            failures.append(f"key {k}: pairs chi-square {chi2:.0f} on 255 degrees of freedom")
+    for k, (a, b) in zip(keys, itertools.pairwise(us)):
+        r = ((a - a.mean()) * (b - b.mean())).mean().item() / (a.std() * b.std()).item()
+        if abs(r) > 5 / math.sqrt(n):
+            failures.append(f"keys {k}, {k + 1}: correlation {r:.5f}")
+        both = ((a < 0.5) & (b < 0.5)).double().mean().item()
+        if abs(both - 0.25) > 5 * math.sqrt(0.25 * 0.75 / n):
+            failures.append(f"keys {k}, {k + 1}: both coins {both:.5f}")
+    return failures
+
+
+def test_counter_uniform_looks_uniform_and_independent():
+    assert uniformity_failures(counter_uniform) == []
+
+
+def test_the_uniformity_checks_reject_a_weak_generator():
+    # One golden-ratio multiply without mixing: a Weyl sequence, far from independent.
+    def weyl(like, key):
+        index = torch.arange(like.numel(), dtype=torch.int64)
+        bits = ((index * 0x61C88647) ^ key) & MASK32
+        return (bits >> 8).to(torch.float32) * 2.0**-24
+
+    failures = uniformity_failures(weyl)
+    assert any("lag 1" in f for f in failures)
+    assert any("chi-square" in f for f in failures)
 
 
 @pytest.mark.slow
 @needs_compile
 def test_compiled_counter_uniform_matches_eager():
     compiled = torch.compile(counter_uniform, dynamic=True, fullgraph=True)
-    for numel, key in ((1000, 5), (4099, 2**31 - 1)):
+    # sizes below, at and across the 64-position blocks of the compiled index, odd tails
+    for numel, key in ((1000, 5), (4099, 2**31 - 1), (64, 3), (64 * 5 + 3, 9), (100_003, 0)):
         like, k = torch.empty(numel), torch.tensor(key)
         assert torch.equal(compiled(like, k), _counter_uniform_int64(like, k))
+
+
+@pytest.mark.slow
+@needs_compile
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_compiled_pbop_builds_no_index_vector_lane_by_lane():
+    # An arange in the kernel becomes Vectorized<int32_t>::arange, a vector assembled from 16
+    # scalars (about 40 instructions with GCC, more than the hash): counter_uniform loads the
+    # lane part of the index instead (benchbnn.optim.base._scrambled_index).
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    p = torch.nn.Parameter(torch.randn(1000))
+    p.grad = torch.randn(1000)
+    optimizer = benchbnn.get_optimizer("pbop").build([p], [], seed=1)
+    optimizer.implementation = "compiled"
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _, codes = run_and_get_code(optimizer.step)
+    kernels = [c for c in codes if "#pragma omp for" in c]
+    assert kernels and not any("::arange(" in c for c in kernels)
