@@ -560,7 +560,49 @@ def _compiled(rule: Rule, dtype: torch.dtype | None = None) -> Rule:
     return _compiled_rules[key]
 
 
-def _own_code(fn: Rule) -> Rule:
+#: One compiled call per (rule, dtype, number of tensors) that steps every tensor of a
+#: parameter group at once.
+_compiled_groups: dict[tuple[Rule, torch.dtype | None, int], Callable[..., torch.Tensor]] = {}
+
+
+def _compiled_group(
+    rule: Rule, dtype: torch.dtype | None, tensors: int
+) -> Callable[..., torch.Tensor]:
+    """``rule`` (run :func:`in_dtype` unless ``dtype`` is None) over a list of ``tensors``
+    tensors in one compiled call, returning the summed count (0-d int64).
+
+    The per-tensor code is the rule's, as :func:`_compiled` compiles it (the same elementwise
+    kernels, so the same bits); what changes is that torch.compile's guards and Python wrappers
+    run once per step instead of once per tensor: about 0.1 ms a tensor on a CPU core, half a
+    millisecond of a Bop step over BinaryNet's nine binary tensors (measured: 8.5 against 9.0
+    ms, 1 thread). Sizes and hyperparameter values are dynamic; each number of tensors gets a
+    code object of its own (:func:`_own_code`), so models of many sizes in one process never
+    reach torch.compile's recompilation limit.
+    """
+    key = (rule, dtype, tensors)
+    if key not in _compiled_groups:
+        target = rule if dtype is None else in_dtype(rule, dtype)
+
+        def step_all(
+            tensors: list[list[torch.Tensor]],
+            args: dict[str, Any],
+            per_tensor: list[dict[str, Any]],
+        ) -> torch.Tensor:
+            total = torch.zeros((), dtype=torch.int64, device=tensors[0][0].device)
+            for flat, extra in zip(tensors, per_tensor):
+                count = target(*flat, **args, **extra)
+                if count is not None:
+                    total = total + count
+            return total
+
+        step_all = _own_code(step_all, f"{len(_compiled_groups)}_group")
+        _compiled_groups[key] = torch.compile(
+            step_all, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS
+        )
+    return _compiled_groups[key]
+
+
+def _own_code(fn: Rule, suffix: str | None = None) -> Rule:
     """A copy of the function ``fn`` with a code object of its own.
 
     torch.compile keeps its cache, and its limit of eight recompilations, per code object, and
@@ -568,7 +610,8 @@ def _own_code(fn: Rule) -> Rule:
     rules for a few weight dtypes (a conformance run) exceeds the limit and falls back to the
     reference path. With a copy each (rule, dtype) pair has its own cache.
     """
-    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{len(_compiled_rules)}")
+    tag = str(len(_compiled_rules)) if suffix is None else suffix
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{tag}")
     copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__
     return copy
@@ -1108,25 +1151,39 @@ class BinaryOptimizer(torch.optim.Optimizer):
     def _run_compiled(self, rule: Rule, items: list, kwargs: dict[str, Any]) -> torch.Tensor:
         args = {k: _kernel_arg(v, self._device) for k, v in kwargs.items()}
         counts = []
-        for p, g, bufs, extra, cast in items:
-            tensors = (p, g, *bufs)
-            eager = rule if cast is None else in_dtype(rule, cast)
-            if self._compile_failed or not all(t.is_contiguous() for t in tensors):
-                counts.append(eager(p, g, *bufs, **kwargs, **extra))
+        grouped: dict[torch.dtype | None, list] = {}
+        for item in items:
+            p, g, bufs, _, cast = item
+            if not self._compile_failed and all(t.is_contiguous() for t in (p, g, *bufs)):
+                grouped.setdefault(cast, []).append(item)
                 continue
-            flat = [_flat_alias(t) for t in tensors]
-            per_tensor = {k: _flat_like(v, p) for k, v in extra.items()}
-            try:
-                counts.append(_compiled(rule, cast)(*flat, **args, **per_tensor))
-            except Exception as exc:
-                self._compile_failed = True
-                _warn_once(
-                    f"benchbnn: torch.compile failed for {getattr(rule, '__qualname__', rule)} "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "falling back to the reference implementation"
-                )
-                counts.append(eager(p, g, *bufs, **kwargs, **extra))
+            eager = rule if cast is None else in_dtype(rule, cast)
+            counts.append(eager(p, g, *bufs, **kwargs, **item[3]))
+        for cast, members in grouped.items():
+            counts.append(self._run_compiled_group(rule, members, kwargs, args, cast))
         return sum_counts([c for c in counts if c is not None], self._device)
+
+    def _run_compiled_group(
+        self, rule: Rule, items: list, kwargs: dict[str, Any], args: dict[str, Any], cast: Any
+    ) -> torch.Tensor | None:
+        """Step the contiguous ``items`` of one dtype in one compiled call (one guard check);
+        on a compile failure, fall back to the reference for every optimizer of the process."""
+        tensors = [[_flat_alias(t) for t in (p, g, *bufs)] for p, g, bufs, _, _ in items]
+        per_tensor = [
+            {k: _flat_like(v, p) for k, v in extra.items()} for p, _, _, extra, _ in items
+        ]
+        try:
+            return _compiled_group(rule, cast, len(items))(tensors, args, per_tensor)
+        except Exception as exc:
+            self._compile_failed = True
+            _warn_once(
+                f"benchbnn: torch.compile failed for {getattr(rule, '__qualname__', rule)} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "falling back to the reference implementation"
+            )
+            eager = rule if cast is None else in_dtype(rule, cast)
+            counts = [eager(p, g, *bufs, **kwargs, **extra) for p, g, bufs, extra, _ in items]
+            return sum_counts([c for c in counts if c is not None], self._device)
 
 
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
