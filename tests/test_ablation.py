@@ -177,3 +177,31 @@ def test_a_tiny_sweep_writes_plots_and_robustness_and_reuses_runs(tmp_path):
     )
     assert again.trained == 0  # every point reused by configuration hash
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # byte for byte
+
+
+def test_a_suites_ablation_table_is_the_default_sweep_and_its_points_are_entries(
+    monkeypatch, tmp_path
+):
+    """cifar10-cpu-sweep: ablate takes entries, hyperparameters and factors from [ablation],
+    and every run it plans is one of the suite's own entries (compare trains them)."""
+    suite = load_suite("cifar10-cpu-sweep")
+    monkeypatch.setattr(ablation, "run_ablation", lambda *args, **kwargs: [])
+    monkeypatch.setattr(ablation, "check_writable_dir", lambda *args: None)
+    planned = {}
+
+    def collect(suite_obj, points, **kwargs):
+        planned["points"] = points
+        return []
+
+    monkeypatch.setattr(ablation, "collect_ablation", collect)
+    monkeypatch.setattr(ablation, "write_ablation", lambda *args: [tmp_path / "x"])
+    ablation.ablate(suite, say=None)
+    points = planned["points"]
+    assert {p.label for p in points} == set(suite.ablation.entries)
+    assert {p.factor for p in points} == {-1, 0, 1}
+    assert {(p.label, p.hparam) for p in points if p.label == "bop"} == {
+        ("bop", "gamma"),
+        ("bop", "threshold"),
+    }
+    suite_hashes = {c.config_hash() for _e, _a, c in suite.run_configs()}
+    assert {c.config_hash() for p in points for c in p.configs} == suite_hashes

@@ -598,3 +598,30 @@ def test_a_run_killed_before_its_first_checkpoint_is_ended_and_redone(tmp_path):
     assert [p.action for p in second.plan] == [TRAIN]
     assert client_for(store).get_run(killed.info.run_id).info.status == "KILLED"
     assert second.results[0].status == "FINISHED"
+
+
+def test_a_rule_version_above_one_enters_the_identity_and_version_one_keeps_old_hashes(
+    monkeypatch,
+):
+    """PBop's stream changed (rule_version 2): its runs hash differently from the same
+    configuration under rule 1; Bop (rule 1) hashes as before, without the field."""
+    from benchbnn.core import plugins as plugin_registry
+
+    pbop = RunConfig(dataset="digits", arch="bnn-mlp", optimizer="pbop", epochs=1)
+    bop = RunConfig(dataset="digits", arch="bnn-mlp", optimizer="bop", epochs=1)
+    assert pbop.identity()["optimizer_rule_version"] == 2
+    assert "optimizer_rule_version" not in bop.identity()
+    now = pbop.config_hash()
+    old = dataclasses.replace(benchbnn.get_optimizer("pbop"), rule_version=1)
+    original = plugin_registry.get_optimizer
+    monkeypatch.setattr(
+        plugin_registry, "get_optimizer", lambda name: old if name == "pbop" else original(name)
+    )
+    assert pbop.config_hash() != now
+
+
+@pytest.mark.parametrize("version", [0, -1, 1.5, True, "2"])
+def test_a_bad_rule_version_is_refused_with_the_fix(version):
+    spec = dataclasses.replace(benchbnn.get_optimizer("bop"), rule_version=version)
+    with pytest.raises(benchbnn.PluginError, match="rule_version must be a whole number >= 1"):
+        spec.validate()

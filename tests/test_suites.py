@@ -155,15 +155,42 @@ def test_base_point_suite_matches_section_5_1():
 
 def test_cpu_suite_says_what_was_cut():
     suite = load_suite("cifar10-cpu")
-    assert suite.arch_options == {"width": 0.25} and suite.subset and suite.epochs < 10
-    assert len(suite.seeds) == 2
-    assert "cut" in suite.description
-    # Every entry of the paper's Table 1 suite, in its order, then the optimizers the paper did
-    # not have (CEMA, SGDAT), each saying so in its note.
+    assert suite.arch_options == {"width": 0.25} and suite.epochs < 10
+    # at least 20,000 training images once the validation split is held out, 3 seeds
+    assert suite.subset is not None and suite.subset * (1 - suite.val_fraction) >= 20_000
+    assert suite.val_fraction > 0 and suite.target_accuracy is not None
+    assert len(suite.seeds) == 3
+    assert "cut" in suite.description and "as the authors' code" in suite.description
+    # Every entry of the paper's Table 1 suite, in its order, then every other built-in binary
+    # optimizer (the paper did not have them), each saying so in its note.
     table1 = [e.label for e in load_suite("cifar10-binarynet").entries]
     labels = [e.label for e in suite.entries]
-    assert labels[: len(table1)] == table1 and labels[len(table1) :] == ["cema", "sgdat"]
-    assert all("not in cifar10-binarynet" in suite.entry(x).note for x in ("cema", "sgdat"))
+    others = ["cema", "sgdat", "bayesbinn", "md-tanh"]
+    assert labels == table1 + others
+    assert all("not in cifar10-binarynet" in suite.entry(x).note for x in others)
+    assert {e.optimizer for e in suite.entries} == set(benchbnn.list_optimizers())
+    assert {c.kind for c in suite.claims} == {"accuracy", "convergence"}
+
+
+def test_cpu_suite_keeps_the_papers_schedule_proportions():
+    """Bop's gamma /10 every 100 of 500 epochs -> every fifth of the run's steps."""
+    suite = load_suite("cifar10-cpu")
+    assert suite.subset is not None
+    steps = round(suite.subset * (1 - suite.val_fraction)) // suite.batch_size * suite.epochs
+    gamma = suite.entry("bop").schedules["gamma"]
+    assert gamma["every_steps"] * 5 == steps == 2000
+    # MD-tanh's beta: the authors' total growth 1.01^1000 over the run
+    md = suite.entry("md-tanh").hparams
+    assert md["beta_scale"] ** (steps // md["beta_interval"]) == pytest.approx(1.01**1000, rel=1e-6)
+
+
+def test_cpu_sweep_suite_adds_the_fig3_points_and_robustness_claims():
+    suite = load_suite("cifar10-cpu-sweep")
+    assert suite.ablation is not None and suite.ablation.factors == (-1, 1)
+    # 6 points for each Bop2ndOrder base entry (gamma, sigma, tau), 4 for Bop (no sigma)
+    assert len(suite.entries) == 3 + 6 + 6 + 4
+    assert suite.entry("bop2ndorder-unbiased@sigma+1").hparams["sigma"] == pytest.approx(1e-2)
+    assert {c.kind for c in suite.claims} == {"robustness"}
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from benchbnn.bench.tables import (
     INDEX_FILE,
     INDEX_MARKER,
     protocol_changes,
+    render_claims_csv,
     render_csv,
     render_index,
     render_json,
@@ -40,6 +41,8 @@ from benchbnn.train.tracking import client_for, resolve_tracking_uri
 
 OUTPUT_FILES = ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json")
 PLOT_FILES = ("curves.png", "flips.png")
+#: Written beside the tables only for suites that declare claims (benchbnn.bench.claims).
+CLAIMS_FILE = "claims.csv"
 
 
 def write(lb: Leaderboard, out: str | Path, plots: bool = True) -> list[Path]:
@@ -49,6 +52,10 @@ def write(lb: Leaderboard, out: str | Path, plots: bool = True) -> list[Path]:
     for name, render in zip(OUTPUT_FILES, (render_markdown, render_csv, render_latex, render_json)):
         path = out / name
         path.write_text(render(lb), encoding="utf-8")
+        written.append(path)
+    if lb.suite.claims:
+        path = out / CLAIMS_FILE
+        path.write_text(render_claims_csv(lb), encoding="utf-8")
         written.append(path)
     if plots:
         written.append(plot_curves(lb, out / PLOT_FILES[0]))

@@ -34,6 +34,15 @@ File format (every key but ``dataset``, ``arch``/``archs`` and ``entries`` is op
     note = "..."
     [entries.hparams]
     [entries.schedules]            # name = "polynomial:1e-5:1e-8" or a table
+    [ablation]                     # adds an entry per point, labelled bop@gamma-1 etc.
+    entries = ["bop"]              # base entries (their swept hyperparameters constant)
+    hparams = ["gamma", "threshold"]
+    factors = [-1, 1]              # powers of ten
+    [[claims]]                     # the paper's claims the leaderboard tests
+    kind = "accuracy"              # or "convergence" (measure = "epochs"|"seconds"), "robustness"
+    a = "bop2ndorder"              # the entry claimed better
+    b = "bop"
+    paper = "Table 1 (section 5.2): ..."
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +62,26 @@ from benchbnn.bench.suite_checks import (
     _did_you_mean,
 )
 from benchbnn.bench.suites import (
+    _ABLATION_KEYS,
+    _CLAIM_KEYS,
     _ENTRY_KEYS,
     _PER_ARCH_KEYS,
     _TOP_KEYS,
+    CLAIM_KINDS,
+    CONVERGENCE_MEASURES,
     PAPER_METRICS,
+    SWEEP_MARK,
+    Ablation,
+    Claim,
     Suite,
     SuiteEntry,
+    SweepPoint,
+    scaled,
 )
+from benchbnn.core import limits
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.paths import check_file_name
-from benchbnn.core.plugins import get_suite
+from benchbnn.core.plugins import get_optimizer, get_suite
 from benchbnn.core.specs import check_name
 from benchbnn.optim.schedules import validate_schedules
 
@@ -225,6 +245,9 @@ class _SuiteReader(ValueChecker):
         arch_options = self.table(data.get("arch_options", {}), ("arch_options",))
         dataset_options = self.table(data.get("dataset_options", {}), ("dataset_options",))
         entries = self.entries(data, archs)
+        ablation = self.ablation(data.get("ablation"), entries)
+        if ablation is not None:
+            entries = entries + self.sweep_entries(ablation, entries)
         # option values converted to their declared types, as the command line converts them
         arch_options = self.arch_options(archs, arch_options, ("arch_options",))
         dataset_options = self.dataset_options(dataset, dataset_options, ("dataset_options",))
@@ -262,6 +285,8 @@ class _SuiteReader(ValueChecker):
             path=path,
             l2=self.number(data.get("l2", 0.0), ("l2",), low=0.0),
             per_arch=self.per_arch(data.get("per_arch", {}), archs),
+            claims=self.claims(data.get("claims", []), labels, ablation),
+            ablation=ablation,
         )
         self.schedule_ranges(suite)
         return suite
@@ -346,6 +371,12 @@ class _SuiteReader(ValueChecker):
                 raise self.fail(path + ("label",), str(exc)) from None
             if any(e.label == label for e in entries):
                 raise self.fail(path + ("label",), f"label {label!r} is used by two entries")
+            if SWEEP_MARK in label:
+                raise self.fail(
+                    path + ("label",),
+                    f"label {label!r} contains {SWEEP_MARK!r}, which marks the entries an "
+                    f"[ablation] table generates; choose a label without it",
+                )
             hparams = self.hparams(spec, item.get("hparams", {}), path + ("hparams",))
             schedules = self.schedules(spec, item.get("schedules", {}), path + ("schedules",))
             note = self.string(item.get("note", ""), path + ("note",), allow_empty=True)
@@ -353,6 +384,197 @@ class _SuiteReader(ValueChecker):
             options = self.arch_options(archs, options, path + ("arch_options",))
             entries.append(SuiteEntry(label, spec.name, hparams, schedules, note, options))
         return tuple(entries)
+
+    def ablation(self, value: Any, entries: Sequence[SuiteEntry]) -> Ablation | None:
+        """The ``[ablation]`` table, checked against the entries (None when absent).
+
+        Each base entry must exist; each hyperparameter must be a real-valued one of at least
+        one base entry's optimizer, held constant by every entry that has it (a positive value,
+        no schedule); factors are whole non-zero powers of ten within
+        :data:`~benchbnn.core.limits.FACTOR`. Raises SuiteError naming the key.
+        """
+        if value is None:
+            return None
+        path: Path_ = ("ablation",)
+        table = self.table(value, path)
+        self.keys(table, _ABLATION_KEYS, path)
+        for key in _ABLATION_KEYS:
+            if key not in table:
+                raise self.fail(path, f"missing key {key!r} (see docs/protocols.md, 'Claims')")
+        names = self.string_list(table["entries"], path + ("entries",))
+        by_label = {e.label: e for e in entries}
+        for i, name in enumerate(names):
+            if name not in by_label:
+                raise self.fail(
+                    path + ("entries", i),
+                    f"{name!r} is not an entry label{_did_you_mean(name, by_label)} "
+                    f"Labels: {', '.join(by_label)}.",
+                )
+        hparams = self.string_list(table["hparams"], path + ("hparams",))
+        factors = self.factors(table["factors"], path + ("factors",))
+        points = []
+        for j, name in enumerate(hparams):
+            users = [by_label[n] for n in names if self._sweepable(by_label[n], name)]
+            if not users:
+                raise self.fail(
+                    path + ("hparams", j),
+                    f"no entry of the sweep ({', '.join(names)}) has a real-valued "
+                    f"hyperparameter {name!r}",
+                )
+            for entry in users:
+                self._check_constant(entry, name, path + ("hparams", j))
+        for name in names:
+            for hparam in hparams:
+                if self._sweepable(by_label[name], hparam):
+                    points += [SweepPoint(name, hparam, f) for f in factors]
+        return Ablation(tuple(names), tuple(hparams), factors, tuple(points))
+
+    def string_list(self, value: Any, path: Path_) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(path, f"must be a non-empty list of names, got {value!r}")
+        items = tuple(self.string(v, path + (i,)) for i, v in enumerate(value))
+        if len(set(items)) != len(items):
+            raise self.fail(path, f"lists a name twice: {list(items)}")
+        return items
+
+    def factors(self, value: Any, path: Path_) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(path, f"must be a non-empty list of powers of ten, got {value!r}")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, int) or item == 0:
+                raise self.fail(
+                    path + (i,), f"must be a whole non-zero power of ten (e.g. -1), got {item!r}"
+                )
+            try:
+                out.append(limits.within(limits.FACTOR, item, "each factor"))
+            except BenchbnnError as exc:
+                raise self.fail(path + (i,), str(exc)) from None
+        return tuple(sorted(set(out)))
+
+    @staticmethod
+    def _sweepable(entry: SuiteEntry, hparam: str) -> bool:
+        spec = get_optimizer(entry.optimizer)
+        return any(h.name == hparam and h.kind is float for h in spec.hparams)
+
+    def _check_constant(self, entry: SuiteEntry, hparam: str, path: Path_) -> None:
+        spec = get_optimizer(entry.optimizer)
+        if hparam in entry.schedules or hparam in (getattr(spec, "default_schedules", None) or {}):
+            raise self.fail(
+                path,
+                f"entry {entry.label!r} schedules {hparam!r}; the sweep moves constants (the "
+                f"paper's Fig. 3 protocol): give {hparam} a constant value in that entry",
+            )
+        if self._base_value(entry, hparam) <= 0:
+            raise self.fail(
+                path,
+                f"entry {entry.label!r} has {hparam} = {self._base_value(entry, hparam)}, which "
+                f"powers of ten cannot move; give it a positive value",
+            )
+
+    @staticmethod
+    def _base_value(entry: SuiteEntry, hparam: str) -> float:
+        spec = get_optimizer(entry.optimizer)
+        return float(entry.hparams.get(hparam, spec.hparam(hparam).default))
+
+    def sweep_entries(
+        self, ablation: Ablation, entries: Sequence[SuiteEntry]
+    ) -> tuple[SuiteEntry, ...]:
+        """One entry per sweep point, in base-entry, hyperparameter, factor order.
+
+        Every swept hyperparameter the optimizer has is written out at its base value and the
+        point's one is multiplied by its power of ten (the configuration
+        ``benchbnn ablate`` trains for the same point, so either command reuses the other's
+        runs). A value outside the hyperparameter's valid range is refused.
+        """
+        by_label = {e.label: e for e in entries}
+        out = []
+        for point in ablation.points:
+            base = by_label[point.base]
+            swept = [h for h in ablation.hparams if self._sweepable(base, h)]
+            values = {h: self._base_value(base, h) for h in swept}
+            values[point.hparam] = scaled(values[point.hparam], point.factor)
+            path: Path_ = ("ablation", "factors")
+            try:
+                hparams = _canonical_hparams(base.optimizer, {**base.hparams, **values})
+            except BenchbnnError as exc:
+                raise self.fail(path, f"sweep point {point.label}: {exc}") from None
+            note = f"{point.base} with {point.hparam} x 1e{point.factor:+d} (the sweep)"
+            out.append(replace(base, label=point.label, hparams=hparams, note=note))
+        return tuple(out)
+
+    def claims(
+        self, value: Any, labels: Sequence[str], ablation: Ablation | None
+    ) -> tuple[Claim, ...]:
+        """The ``[[claims]]`` array, each checked: a known kind, two different entry labels,
+        a paraphrase of the paper, a measure only for convergence, an ``[ablation]`` sweep of
+        both entries for robustness. Raises SuiteError naming the key."""
+        if not isinstance(value, list):
+            raise self.fail(("claims",), "must be an array of tables ([[claims]])")
+        out = []
+        for i, item in enumerate(value):
+            path: Path_ = ("claims", i)
+            item = self.table(item, path)
+            self.keys(item, _CLAIM_KEYS, path)
+            for key in ("kind", "a", "b", "paper"):
+                if key not in item:
+                    raise self.fail(path, f"claim has no {key!r} (see docs/protocols.md, 'Claims')")
+            kind = self.string(item["kind"], path + ("kind",))
+            if kind not in CLAIM_KINDS:
+                raise self.fail(
+                    path + ("kind",),
+                    f"unknown claim kind {kind!r}{_did_you_mean(kind, CLAIM_KINDS)} "
+                    f"Kinds: {', '.join(CLAIM_KINDS)}.",
+                )
+            a, b = (self._claim_entry(item[k], labels, path + (k,)) for k in ("a", "b"))
+            if a == b:
+                raise self.fail(path + ("b",), f"a claim compares two entries; both are {a!r}")
+            measure = self._measure(kind, item.get("measure"), path + ("measure",))
+            if kind == "robustness":
+                self._swept(ablation, (a, b), path)
+            paper = self.string(item["paper"], path + ("paper",))
+            out.append(Claim(kind, a, b, paper, measure))
+        return tuple(out)
+
+    def _claim_entry(self, value: Any, labels: Sequence[str], path: Path_) -> str:
+        label = self.string(value, path)
+        if label not in labels:
+            raise self.fail(
+                path,
+                f"{label!r} is not an entry label{_did_you_mean(label, labels)} "
+                f"Labels: {', '.join(labels)}.",
+            )
+        return label
+
+    def _measure(self, kind: str, value: Any, path: Path_) -> str:
+        if value is None:
+            return "epochs"
+        if kind != "convergence":
+            raise self.fail(path, f"only a convergence claim has a measure, not a {kind} claim")
+        measure = self.string(value, path)
+        if measure not in CONVERGENCE_MEASURES:
+            raise self.fail(
+                path, f"measure must be one of {', '.join(CONVERGENCE_MEASURES)}, got {measure!r}"
+            )
+        return measure
+
+    def _swept(self, ablation: Ablation | None, labels: Sequence[str], path: Path_) -> None:
+        swept = ablation.entries if ablation is not None else ()
+        for label in labels:
+            if label not in swept:
+                raise self.fail(
+                    path,
+                    f"a robustness claim compares sweeps: add {label!r} to the entries of the "
+                    f"suite's [ablation] table",
+                )
+        assert ablation is not None  # both labels are swept
+        common = set(ablation.points_of(labels[0])) & set(ablation.points_of(labels[1]))
+        if not common:
+            raise self.fail(
+                path,
+                f"entries {labels[0]!r} and {labels[1]!r} share no swept hyperparameter, so "
+                f"their sweeps cannot be compared",
+            )
 
     def hparams(self, spec: Any, value: Any, path: Path_) -> dict[str, Any]:
         table = self.table(value, path)

@@ -43,9 +43,23 @@ _TOP_KEYS = (
     "paper",
     "tune",
     "entries",
+    "claims",
+    "ablation",
 )
 _ENTRY_KEYS = ("label", "optimizer", "note", "hparams", "schedules", "arch_options")
 _PER_ARCH_KEYS = ("epochs", "batch_size", "l2", "arch_options")
+_CLAIM_KEYS = ("kind", "a", "b", "paper", "measure")
+_ABLATION_KEYS = ("entries", "hparams", "factors")
+#: What a ``[[claims]]`` item may assert (docs/protocols.md, "Claims"): A's final top-1 on the
+#: evaluation split exceeds B's; A reaches the suite's target accuracy sooner than B; A's
+#: accuracy changes less than B's over the suite's ``[ablation]`` sweep.
+CLAIM_KINDS = ("accuracy", "convergence", "robustness")
+#: How a convergence claim counts time to the target: epochs or wall seconds (training plus
+#: evaluation, as the leaderboard's time-to-target columns).
+CONVERGENCE_MEASURES = ("epochs", "seconds")
+#: Joins a swept entry's base label to its point: ``bop@gamma-1`` is entry ``bop`` with
+#: ``gamma`` multiplied by 10^-1.
+SWEEP_MARK = "@"
 #: Keys that :meth:`Suite.override` accepts.
 OVERRIDE_KEYS = (
     "epochs",
@@ -78,6 +92,55 @@ class SuiteEntry:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One of a paper's claims, as a comparison of two entries (``[[claims]]`` in a suite).
+
+    ``kind`` is one of :data:`CLAIM_KINDS`; ``a`` is the entry the paper says is better and
+    ``b`` the one it is compared with (entry labels); ``paper`` paraphrases the sentence of the
+    paper the claim stands for, with its section; ``measure`` (convergence only) is one of
+    :data:`CONVERGENCE_MEASURES`.
+    """
+
+    kind: str
+    a: str
+    b: str
+    paper: str
+    measure: str = "epochs"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One generated entry of an ``[ablation]`` sweep: ``hparam`` of entry ``base`` times
+    ``10**factor``."""
+
+    base: str
+    hparam: str
+    factor: int
+
+    @property
+    def label(self) -> str:
+        """``base@hparam+1``: the generated entry's label."""
+        return f"{self.base}{SWEEP_MARK}{self.hparam}{self.factor:+d}"
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A suite's ``[ablation]`` table: the Fig. 3 protocol of the Bop2ndOrder paper (section
+    5.1.2), each of ``hparams`` of each of ``entries`` moved by each power of ten in ``factors``
+    while the others stay at the entry's values. Loading the suite adds one entry per point
+    (:attr:`points`), so ``benchbnn compare`` trains the sweep like any entries."""
+
+    entries: tuple[str, ...]
+    hparams: tuple[str, ...]
+    factors: tuple[int, ...]
+    points: tuple[SweepPoint, ...] = ()
+
+    def points_of(self, label: str) -> dict[tuple[str, int], SweepPoint]:
+        """The sweep points of base entry ``label``, by (hyperparameter, factor)."""
+        return {(p.hparam, p.factor): p for p in self.points if p.base == label}
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite. Treat the mappings as read-only; use :meth:`override` to change it."""
 
@@ -100,6 +163,10 @@ class Suite:
     path: Path | None = None
     l2: float = 0.0
     per_arch: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the paper's claims this suite tests (empty: the leaderboard has no Claims section)
+    claims: tuple[Claim, ...] = ()
+    #: the one-hyperparameter-at-a-time sweep whose points are entries of the suite
+    ablation: Ablation | None = None
 
     # --- the protocol per architecture ------------------------------------------------------
 
@@ -296,6 +363,13 @@ class Suite:
         if seeds is not None:
             suite = suite.override({"seeds": _expand_seeds(suite.seeds, seeds)})
         return suite.select(optimizers)
+
+
+def scaled(base: float, factor: int) -> float:
+    """``base * 10**factor`` rounded to 12 significant digits: 1e-6 and -2 give exactly 1e-8
+    (the value an ``[ablation]`` point and ``benchbnn ablate`` write, so their runs hash
+    equally)."""
+    return float(f"{base * 10.0**factor:.12g}")
 
 
 def _split_names(optimizers: Sequence[str] | str) -> list[str]:

@@ -17,6 +17,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from benchbnn.bench.claims import ClaimResult
+from benchbnn.bench.claims import evaluate as evaluate_claims
 from benchbnn.bench.results import Leaderboard, Row
 from benchbnn.bench.stats import Summary, resolved_ranks
 from benchbnn.bench.suites import Suite, SuiteEntry
@@ -368,6 +370,9 @@ def render_markdown(lb: Leaderboard) -> str:
             ["Entry", "Architecture", "Seed", "Status", "Reason"],
             [[r.label, r.arch, str(r.seed), r.status, r.outcome()] for r in problems],
         )
+    if suite.claims:
+        out += ["", "## Claims", ""]
+        out += claims_markdown(lb, evaluate_claims(lb))
     out += ["", "## Entries", ""]
     for entry in suite.entries:
         note = f" ({entry.note})" if entry.note else ""
@@ -390,6 +395,116 @@ def render_markdown(lb: Leaderboard) -> str:
     if lb.command:
         out += ["", f"Regenerate from the tracking store: `{lb.command}`"]
     return "\n".join(out) + "\n"
+
+
+def advantage_text(result: ClaimResult) -> str:
+    """``+1.20 [+0.30, +2.10] points``, ``+2.00 (1 pair) epochs`` or ``-``."""
+    d = result.difference
+    if d is None:
+        return "-"
+    if d.low is None or d.high is None:
+        return f"{signed(d.mean)} (1 pair) {result.unit}"
+    return f"{signed(d.mean)} [{signed(d.low)}, {signed(d.high)}] {result.unit}"
+
+
+def claims_markdown(lb: Leaderboard, results: Sequence[ClaimResult]) -> list[str]:
+    """The Claims section: one row per claim (and architecture, with several), then how each
+    advantage is measured (docs/protocols.md, "Claims")."""
+    several = len(lb.suite.archs) > 1
+    header = [
+        "Claim",
+        *(["Architecture"] if several else []),
+        "The paper",
+        "A's advantage (95% CI)",
+    ]
+    header += ["Seeds", "Verdict"]
+    rows = []
+    for r in results:
+        seeds = str(r.difference.n) if r.difference is not None else "0"
+        why = f" ({r.reason})" if r.reason else ""
+        cells = [r.statement, *([r.arch] if several else []), r.claim.paper, advantage_text(r)]
+        rows.append([*cells, seeds, f"{r.verdict}{why}"])
+    target = (
+        f"{lb.suite.target_accuracy:g}% top-1 on the {lb.target_name}"
+        if lb.suite.target_accuracy is not None
+        else "no target set"
+    )
+    note = (
+        "A's advantage is oriented so that a positive value is what the paper claims: "
+        "accuracy, A's final test top-1 minus B's; convergence, B's time to reach "
+        f"{target} minus A's, over the seeds on which both reached it; robustness, B's mean "
+        "absolute change of final test top-1 from its base point over the ablation sweep points "
+        "A and B share, minus A's (each point against the base run of the same seed). Each is "
+        "a mean over seeds with a 95% Student t interval paired by seed. Supported: the "
+        "interval lies above zero; contradicted: below zero; not resolved at this budget: it "
+        "contains zero; not measured: fewer than 2 seeds give a pair."
+    )
+    return [*markdown_table(header, rows), "", note]
+
+
+def claims_data(results: Sequence[ClaimResult]) -> list[dict[str, Any]]:
+    """The claims as plain data (the JSON file's ``claims`` and the rows of ``claims.csv``)."""
+    out = []
+    for r in results:
+        d = r.difference
+        out.append(
+            {
+                "kind": r.claim.kind,
+                "a": r.claim.a,
+                "b": r.claim.b,
+                "arch": r.arch,
+                "measure": r.claim.measure if r.claim.kind == "convergence" else None,
+                "paper": r.claim.paper,
+                "statement": r.statement,
+                "advantage": None if d is None else d.mean,
+                "low": None if d is None else d.low,
+                "high": None if d is None else d.high,
+                "seeds": [] if d is None else list(d.seeds),
+                "unit": r.unit,
+                "verdict": r.verdict,
+                "reason": r.reason,
+            }
+        )
+    return out
+
+
+CLAIM_CSV_FIELDS = (
+    "kind",
+    "a",
+    "b",
+    "arch",
+    "measure",
+    "advantage",
+    "low",
+    "high",
+    "unit",
+    "n",
+    "verdict",
+    "reason",
+    "paper",
+)
+
+
+def render_claims_csv(lb: Leaderboard) -> str:
+    """``claims.csv``: one row per claim and architecture (numbers with 4 decimals, empty
+    when not measured)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CLAIM_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for item in claims_data(evaluate_claims(lb)):
+        number = {
+            k: "" if item[k] is None else f"{item[k]:.4f}" for k in ("advantage", "low", "high")
+        }
+        writer.writerow(
+            {
+                **{k: item[k] for k in ("kind", "a", "b", "arch", "unit", "verdict", "reason")},
+                **number,
+                "measure": item["measure"] or "",
+                "n": len(item["seeds"]),
+                "paper": item["paper"],
+            }
+        )
+    return buffer.getvalue()
 
 
 def total_seconds(lb: Leaderboard) -> float:
@@ -752,6 +867,8 @@ def to_data(lb: Leaderboard) -> dict[str, Any]:
             "ranked": lb.refusal is None,
             "refusal": lb.refusal,
         }
+    if suite.claims:  # absent for suites that declare none (their files stay as they were)
+        data["claims"] = claims_data(evaluate_claims(lb))
     if lb.environments:  # absent for runs tracked before environments were recorded
         data["environments"] = [{"environment": e, "runs": n} for e, n in lb.environments]
         data["mixed_environments"] = lb.mixed_environments

@@ -49,10 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--factors",
-        default="-2,-1,1,2",
+        default=None,
         metavar="F[,F...]",
         help="powers of ten around the base value; write --factors=-1,1 "
-        "(with =: the value starts with a minus) (default: -2,-1,1,2)",
+        "(with =: the value starts with a minus) (default: the suite's [ablation] table, "
+        "else -2,-1,1,2)",
     )
     parser.add_argument(
         "--seeds",

@@ -261,14 +261,21 @@ def _compact(data: Mapping[str, Any]) -> str:
 def resolved_identity(config: RunConfig) -> dict[str, Any]:
     """The identity of ``config`` in schema :data:`CONFIG_SCHEMA_VERSION` (JSON-ready).
 
-    The options come from :func:`resolved_options` (which raises what it raises); schedules are
+    An optimizer's ``rule_version`` above 1 is part of it (version 1 is left out, so older
+    runs keep their hashes). The options come from :func:`resolved_options` (which raises what
+    it raises); schedules are
     taken as data, as :func:`benchbnn.train.engine.canonical_config` writes them, with the
     optimizer's default schedules for the hyperparameters given none (:func:`resolved_schedules`,
     which raises what it raises).
     """
+    from benchbnn.core.plugins import get_optimizer
+
     options = resolved_options(config)
     schedules = resolved_schedules(config)
+    version = get_optimizer(config.optimizer).rule_version
+    rule = {} if version == 1 else {"optimizer_rule_version": version}
     return {
+        **rule,
         "schema": CONFIG_SCHEMA_VERSION,
         "dataset": config.dataset,
         "arch": config.arch,

@@ -390,6 +390,12 @@ class OptimizerSpec:
     every run's identity (:func:`benchbnn.core.config.resolved_identity`); a configuration
     replaces one by giving a schedule of that hyperparameter (``constant:V`` holds it fixed).
 
+    ``rule_version`` counts changes of the rule's numbers (1 for the first; the factory's
+    ``rule_version`` with :meth:`from_class`): an optimizer whose update now computes other
+    numbers from the same hyperparameters (a new random stream, another arithmetic) raises it,
+    and versions above 1 are part of every run's identity, so a store never reuses a run of
+    the old rule as a result of the new one. Runs of version 1 keep their hashes.
+
     Contradictions (``latent_weights`` against ``forward``, a spec against its class's
     declaration, ``"identity"`` without evaluation weights) are refused by :meth:`validate`.
     """
@@ -405,6 +411,7 @@ class OptimizerSpec:
     needs_closure: bool | None = None
     divergence_advice: str = ""
     default_schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    rule_version: int = 1
 
     def __post_init__(self) -> None:
         forward, conflict = self.forward, ""
@@ -482,6 +489,7 @@ class OptimizerSpec:
             "needs_closure": bool(_declared(optimizer_class, "needs_closure", bool)),
             "divergence_advice": _declared(optimizer_class, "divergence_advice", str) or "",
             "default_schedules": getattr(optimizer_class, "default_schedules", None) or {},
+            "rule_version": getattr(optimizer_class, "rule_version", 1),
         }
         return cls(**{**fields, **overrides})
 
@@ -539,6 +547,15 @@ class OptimizerSpec:
         owner = f"optimizer {self.name!r}"
         if not callable(self.factory):
             raise PluginError(f"{owner}: factory is not callable")
+        if (
+            isinstance(self.rule_version, bool)
+            or not isinstance(self.rule_version, int)
+            or self.rule_version < 1
+        ):
+            raise PluginError(
+                f"{owner}: rule_version must be a whole number >= 1, got {self.rule_version!r}; "
+                f"start at 1 and add 1 whenever the rule computes other numbers"
+            )
         for h in self.hparams:
             if getattr(h, "name", None) == "context":
                 raise PluginError(

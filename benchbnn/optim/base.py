@@ -768,6 +768,10 @@ class BinaryOptimizer(torch.optim.Optimizer):
     description: ClassVar[str] = ""
     #: Where the rule comes from (paper, code).
     reference: ClassVar[str] = ""
+    #: Raise by one whenever the rule computes other numbers from the same hyperparameters (a
+    #: new random stream, another arithmetic): versions above 1 enter every run's identity, so
+    #: stores never mix runs of the old and the new rule (see OptimizerSpec.rule_version).
+    rule_version: ClassVar[int] = 1
     #: The rule's hyperparameters: kept in the binary group, passed to :meth:`update` by name.
     rule_hparams: ClassVar[tuple[HParam, ...]] = ()
     #: Hyperparameters checked like the others but kept out of the groups, in :attr:`options`

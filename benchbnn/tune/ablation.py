@@ -37,6 +37,7 @@ from typing import Any
 
 from benchbnn.bench.compare import RESUME, TRAIN, check_configs, check_data, plan_runs
 from benchbnn.bench.suite_file import load_suite
+from benchbnn.bench.suites import scaled as suite_scaled
 from benchbnn.core import limits
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError
@@ -111,8 +112,9 @@ def parse_factors(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def scaled(base: float, factor: int) -> float:
-    """``base * 10**factor`` rounded to 12 significant digits: 1e-6 and -2 give exactly 1e-8."""
-    return float(f"{base * 10.0**factor:.12g}")
+    """``base * 10**factor`` rounded to 12 significant digits: 1e-6 and -2 give exactly 1e-8
+    (the rule of a suite's ``[ablation]`` points, so both plan the same runs)."""
+    return suite_scaled(base, factor)
 
 
 def _ablated_names(spec: Any, suite: Any, hparams: Sequence[str] | None) -> list[str]:
@@ -128,10 +130,20 @@ def _ablated_names(spec: Any, suite: Any, hparams: Sequence[str] | None) -> list
 
 
 def _entries(suite: Any, optimizers: Sequence[str] | None) -> list[Any]:
+    """The entries to sweep: by label, else by optimizer name. Entries an ``[ablation]`` table
+    generated (its points) are never swept again."""
+    table = getattr(suite, "ablation", None)
+    generated = {p.label for p in table.points} if table is not None else set()
+    entries = [e for e in suite.entries if e.label not in generated]
     if not optimizers:
-        return list(suite.entries)
-    chosen = [e for e in suite.entries if e.label in optimizers or e.optimizer in optimizers]
-    missing = [n for n in optimizers if not any(n in (e.label, e.optimizer) for e in suite.entries)]
+        return entries
+    labels = {e.label for e in entries}
+    chosen = [
+        e
+        for e in entries
+        if e.label in optimizers or (e.optimizer in optimizers and e.optimizer not in labels)
+    ]
+    missing = [n for n in optimizers if not any(n in (e.label, e.optimizer) for e in entries)]
     if missing:
         raise BenchbnnError(
             f"suite {suite.name!r} has no entry or optimizer {missing[0]!r}; entries: "
@@ -608,7 +620,7 @@ def ablate(
     *,
     optimizers: Sequence[str] | None = None,
     hparams: Sequence[str] | None = None,
-    factors: Sequence[int] | str = DEFAULT_FACTORS,
+    factors: Sequence[int] | str | None = None,
     seeds: int | Sequence[int] | None = None,
     epochs: int | None = None,
     arch: str | None = None,
@@ -623,13 +635,21 @@ def ablate(
 ) -> AblationResult:
     """Plan the sweep, train what is missing, write the figures and tables.
 
-    Raises BenchbnnError before anything trains for bad input, including an ``out`` that is
-    not a writable directory.
+    ``optimizers``, ``hparams`` and ``factors`` left as None come from the suite's
+    ``[ablation]`` table when it has one (whose points the suite's own entries already are, so
+    ``benchbnn compare`` and this share runs), else every entry, the log-scale search space and
+    :data:`DEFAULT_FACTORS`. Raises BenchbnnError before anything trains for bad input,
+    including an ``out`` that is not a writable directory.
     """
 
     echo = say or (lambda _line: None)
     suite_obj = load_suite(suite) if isinstance(suite, (str, Path)) else suite
-    factors = parse_factors(factors)
+    table = suite_obj.ablation
+    if table is not None:
+        optimizers = list(table.entries) if optimizers is None else optimizers
+        hparams = list(table.hparams) if hparams is None else hparams
+        factors = table.factors if factors is None else factors
+    factors = parse_factors(DEFAULT_FACTORS if factors is None else factors)
     # where the figures go is checked now, not after the sweep has trained
     check_writable_dir(out if out is not None else default_out(suite_obj), "the ablation", "--out")
     if seeds is not None:

@@ -260,6 +260,8 @@ class BayesBiNN(BinaryOptimizer):
     state_buffers = ("lam", "mu", "momentum", "prior_lam")
     tensor_keys = ("g_hat",)
     derived_keys = ("bias_correction", "lagged_mu", "natural_scale", "one_sample")
+    #: 2: counter-based logistic noise (2026-11-30) instead of torch.rand
+    rule_version = 2
     forward = "identity"
     needs_closure = True
     divergence_advice = (

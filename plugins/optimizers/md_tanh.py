@@ -279,6 +279,8 @@ class MDTanh(BinaryOptimizer):
     real_hparams = adam_hparams(lr=1e-3)
     state_buffers = ("m", "v")
     derived_keys = ("rate", "stable")
+    #: 2: the stable form in float32 closed form (2026-11-30) instead of float64 atanh/tanh
+    rule_version = 2
     forward = "identity"
     divergence_advice = (
         "lower step_size (md-tanh's mirror step), beta_scale (or raise beta_interval) so that "

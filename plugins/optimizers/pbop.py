@@ -116,6 +116,8 @@ class PBop(BinaryOptimizer):
     state_buffers = ("m", "v")
     #: ``key``, one random key per tensor and step, comes from :meth:`tensor_kwargs`.
     tensor_keys = ("key",)
+    #: 2: the counter-based stream of 2026-11-30 (one multiply and one mix per position)
+    rule_version = 2
     forward = "sign"
     divergence_advice = (
         "lower lr (Adam on the real-valued parameters, where a NaN loss starts: flips keep the "
