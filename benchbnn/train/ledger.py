@@ -37,12 +37,14 @@ suspended) stops training before it writes its next checkpoint.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
+import json
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ from benchbnn.core.plugins import hookimpl
 from benchbnn.core.processes import owner_alive, this_process
 from benchbnn.train.storage import (
     DEFAULT_HEARTBEAT_S,
+    RDBTrialOps,
+    TrialOps,
     check_queue_storage,
     heartbeat_of,
     open_storage,
@@ -201,6 +205,184 @@ class Heartbeat:
                     self.storage.record_heartbeat(trial_id)
 
 
+# --- a job's path in few round trips (databases) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Made:
+    """A claim trial just created: its study, trial id and number, and how many trials of the
+    study were RUNNING when it was numbered (None: not counted; read them afterwards)."""
+
+    study_id: int
+    trial_id: int
+    number: int
+    others_running: int | None
+
+
+class JobPathOps(RDBTrialOps):
+    """:class:`~benchbnn.train.storage.RDBTrialOps` plus a worker's job path in two transactions.
+
+    - Claiming (:meth:`claim`), alone or after taking a job in the same transaction
+      (:meth:`take_and_claim`: the job's WAITING -> RUNNING ``UPDATE`` of
+      :meth:`~benchbnn.train.storage.RDBTrialOps.take` first): the claim study's row locked by
+      name (``SELECT ... FOR UPDATE``, which also looks its id up), its trials counted (the new
+      number, as Optuna's ``_create_new_trial`` numbers under that lock) together with its
+      RUNNING ones, the trial and its holder inserted, and the first heartbeats of the new
+      trials in one INSERT. Take and claim: 6 statements and one commit, where the parent
+      class's take, ``study_id``, ``create_running`` and ``running`` are 9 statements in 4
+      transactions (a claim alone: 5 statements and one commit, where they are 7 in 3).
+    - Ending several trials (:meth:`end_many`): one ``UPDATE ... RETURNING`` of all of them when
+      they end in one state and the database returns rows from an UPDATE (PostgreSQL, MariaDB;
+      else one UPDATE each), then one INSERT of the values of those it ended. A claim and its
+      job: 2 statements and one commit, where two ends are 4 statements in 2 transactions.
+
+    Why the RUNNING count may replace the read after the commit (:meth:`Ledger.try_claim`'s
+    rule, the lowest-numbered RUNNING claim owns): trials are numbered one at a time under the
+    study lock, so when the count runs every lower-numbered claim is committed and counted,
+    and a claim never goes back to RUNNING. None RUNNING then means this claim is the lowest
+    RUNNING one for as long as it runs. Rows are those Optuna writes (as in the parent class).
+    Raises what SQLAlchemy raises; a transaction that raises changes nothing (a job taken in it
+    stays WAITING).
+    """
+
+    def __init__(self, storage: Any) -> None:
+        import sqlalchemy as sa
+        from optuna.trial import TrialState
+
+        super().__init__(storage)
+        trials, studies = self._trials, self._studies
+        running = sa.case((trials.c.state == TrialState.RUNNING, 1), else_=0)
+        # statements built once; SQLAlchemy caches their compiled form
+        self._lock_study = (
+            sa.select(studies.c.study_id)
+            .where(studies.c.study_name == sa.bindparam("name"))
+            .with_for_update()
+        )
+        self._count = sa.select(
+            sa.func.count(trials.c.trial_id), sa.func.coalesce(sa.func.sum(running), 0)
+        ).where(trials.c.study_id == sa.bindparam("sid"))
+        self._take_one = (
+            sa.update(trials)
+            .where(trials.c.trial_id == sa.bindparam("tid"), trials.c.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=sa.bindparam("now"))
+        )
+        self._end_one = (
+            sa.update(trials)
+            .where(trials.c.trial_id == sa.bindparam("tid"), trials.c.state == TrialState.RUNNING)
+            .values(state=sa.bindparam("st"), datetime_complete=sa.bindparam("now"))
+        )
+        self._end_all = (
+            sa.update(trials)
+            .where(
+                trials.c.trial_id.in_(sa.bindparam("tids", expanding=True)),
+                trials.c.state == TrialState.RUNNING,
+            )
+            .values(state=sa.bindparam("st"), datetime_complete=sa.bindparam("now"))
+            .returning(trials.c.trial_id)
+        )
+        self._insert_trial = sa.insert(trials)
+        self._insert_attrs = sa.insert(self._attrs)
+        self._insert_beats = sa.insert(self._beats).values(heartbeat=sa.func.current_timestamp())
+        self._insert_values = sa.insert(self._values)
+
+    def claim(self, study_name: str, attrs: Mapping[str, Any], beat: bool) -> Made | None:
+        """A RUNNING trial in study ``study_name`` with user attributes ``attrs`` (and, with
+        ``beat``, its first heartbeat); None when the study does not exist."""
+        with self._connection() as conn:
+            return self._claim_on(conn, study_name, attrs, [] if beat else None)
+
+    def take_and_claim(
+        self,
+        trial_id: int,
+        take_attrs: Mapping[str, Any],
+        study_name: str,
+        attrs: Mapping[str, Any],
+        beat: bool,
+    ) -> tuple[bool, Made | None]:
+        """Take WAITING trial ``trial_id`` (as :meth:`take`, with ``take_attrs``) and, when it
+        was taken, claim in ``study_name`` (as :meth:`claim`), in one transaction: (taken,
+        the claim made or None when not taken or the study does not exist)."""
+        with self._connection() as conn:
+            moved = conn.execute(self._take_one, {"tid": trial_id, "now": _utc_now()}).rowcount
+            if moved != 1:
+                return False, None
+            if take_attrs:
+                self._add(conn, trial_id, take_attrs, beat=False, replace=True)
+            return True, self._claim_on(conn, study_name, attrs, [trial_id] if beat else None)
+
+    def _claim_on(
+        self, conn: Any, study_name: str, attrs: Mapping[str, Any], beats: list[int] | None
+    ) -> Made | None:
+        """The claim of :meth:`claim` on the open transaction ``conn``; ``beats``: the other
+        trials whose first heartbeat goes with the claim's (None: no heartbeats)."""
+        from optuna.trial import TrialState
+
+        found = conn.execute(self._lock_study, {"name": study_name}).first()
+        if found is None:
+            if beats:
+                conn.execute(self._insert_beats, [{"trial_id": i} for i in beats])
+            return None
+        study_id = int(found[0])
+        number, running = conn.execute(self._count, {"sid": study_id}).one()
+        row = {"study_id": study_id, "number": int(number), "state": TrialState.RUNNING}
+        inserted = conn.execute(self._insert_trial, {**row, "datetime_start": _utc_now()})
+        trial_id = int(inserted.inserted_primary_key[0])
+        if attrs:
+            conn.execute(
+                self._insert_attrs,
+                [
+                    {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                    for k, v in attrs.items()
+                ],
+            )
+        if beats is not None:
+            conn.execute(self._insert_beats, [{"trial_id": i} for i in [*beats, trial_id]])
+        return Made(study_id, trial_id, int(number), int(running))
+
+    def end_many(self, ends: Sequence[tuple[int, Any, float | None]]) -> list[bool]:
+        """End RUNNING trials, each ``(trial id, finished TrialState, objective value or
+        None)``, in one transaction; for each whether it was ended (False: it had ended
+        already, e.g. a reaper failed it)."""
+        now = _utc_now()
+        with self._connection() as conn:
+            states = {state for _, state, _ in ends}
+            if len(states) == 1 and conn.dialect.update_returning:
+                params = {"tids": [i for i, _, _ in ends], "st": states.pop(), "now": now}
+                ended = {int(i) for (i,) in conn.execute(self._end_all, params)}
+            else:
+                ended = {
+                    i
+                    for i, state, _ in ends
+                    if conn.execute(self._end_one, {"tid": i, "st": state, "now": now}).rowcount
+                    == 1
+                }
+            values = [(i, v) for i, _, v in ends if i in ended and v is not None]
+            if values:
+                conn.execute(self._insert_values, [self._value_row(i, v) for i, v in values])
+        return [i in ended for i, _, _ in ends]
+
+    def _value_row(self, trial_id: int, value: float) -> dict[str, Any]:
+        stored, kind = self._models.TrialValueModel.value_to_stored_repr(value)
+        return {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind}
+
+
+def ledger_ops(storage: Any) -> TrialOps:
+    """The trial operations of a ledger: :class:`JobPathOps` on a database, else
+    :func:`~benchbnn.train.storage.trial_ops`'s."""
+    import optuna
+
+    return (
+        JobPathOps(storage)
+        if isinstance(storage, optuna.storages.RDBStorage)
+        else trial_ops(storage)
+    )
+
+
+def _utc_now() -> datetime.datetime:
+    """Now as Optuna's RDB storage keeps trial datetimes: naive UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
 # --- claims -----------------------------------------------------------------------------------
 
 
@@ -292,7 +474,7 @@ class Ledger:
         self.storage, self.url = storage, url
         self.heartbeat_s = heartbeat_of(storage)
         self.heartbeat = Heartbeat(storage, self.heartbeat_s)
-        self.ops = trial_ops(storage)
+        self.ops = ledger_ops(storage)
         self._study_ids: dict[str, int] = {}
 
     @classmethod
@@ -342,16 +524,70 @@ class Ledger:
         the live holder. Raises what the storage raises.
 
         The trial is created with its holder and first heartbeat in one storage operation
-        (:meth:`~benchbnn.train.storage.TrialOps.create_running`); then the ids and numbers of
-        the study's RUNNING trials are read, and only when a lower-numbered one is RUNNING (or
-        this one is not) are they read in full to name and check their holders.
+        (:meth:`~benchbnn.train.storage.TrialOps.create_running`; on a database
+        :meth:`JobPathOps.claim`, which also counts the RUNNING trials it found: none, and the
+        claim is owned at once); then the ids and numbers of the study's RUNNING trials are
+        read, and only when a lower-numbered one is RUNNING (or this one is not) are they read
+        in full to name and check their holders.
         """
-        study_id = self.study_id(key)
-        assert study_id is not None
+        attrs, beat = {ATTR_HOLDER: holder.as_attr()}, bool(self.heartbeat_s)
+        made = self.ops.claim(key, attrs, beat) if isinstance(self.ops, JobPathOps) else None
+        if made is None:  # Optuna's API, or a database without the claim study yet
+            study_id = self.study_id(key)
+            assert study_id is not None
+            trial_id, number = self.ops.create_running(study_id, attrs, beat=beat)
+            made = Made(study_id, trial_id, number, None)
+        return self._settle(key, made)
+
+    def claim_taking(
+        self, key: str, holder: Holder, job_trial_id: int, job_attrs: Mapping[str, Any]
+    ) -> Claim | None:
+        """Take queued trial ``job_trial_id`` (WAITING -> RUNNING with user attributes
+        ``job_attrs`` and, on a database, its first heartbeat, beaten from then on) and claim
+        configuration ``key`` for ``holder``, as :meth:`try_claim`; None when another process
+        took the trial first (nothing claimed). On a database both are one transaction
+        (:meth:`JobPathOps.take_and_claim`). Raises what the storage raises (on a database the
+        trial is then still WAITING)."""
+        beat = bool(self.heartbeat_s)
+        if not isinstance(self.ops, JobPathOps):
+            if not self.ops.take(job_trial_id, job_attrs, beat=beat):
+                return None
+            self.heartbeat.add(job_trial_id, beat=False)
+            return self.try_claim(key, holder)
         attrs = {ATTR_HOLDER: holder.as_attr()}
-        trial_id, number = self.ops.create_running(study_id, attrs, beat=bool(self.heartbeat_s))
+        taken, made = self.ops.take_and_claim(job_trial_id, job_attrs, key, attrs, beat)
+        if not taken:
+            return None
+        self.heartbeat.add(job_trial_id, beat=False)
+        return self.try_claim(key, holder) if made is None else self._settle(key, made)
+
+    def end_with(self, claim: Claim | None, result: bool, trial_id: int, value: float) -> bool:
+        """End ``claim`` (as :meth:`Claim.finish` with ``result``; nothing for None, a claim
+        not owned or ended already) and RUNNING trial ``trial_id`` (COMPLETE with ``value``:
+        a queued job), in one transaction on a database (:meth:`JobPathOps.end_many`). Returns
+        whether ``trial_id`` was ended (False: a reaper failed it meanwhile). Raises what the
+        storage raises (the claim then counts as ended here; its heartbeat stopped, a reaper
+        frees it)."""
+        from optuna.trial import TrialState
+
+        ends: list[tuple[int, Any, float | None]] = [(trial_id, TrialState.COMPLETE, value)]
+        if claim is not None and claim.trial_id is not None and not claim.ended:
+            claim.ended = True
+            self.heartbeat.remove(claim.trial_id)
+            state = TrialState.COMPLETE if result else TrialState.FAIL
+            ends.insert(0, (claim.trial_id, state, 0.0 if result else None))
+        self.heartbeat.remove(trial_id)
+        if isinstance(self.ops, JobPathOps):
+            return self.ops.end_many(ends)[-1]
+        return [self.ops.end(*end) for end in ends][-1]
+
+    def _settle(self, key: str, made: Made) -> Claim:
+        """The claim of ``key`` whose trial was just ``made``: owned when it is the lowest
+        RUNNING one, else released at once and naming the live holder (holders found dead are
+        freed on the way)."""
+        study_id, trial_id, number = made.study_id, made.trial_id, made.number
         self.heartbeat.add(trial_id, beat=False)
-        if self.ops.running(study_id)[:1] == [(trial_id, number)]:
+        if made.others_running == 0 or self.ops.running(study_id)[:1] == [(trial_id, number)]:
             return Claim(self, key, trial_id)  # the lowest RUNNING trial is this one
         running = self._running(study_id)
         mine = next((t for t in running if t._trial_id == trial_id), None)

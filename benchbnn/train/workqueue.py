@@ -14,6 +14,12 @@ on a database Optuna's ``fail_stale_trials`` fails a trial whose heartbeat stopp
 journal file the same is done for a holder process of this machine that is gone (:meth:`reap`).
 An interrupted worker puts its job back itself (:meth:`put_back`).
 
+Two steps per job. :meth:`take_and_claim` takes a job and claims its configuration in the ledger
+(the job's ``key``), :meth:`finish_claimed` ends both; on a database each is one transaction
+(:class:`~benchbnn.train.ledger.JobPathOps`: 8 SQL statements and 2 commits per job, where
+``take``, ``Ledger.try_claim``, ``Claim.finish`` and ``finish`` make 11 statements and 4
+commits), and a take whose claim fails leaves the job WAITING.
+
 Listing. A worker keeps the listing it read and takes its jobs one after the other from a
 random place in it (workers so start on different jobs); when it loses one to another worker the
 listing is stale and it reads a new one. ``take`` returns None only when a fresh listing is
@@ -42,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchbnn.train.ledger import ATTR_HOLDER, Holder, Ledger
+from benchbnn.train.ledger import ATTR_HOLDER, Claim, Holder, Ledger
 from benchbnn.train.storage import Queued, quiet_optuna
 
 #: The studies a queue is spread over, and their name prefix.
@@ -124,8 +130,47 @@ class WorkQueue:
     def take(self, holder: Holder) -> Taken | None:
         """Take a waiting job for ``holder`` (None when a fresh listing has none). Raises what
         the storage raises."""
-        ops, beats = self.ledger.ops, bool(self.ledger.heartbeat_s)
-        attrs = {} if beats else {ATTR_HOLDER: holder.as_attr()}  # liveness by process id
+        attrs = self._take_attrs(holder)
+        found = self._take_with(lambda queued, _job: (self._take_one(queued, attrs), None))
+        return None if found is None else found[0]
+
+    def take_and_claim(self, holder: Holder) -> tuple[Taken, Claim | None] | None:
+        """Take a waiting job for ``holder`` and claim its configuration (the job's ``key``;
+        None for a job without one), as :meth:`take` then :meth:`Ledger.try_claim
+        <benchbnn.train.ledger.Ledger.try_claim>` do, in one transaction on a database
+        (:meth:`Ledger.claim_taking <benchbnn.train.ledger.Ledger.claim_taking>`). None when a
+        fresh listing has no job. End both with :meth:`finish_claimed`. Raises what the storage
+        raises."""
+        attrs = self._take_attrs(holder)
+
+        def attempt(queued: Queued, job: Mapping[str, Any]) -> tuple[bool, Claim | None]:
+            if "key" not in job:
+                return self._take_one(queued, attrs), None
+            claim = self.ledger.claim_taking(str(job["key"]), holder, queued.trial_id, attrs)
+            return claim is not None, claim
+
+        return self._take_with(attempt)
+
+    def _take_attrs(self, holder: Holder) -> dict[str, Any]:
+        """What a taken job's trial records: nothing with heartbeats, else its holder (its
+        liveness is then told by process id)."""
+        return {} if self.ledger.heartbeat_s else {ATTR_HOLDER: holder.as_attr()}
+
+    def _take_one(self, queued: Queued, attrs: Mapping[str, Any]) -> bool:
+        """Take listed job ``queued`` (WAITING -> RUNNING with user attributes ``attrs`` and its
+        first heartbeat, beaten from then on); False when another worker took it first."""
+        beats = bool(self.ledger.heartbeat_s)
+        if not self.ledger.ops.take(queued.trial_id, attrs, beat=beats):
+            return False
+        self.ledger.heartbeat.add(queued.trial_id, beat=False)
+        return True
+
+    def _take_with(
+        self, attempt: Callable[[Queued, Mapping[str, Any]], tuple[bool, Any]]
+    ) -> tuple[Taken, Any] | None:
+        """Try ``attempt(queued, job)`` (True when it took the job) on the listed jobs in turn:
+        the taken job and what ``attempt`` returned with it, or None when a fresh listing has
+        none. A lost take makes the listing stale: a new one is read."""
         fresh = False
         while True:
             if not self._listing:
@@ -134,10 +179,11 @@ class WorkQueue:
                 self._listing, fresh = self._list(), True
                 continue
             queued = self._listing.popleft()
-            if ops.take(queued.trial_id, attrs, beat=beats):
-                self.ledger.heartbeat.add(queued.trial_id, beat=False)
+            job = queued.decoded()
+            won, extra = attempt(queued, job)
+            if won:
                 shard = int(queued.study_name[len(QUEUE_PREFIX) :])
-                return Taken(queued.decoded(), queued.trial_id, queued.number, shard)
+                return Taken(job, queued.trial_id, queued.number, shard), extra
             self.lost += 1
             self._listing.clear()  # another worker took it: the listing is stale
             fresh = False
@@ -157,6 +203,17 @@ class WorkQueue:
 
         self.ledger.heartbeat.remove(taken.trial_id)
         self.ledger.ops.end(taken.trial_id, TrialState.COMPLETE, value)
+
+    def finish_claimed(
+        self, taken: Taken, claim: Claim | None, result: bool = True, value: float = SETTLED
+    ) -> bool:
+        """End a taken job and its claim (:meth:`take_and_claim`): the claim as
+        :meth:`Claim.finish <benchbnn.train.ledger.Claim.finish>` with ``result`` (nothing for
+        None, a claim not owned or ended already), the job as :meth:`finish` with ``value``, in
+        one transaction on a database (:meth:`Ledger.end_with
+        <benchbnn.train.ledger.Ledger.end_with>`). Returns whether the job was ended (False:
+        a reaper failed it meanwhile, and queued it again). Raises what the storage raises."""
+        return self.ledger.end_with(claim, result, taken.trial_id, value)
 
     def put_back(self, taken: Taken) -> None:
         """Give a taken job back (this worker stops before it is done): its trial ends FAIL and
