@@ -82,3 +82,24 @@ def test_help_answers_without_importing_torch(command):
     assert done.returncode == 0, done.stderr
     assert "usage: benchbnn" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "HEAVY:", done.stdout.splitlines()[-1]
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """A reader that goes away (`benchbnn describe X | head -1`) ends the command with the
+    shell's SIGPIPE status and no traceback, also at the interpreter's final flush."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import benchbnn.cli.describe as describe\n"
+        "from benchbnn.cli import main\n"
+        "def closed(args):\n"
+        "    print('x' * 1000)\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "describe.main = closed\n"
+        "sys.exit(main(['describe', 'binarynet']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""

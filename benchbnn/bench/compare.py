@@ -932,10 +932,14 @@ def run_queued(
                 f"{where}' on the machines that work on them"
             )
     # wait_until_settled names what it waits for "runs"
-    tell = say if what == "runs" else (lambda line: say(line.replace(" runs (", f" {what} (")))
     try:
         wait_until_settled(
-            queue, waited, poll_s=WAIT_POLL_S, on_poll=pool.check if pool else None, say=tell
+            queue,
+            waited,
+            poll_s=WAIT_POLL_S,
+            on_poll=pool.check if pool else None,
+            say=say,
+            noun=what,
         )
     except BaseException:
         if pool is not None:

@@ -318,9 +318,10 @@ def wait_until_settled(
     poll_s: float = 2.0,
     on_poll: Callable[[bool], None] | None = None,
     say: Callable[[str], None] | None = None,
+    noun: str = "runs",
 ) -> None:
     """Wait until no configuration of ``keys`` (claim keys) is queued, being worked on, or
-    held in the ledger by a live process.
+    held in the ledger by a live process (``noun`` names what they are in ``say``'s lines).
 
     Every poll reaps dead workers' jobs (:meth:`WorkQueue.reap`) and calls ``on_poll(work
     waits)`` (compare watches its local workers there; it may raise). A state with nothing left
@@ -338,7 +339,7 @@ def wait_until_settled(
         held = {k for k in keys - pending if queue.ledger.holder_of(k) is not None}
         left = len(pending | held)
         if say is not None and left != last and left:
-            say(f"waiting for {left} of {len(keys)} runs (queued or training elsewhere)")
+            say(f"waiting for {left} of {len(keys)} {noun} (queued or training elsewhere)")
         last = left
         quiet_polls = quiet_polls + 1 if not left else 0
         if quiet_polls >= 2:
