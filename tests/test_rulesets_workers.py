@@ -27,6 +27,7 @@ from tuning_support import fresh_tracking_uri, write_suite
 
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.bench.worker import WorkerOptions, work
+from benchbnn.cli import main as cli_main
 from benchbnn.core import names
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.plugins import list_suites
@@ -323,3 +324,26 @@ def test_a_study_whose_worker_is_killed_is_finished_by_another_with_exactly_n_tr
     assert any(t.params == killed[0].params for t in done)
     data = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert [b["trials"] for b in data["ruleset"]["budgets"]] == [[2]]
+
+
+class _Recorded(Exception):
+    pass
+
+
+def test_score_train_with_workers_queues_its_external_studies_like_compare(monkeypatch):
+    """`benchbnn score BENCHMARK --train --workers N` hands the workers to the ruleset, which
+    then queues the missing studies as jobs (compare's path) instead of running them here."""
+    seen: dict = {}
+
+    def record(suite, name, **kwargs):
+        seen.update(kwargs)
+        raise _Recorded
+
+    monkeypatch.setattr("benchbnn.tune.rulesets.apply_ruleset", record)
+    with pytest.raises(_Recorded):
+        cli_main(["score", "cpu", "--train", "--workers", "2", "--no-plots", "--quiet"])
+    assert seen["workers"] == 2 and seen["run"] is True
+    seen.clear()
+    with pytest.raises(_Recorded):
+        cli_main(["score", "cpu", "--train", "--no-plots", "--quiet"])
+    assert "workers" not in seen

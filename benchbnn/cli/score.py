@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=limits.argument(limits.WORKERS, "--workers"),
         metavar="N",
-        help="with --train: train the final runs with N local worker processes",
+        help="with --train: run the missing external studies (one job per study) and train the "
+        "final runs with N local 'benchbnn worker' processes (0: queue them for workers started "
+        "elsewhere and wait)",
     )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
@@ -74,6 +76,8 @@ def _workload(args: argparse.Namespace, bench: Any, spec: Any, out: Path) -> dic
             "tracking_uri": args.tracking_uri,
             "quiet": args.quiet,
         }
+        if args.workers is not None:  # external studies go on the queue, as with compare
+            options["workers"] = args.workers
     suite, info = apply_ruleset(
         suite,
         bench.ruleset,
