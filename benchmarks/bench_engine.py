@@ -299,9 +299,9 @@ def _epoch(out: dict) -> float:
     return statistics.median(out["epoch_s"][1:] or out["epoch_s"])
 
 
-#: the ratios reported, (slower, faster): every contender against the default engine, and each
-#: bf16 contender against the bf16 engine
 def _pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The ratios reported, as (slower, faster): every contender against the default engine,
+    and each larq contender against the bf16 engine."""
     pairs = [(name, "engine") for name in names if name != "engine"]
     if "engine-bf16" in names:
         pairs += [(name, "engine-bf16") for name in ("larq", "larq-bf16") if name in names]

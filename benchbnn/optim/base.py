@@ -1154,15 +1154,15 @@ class BinaryOptimizer(torch.optim.Optimizer):
 
     def _run_compiled(self, rule: Rule, items: list, kwargs: dict[str, Any]) -> torch.Tensor:
         args = {k: _kernel_arg(v, self._device) for k, v in kwargs.items()}
-        counts = []
+        eager: list = []
         grouped: dict[torch.dtype | None, list] = {}
         for item in items:
             p, g, bufs, _, cast = item
             if not self._compile_failed and all(t.is_contiguous() for t in (p, g, *bufs)):
                 grouped.setdefault(cast, []).append(item)
-                continue
-            eager = rule if cast is None else in_dtype(rule, cast)
-            counts.append(eager(p, g, *bufs, **kwargs, **item[3]))
+            else:
+                eager.append(item)
+        counts = [_run_reference(rule, eager, kwargs, self._device)]
         for cast, members in grouped.items():
             counts.append(self._run_compiled_group(rule, members, kwargs, args, cast))
         return sum_counts([c for c in counts if c is not None], self._device)
@@ -1185,9 +1185,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                 "falling back to the reference implementation"
             )
-            eager = rule if cast is None else in_dtype(rule, cast)
-            counts = [eager(p, g, *bufs, **kwargs, **extra) for p, g, bufs, extra, _ in items]
-            return sum_counts([c for c in counts if c is not None], self._device)
+            return _run_reference(rule, items, kwargs, self._device)
 
 
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
