@@ -29,7 +29,7 @@ import pytest
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.train import ledger as ledger_module
 from benchbnn.train.ledger import ATTR_HOLDER, Holder, Ledger, claim_key, this_holder
-from benchbnn.train.workqueue import ATTR_JOB, ATTR_STRAY, QUEUE_PREFIX, WorkQueue
+from benchbnn.train.workqueue import ATTR_JOB, ATTR_STRAY, QUEUE_PREFIX, SHARD_NAMES, WorkQueue
 
 TrialState = optuna.trial.TrialState
 
@@ -267,6 +267,31 @@ def test_the_job_of_a_dead_worker_is_queued_again(storage, tmp_path):
         assert queue.reap() == 1
         assert queue.waiting() == 1
         assert queue.take(this_holder("worker", ledger.heartbeat_s)).job == {"key": "k"}
+    finally:
+        ledger.close()
+
+
+def test_a_journal_job_taken_by_a_worker_killed_before_its_holder_record_is_queued_again(
+    tmp_path,
+):
+    """On a journal a take is two records (RUNNING, then the holder): a worker killed between
+    them leaves a RUNNING job nobody holds; reap queues it again after the grace period, and
+    leaves a RUNNING trial without a job (a stray) alone."""
+    ledger = Ledger.open(str(tmp_path / "ledger.journal"))
+    try:
+        queue = WorkQueue(ledger)
+        queue.put([{"key": "k"}])
+        (queued,) = ledger.ops.waiting(SHARD_NAMES, ATTR_JOB)
+        assert ledger.ops.take(queued.trial_id, {}, beat=False)  # RUNNING, then killed
+        study = optuna.load_study(study_name=queued.study_name, storage=ledger.storage)
+        study.ask()  # a stray: RUNNING, no job, no holder
+        assert queue.reap() == 0  # within the grace period: it may be a live worker
+        assert queue.waiting() == 0
+        assert queue.reap(orphan_grace_s=0.0) == 1
+        assert queue.waiting() == 1
+        states = sorted(t.state.name for t in queue.trials())
+        assert states == ["FAIL", "RUNNING", "WAITING"]  # the stray is still RUNNING
+        assert queue.take(this_holder("worker")).job == {"key": "k"}
     finally:
         ledger.close()
 

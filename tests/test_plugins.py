@@ -89,6 +89,17 @@ def test_clash_with_a_builtin_names_the_builtin_distribution():
         benchbnn.get_optimizer("bop")
 
 
+def test_a_second_plugin_under_a_taken_plugin_name_is_reported_not_dropped():
+    benchbnn.register_plugin(_plugin(_spec("first-sgd"), name="one"), name="shared-name")
+    benchbnn.register_plugin(_plugin(_spec("second-sgd"), name="two"), name="shared-name")
+    registry = benchbnn.get_registry()
+    assert "first-sgd" in registry.names("optimizer")
+    assert "second-sgd" not in registry.names("optimizer")
+    (failure,) = [f for f in registry.failures if f.plugin == "shared-name"]
+    assert "already taken by one from in-process" in failure.reason
+    assert "rename the entry point" in failure.reason
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [

@@ -191,7 +191,18 @@ class _Loader:
         warnings.warn(f"benchbnn: {failure}", PluginWarning, stacklevel=2)
 
     def register(self, obj: Any, name: str, distribution: str, version: str) -> None:
-        if self.pm.has_plugin(name) or self.pm.is_registered(obj):
+        if self.pm.is_registered(obj):
+            return
+        if self.pm.has_plugin(name):
+            first = self.registry.plugins.get(name)
+            owner = f"{first.module} from {first.distribution}" if first else "another plugin"
+            self.fail(
+                name,
+                distribution,
+                f"not loaded: the plugin name {name!r} is already taken by {owner}; rename the "
+                f"entry point (its name before '=' in the '{ENTRY_POINT_GROUP}' group of the "
+                f"distribution's pyproject.toml)",
+            )
             return
         try:
             self.pm.register(obj, name=name)

@@ -46,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from benchbnn.train.ledger import ATTR_HOLDER, Claim, Holder, Ledger
@@ -61,6 +62,9 @@ ATTR_STRAY = "benchbnn.stray"
 #: Values a finished job's trial is completed with: it settled its configuration (trained it,
 #: or found its result), or found another process holding the configuration.
 SETTLED, DUPLICATE = 0.0, 1.0
+#: Seconds a job may stay RUNNING without a holder on a journal before :meth:`WorkQueue.reap`
+#: takes its worker for dead (killed between the take and the holder record).
+ORPHAN_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -233,13 +237,16 @@ class WorkQueue:
 
     # -- watching ----------------------------------------------------------------------------
 
-    def reap(self) -> int:
+    def reap(self, orphan_grace_s: float = ORPHAN_GRACE_S) -> int:
         """Queue again the jobs whose worker died; returns how many. Raises what the storage
         raises.
 
         On a database, trials whose heartbeat stopped (``optuna.storages.fail_stale_trials``,
         whose retry callback queues them again); everywhere, trials held by a process of this
-        machine that is gone.
+        machine that is gone. On a journal a take is two log records (RUNNING, then the holder),
+        so a worker killed between them leaves a RUNNING job without a holder: such a job is
+        queued again once it has been RUNNING for ``orphan_grace_s`` seconds (a live worker
+        records its holder within milliseconds of the take).
         """
         import optuna
         from optuna.trial import TrialState
@@ -253,7 +260,10 @@ class WorkQueue:
                 requeued += before - len(self._running(study))
             for trial in self._running(study):
                 holder = Holder.from_attr(trial.user_attrs.get(ATTR_HOLDER))
-                if holder is None or holder.alive() is not False:
+                if holder is None:
+                    if not self._orphaned(trial, orphan_grace_s):
+                        continue
+                elif holder.alive() is not False:
                     continue
                 try:
                     changed = study._storage.set_trial_state_values(
@@ -265,6 +275,15 @@ class WorkQueue:
                     _requeue(study, trial)
                     requeued += 1
         return requeued
+
+    def _orphaned(self, trial: Any, grace_s: float) -> bool:
+        """Whether RUNNING job ``trial`` lost its worker between the take and the holder record:
+        no heartbeats (a journal), no holder, a job, RUNNING for more than ``grace_s`` seconds
+        (Optuna stamps ``datetime_start`` with this machine's local clock at the take)."""
+        if self.ledger.heartbeat_s or ATTR_JOB not in trial.user_attrs:
+            return False
+        started = trial.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() > grace_s
 
     def _running(self, study: Any) -> list[Any]:
         from optuna.trial import TrialState
