@@ -187,3 +187,37 @@ def test_default_implementation_depends_on_size_and_environment(monkeypatch):
     monkeypatch.setenv(benchbnn.optim.base.IMPLEMENTATION_ENV, "turbo")
     with pytest.raises(benchbnn.BenchbnnError, match="unknown optimizer implementation 'turbo'"):
         spec.build([torch.nn.Parameter(torch.ones(10))])
+
+
+def _decay(x, g, rate):
+    """An in-place elementwise update for :meth:`BinaryOptimizer.kernel`."""
+    x.mul_(1.0 - rate).add_(g, alpha=-1.0)
+
+
+def _host_reading(x, g, rate):
+    x.mul_(2.0 if float(g.sum()) > 0 else 1.0)  # reads a value on the host: cannot compile
+
+
+@pytest.mark.slow
+@needs_compile
+def test_an_optimizers_own_kernel_runs_compiled_eagerly_and_falls_back(monkeypatch):
+    """``BinaryOptimizer.kernel``: the same bits compiled and eager (contiguous or not), and a
+    kernel torch.compile cannot capture warns once and runs eagerly."""
+    monkeypatch.setattr(benchbnn.optim.base, "_warned", set())
+    torch.manual_seed(0)
+    x0, g = torch.randn(37, 11), torch.randn(37, 11)
+    out = {}
+    for implementation in ("reference", "compiled"):
+        opt = build("bop", [torch.nn.Parameter(torch.ones(3))], [], implementation)
+        x, xt = x0.clone(), x0.t().clone().t()  # the second is not contiguous
+        for _ in range(3):
+            opt.kernel(_decay)(x, g, 0.125)
+            opt.kernel(_decay)(xt, g, 0.125)
+        out[implementation] = (x, xt)
+    assert torch.equal(out["reference"][0], out["compiled"][0])
+    assert torch.equal(out["compiled"][0], out["compiled"][1])
+    opt = build("bop", [torch.nn.Parameter(torch.ones(3))], [], "compiled")
+    x = torch.ones(4)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*falling back"):
+        opt.kernel(_host_reading)(x, torch.ones(4), 0.5)
+    assert torch.equal(x, torch.full((4,), 2.0)) and opt.kernel(_host_reading) is _host_reading

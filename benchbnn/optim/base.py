@@ -1152,6 +1152,46 @@ class BinaryOptimizer(torch.optim.Optimizer):
             return self._run_compiled(rule, items, kwargs)
         return _run_reference(rule, items, kwargs, self._device)
 
+    def kernel(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, an elementwise update written with torch operations that works in place on
+        its tensor arguments, as this optimizer's implementation runs it.
+
+        For an optimizer whose :meth:`step` does more than one rule per tensor (BayesBiNN's
+        sampling and its update): with the ``"compiled"`` implementation, ``fn`` is compiled
+        once per process and called with flat aliases of its contiguous tensor arguments (one
+        fused loop for every size and shape, as the rules run) and float arguments as 0-d
+        tensors (a scheduled value never recompiles); otherwise, or when a tensor is not
+        contiguous, ``fn`` runs eagerly. A compilation that fails warns once and runs ``fn``
+        eagerly from then on, as :meth:`step` does for the rules. Returns a callable taking
+        ``fn``'s arguments (what ``fn`` returns is dropped when compiled).
+        """
+        if self.implementation != "compiled" or self._compile_failed:
+            return fn
+
+        def run(*args: Any) -> None:
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
+            if not all(t.is_contiguous() for t in tensors):
+                fn(*args)
+                return
+            flat = [
+                _kernel_arg(
+                    _flat_alias(a) if isinstance(a, torch.Tensor) and a.dim() > 0 else a,
+                    self._device,
+                )
+                for a in args
+            ]
+            try:
+                _compiled(fn)(*flat)
+            except Exception as exc:
+                self._compile_failed = True
+                _warn_once(
+                    f"benchbnn: torch.compile failed for {getattr(fn, '__qualname__', fn)} "
+                    f"({type(exc).__name__}); falling back to the reference implementation"
+                )
+                fn(*args)
+
+        return run
+
     def _run_compiled(self, rule: Rule, items: list, kwargs: dict[str, Any]) -> torch.Tensor:
         args = {k: _kernel_arg(v, self._device) for k, v in kwargs.items()}
         eager: list = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,12 +19,10 @@ import torch
 
 import benchbnn
 from benchbnn.core.errors import BenchbnnError
-from benchbnn.optim import BinaryOptimizer, adam_hparams
-from benchbnn.optim.base import (
+from benchbnn.optim import (
+    BinaryOptimizer,
     EvaluationSamples,
-    _compiled,
-    _flat_alias,
-    _kernel_arg,
+    adam_hparams,
     counter_uniform,
     restoring,
 )
@@ -377,7 +374,7 @@ class BayesBiNN(BinaryOptimizer):
         first = None
         for s in range(max(self.samples, 1)):
             for j, p in enumerate(binary):
-                self._kernel(_fill_mean if self.samples == 0 else _fill_sample)(
+                self.kernel(_fill_mean if self.samples == 0 else _fill_sample)(
                     p, self.state[p]["lam"], keys[s][j] if keys else self._no_key, temperature
                 )
             result = closure()
@@ -387,7 +384,7 @@ class BayesBiNN(BinaryOptimizer):
             for j, p in enumerate(binary):
                 if p.grad is not None:
                     state = self.state[p]
-                    self._kernel(_add_scaled)(self._g_hat[j], p.grad, p, state["mu"], temperature)
+                    self.kernel(_add_scaled)(self._g_hat[j], p.grad, p, state["mu"], temperature)
                     raw[j] = _accumulate(raw[j], p.grad)
             for i, p in enumerate(real):
                 real_sums[i] = _accumulate(real_sums[i], p.grad)
@@ -411,36 +408,6 @@ class BayesBiNN(BinaryOptimizer):
         return torch.randint(
             0, 2**31, (), generator=self.generator, device=self.generator.device, dtype=torch.int64
         )
-
-    def _kernel(self, fn: Callable[..., None]) -> Callable[..., None]:
-        """``fn`` as this optimizer's implementation runs it: compiled (one fused loop over
-        flat aliases of contiguous tensors) for ``"compiled"``, else eagerly. A compilation
-        that fails falls back to eager code, with one warning, as the rule does."""
-        if self.implementation != "compiled" or self._compile_failed:
-            return fn
-
-        def run(*args: Any) -> None:
-            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
-            if not all(t.is_contiguous() for t in tensors):
-                fn(*args)
-                return
-            flat = [
-                _flat_alias(a) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args
-            ]
-            flat = [_kernel_arg(a, self._device) for a in flat]
-            try:
-                _compiled(fn)(*flat)
-            except Exception as exc:
-                self._compile_failed = True
-                warnings.warn(
-                    f"benchbnn: torch.compile failed for {fn.__qualname__} "
-                    f"({type(exc).__name__}); falling back to the reference implementation",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                fn(*args)
-
-        return run
 
     def tensor_kwargs(self, group: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         # What the rule scales by N / max(S, 1): for S >= 2 the flat sum of the scaled
