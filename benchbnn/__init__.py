@@ -63,6 +63,7 @@ _LAZY = {
     "split_parameters": "benchbnn.core.binary",
     "sgn0": "benchbnn.core.binary",
     "set_latent_mode": "benchbnn.core.binary",
+    "set_binary_kernel": "benchbnn.core.binary",
     "parameter_breakdown": "benchbnn.core.binary",
     "train": "benchbnn.train.engine",
     "best_trial_hparams": "benchbnn.tune.tuning",

@@ -6,7 +6,11 @@ everyone. Contenders, each in a fresh process and interleaved round by round (th
 so drift on a shared machine hits all of them alike):
 
 * ``engine``: ``benchbnn.train.engine.train`` with its default settings (compiled model,
-  channels_last, fp32), tracking and checkpoints on;
+  channels_last, fp32, ``binary_kernel="auto"``: exact int8 forward passes of the binary
+  convolutions on CPUs with VNNI), tracking and checkpoints on;
+* with ``--float-kernel``, also ``engine-float``: the engine with ``binary_kernel="float"``
+  (float32 convolutions everywhere; bit-identical results, so the ratio engine-float / engine
+  is what the int8 forward gains);
 * ``eager``: a hand-written eager loop with the same model, data pipeline and optimizer;
 * ``larq``: ``benchmarks/larq_binarynet.py`` run by ``--larq-python`` (a Python with TensorFlow,
   tf-keras and larq; larq is never a dependency of benchbnn: see docs/speed.md);
@@ -74,8 +78,9 @@ import torch
 import torch.nn.functional as F
 
 import benchbnn
-from benchbnn.core.binary import set_latent_mode, split_parameters
+from benchbnn.core.binary import set_binary_kernel, set_latent_mode, split_parameters
 from benchbnn.core.config import RunConfig
+from benchbnn.core.int8 import resolve_binary_kernel
 from benchbnn.data.pipeline import build_loaders
 from benchbnn.train.engine import EVAL_BATCH_SIZE, seed_everything, train
 
@@ -123,6 +128,10 @@ class HandWritten:
             .to(device)
         )
         set_latent_mode(self.model, False)
+        # the binary kernel the engine picks by default, so that both sides do the same work
+        kernel = resolve_binary_kernel("auto", device)
+        sign = benchbnn.get_optimizer(config.optimizer).forward == "sign"
+        set_binary_kernel(self.model, kernel, sign_weights=sign)
         binary, real = split_parameters(self.model)
         self.optimizer = benchbnn.get_optimizer(config.optimizer).build(
             binary, real, **config.hparams
@@ -258,7 +267,8 @@ def _speed(args: argparse.Namespace) -> None:
     """The speed protocol (see the module's docstring)."""
     from engine_contenders import export_arrays, run_config
 
-    names = ["engine", "eager"] + (["engine-bf16"] if args.bf16 else [])
+    names = ["engine", "eager"] + (["engine-float"] if args.float_kernel else [])
+    names += ["engine-bf16"] if args.bf16 else []
     if args.larq_python:
         names += ["larq"] + (["larq-bf16"] if args.bf16 else [])
     work = Path(tempfile.mkdtemp(prefix="bench-engine-speed-"))
@@ -337,7 +347,8 @@ def _run_contender(args: argparse.Namespace) -> None:
     config = run_config(args.width, args.steps, args.batch_size, args.epochs, "bop", args.seed)
     if args.contender.startswith("engine"):
         precision = "bf16" if args.contender == "engine-bf16" else "fp32"
-        out = run_engine(config, args.data_dir, precision=precision)
+        kernel = "float" if args.contender == "engine-float" else "auto"
+        out = run_engine(config, args.data_dir, precision=precision, binary_kernel=kernel)
     else:
         out = run_eager(config, args.data_dir)
     print(json.dumps(out))
@@ -352,13 +363,21 @@ def main() -> None:
         help="the overhead protocol (engine against a hand-written loop, one process)",
     )
     parser.add_argument(
-        "--contender", choices=("engine", "engine-bf16", "eager"), help=argparse.SUPPRESS
+        "--contender",
+        choices=("engine", "engine-float", "engine-bf16", "eager"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--bf16",
         action="store_true",
         help="speed protocol: also the engine and larq in bf16 (autocast / mixed_bfloat16)",
+    )
+    parser.add_argument(
+        "--float-kernel",
+        action="store_true",
+        help="speed protocol: also engine-float, the engine with binary_kernel='float' (no int8 "
+        "forward), to measure what the int8 forward gains",
     )
     parser.add_argument("--rounds", type=int, default=2, help="speed protocol: rounds")
     parser.add_argument("--threads", type=int, default=2, help="speed protocol: threads")

@@ -57,9 +57,14 @@ def run_config(
 
 
 def run_engine(
-    config: RunConfig, data_dir: str, compile: str = "auto", precision: str = "fp32"
+    config: RunConfig,
+    data_dir: str,
+    compile: str = "auto",
+    precision: str = "fp32",
+    binary_kernel: str = "auto",
 ) -> dict[str, Any]:
-    """Train ``config`` with the engine; ``{"epoch_s": [...], "test_top1": ..., ...}``."""
+    """Train ``config`` with the engine (``binary_kernel`` as ``train`` takes it);
+    ``{"epoch_s": [...], "test_top1": ..., ...}``."""
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as work:
         result = train(
             config,
@@ -70,6 +75,7 @@ def run_engine(
             checkpoint_dir=Path(work) / "checkpoints",
             compile=compile,
             precision=precision,
+            binary_kernel=binary_kernel,
         )
     if not result.finished:
         raise SystemExit(f"engine run failed: {result.error}")

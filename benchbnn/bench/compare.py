@@ -385,6 +385,7 @@ def compare(
     ruleset: RulesetInfo | None = None,
     compile: str = "auto",
     precision: str = "fp32",
+    binary_kernel: str = "auto",
 ) -> CompareResult:
     """Train what is missing of a suite, then write its leaderboard from the tracking store.
 
@@ -411,8 +412,8 @@ def compare(
     whose environment compare then plans in); 0 queues them for workers started elsewhere
     (``benchbnn worker --storage``) and waits until every run is settled. ``heartbeat`` is the
     heartbeat interval on a database storage (every process sharing it must use the same).
-    ``compile`` and ``precision`` are how the runs trained here run their model
-    (:func:`benchbnn.train.engine.train`; recorded as tags, not part of a configuration).
+    ``compile``, ``precision`` and ``binary_kernel`` are how the runs trained here run their
+    model (:func:`benchbnn.train.engine.train`; recorded as tags, not part of a configuration).
     ``ruleset`` (resolved above this layer, :func:`benchbnn.tune.rulesets.apply_ruleset`, with
     ``suite`` already carrying its settings) is stated in the leaderboard with every budget.
     Raises BenchbnnError for bad input (nothing started), e.g. a SQLite ``storage`` (not a safe
@@ -475,6 +476,7 @@ def compare(
         heartbeat=heartbeat,
         compile=compile,
         precision=precision,
+        binary_kernel=binary_kernel,
     )
     trained = _train_missing(planned, training, say, workers)
     written = write_from_store(
@@ -569,6 +571,7 @@ class Training:
     heartbeat: int | None = None
     compile: str = "auto"
     precision: str = "fp32"
+    binary_kernel: str = "auto"
 
     def key(self, config: RunConfig) -> str:
         """The claim key of ``config`` in this store and experiment."""
@@ -686,6 +689,7 @@ def _train_one(
         keep_checkpoint=training.keep_checkpoints,
         compile=training.compile,
         precision=training.precision,
+        binary_kernel=training.binary_kernel,
     )
     if p.action == RESUME:
         announce = _start_over_announcer(label, say)
@@ -858,6 +862,7 @@ def job_of(p: PlannedRun, training: Training, threads: int | None = None) -> dic
         "keep_checkpoints": training.keep_checkpoints,
         "compile": training.compile,
         "precision": training.precision,
+        "binary_kernel": training.binary_kernel,
     }
 
 

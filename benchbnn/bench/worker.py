@@ -75,6 +75,7 @@ class WorkerOptions:
     #: how the model runs (``benchbnn.train.engine.train``); None: as the job says
     compile: str | None = None
     precision: str | None = None
+    binary_kernel: str | None = None
     #: the storage this worker takes jobs from, as given (a study job whose storage URL lost
     #: its password in the queue uses it when it is the same storage)
     storage: str | None = None
@@ -152,6 +153,7 @@ def training_of(job: Mapping[str, Any], options: WorkerOptions) -> Training:
         reuse_any_environment=bool(job.get("reuse_any_environment")),
         compile=options.compile or str(job.get("compile", "auto")),
         precision=precision,
+        binary_kernel=options.binary_kernel or str(job.get("binary_kernel", "auto")),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchbnn.core.names import COMPILE_MODES, DEFAULT_SUITE, PRECISIONS
+from benchbnn.core.names import BINARY_KERNELS, COMPILE_MODES, DEFAULT_SUITE, PRECISIONS
 
 
 def add_suite_argument(parser: argparse.ArgumentParser) -> None:
@@ -65,4 +65,13 @@ def add_execution_arguments(
         "CPU with native bfloat16; weights, binary weights and optimizer state stay float32; "
         "bf16 runs are a separate numerical environment) "
         f"(default: {default_from or 'fp32'})",
+    )
+    parser.add_argument(
+        "--binary-kernel",
+        choices=BINARY_KERNELS,
+        default=None if inherited_from else "auto",
+        help="forward pass of binary convolutions whose input and weight are exactly +-1 "
+        "(fp32, CPU): int8 (oneDNN, bit-identical results), float, or auto (int8 on CPUs with "
+        "VNNI instructions); recorded as the tag benchbnn.binary_kernel, not part of the "
+        f"configuration (default: {default_from or 'auto'})",
     )

@@ -344,6 +344,7 @@ def main(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         compile=args.compile,
         precision=args.precision,
+        binary_kernel=args.binary_kernel,
         data_note=args.data_note,
         quiet=args.quiet,
         workers=args.workers,

@@ -261,6 +261,7 @@ def main(args: argparse.Namespace) -> int:
         keep_checkpoint=args.keep_checkpoints,
         compile=args.compile,
         precision=args.precision,
+        binary_kernel=args.binary_kernel,
     )
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun ranks take no claim
         result = train(config, **options)

@@ -102,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         compile=args.compile,
         precision=args.precision,
+        binary_kernel=args.binary_kernel,
         storage=args.storage,
     )
     runners = {STUDY_KIND: run_study_job}  # the tuning layer's jobs, run from above bench

@@ -56,6 +56,11 @@ TAG_PRECISION = "benchbnn.precision"
 #: the choices of --compile and --precision
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("fp32", "bf16")
+#: the choices of --binary-kernel (benchbnn.core.int8): int8 where it pays ("auto"), int8
+#: wherever it applies, never; and the tag recording which one the binary layers used (not
+#: part of a run's identity: the results are bit-identical)
+BINARY_KERNELS = ("auto", "int8", "float")
+TAG_BINARY_KERNEL = "benchbnn.binary_kernel"
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid

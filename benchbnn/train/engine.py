@@ -44,6 +44,10 @@ PyTorch emulates it, slower than float32, and it is refused. bf16 changes the nu
 of +-1 are exact, but sums above 256 and the backward pass's gradients are rounded to 8
 significant bits), so it is part of a run's numerical environment: a bf16 run is never reused
 as an fp32 result or the other way round (:class:`benchbnn.train.identity.Environment`).
+``binary_kernel`` ("auto", "int8", "float") lets binary convolutions whose input and weight are
+exactly +-1 run their forward pass as an int8 convolution (:mod:`benchbnn.core.int8`): integer
+sums, so the results are bit-identical to float32's and the choice is only a tag
+(``benchbnn.binary_kernel``), like ``compile``.
 
 Per epoch the engine measures in process the seconds of the forward and backward passes
 (``forward_backward_s``) and of the optimizer's own steps (``optimizer_step_s``; for an optimizer
@@ -75,9 +79,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchbnn.core import hookspecs
-from benchbnn.core.binary import binary_layers, set_latent_mode, set_ste_window, split_parameters
+from benchbnn.core.binary import (
+    BinaryConv2d,
+    binary_layers,
+    set_binary_kernel,
+    set_latent_mode,
+    set_ste_window,
+    split_parameters,
+)
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.int8 import TAG_BINARY_KERNEL, resolve_binary_kernel
 from benchbnn.core.machine import NATIVE_BF16_FLAGS, cpu_model, load_average, native_bf16_cpu
 from benchbnn.core.names import (
     COMPILE_MODES,
@@ -231,6 +243,9 @@ class Run:
     precision: str = "fp32"
     compile_time_s: float = 0.0
     epoch_compile_s: float = 0.0
+    #: the binary layers' kernel, "int8" or "float" (``binary_kernel`` of :func:`train`
+    #: resolved: :func:`benchbnn.core.int8.resolve_binary_kernel`)
+    binary_kernel: str = "float"
 
     @property
     def rank(self) -> int:
@@ -371,6 +386,8 @@ def _set_latent_mode(run: Run, spec: OptimizerSpec) -> None:
         run.ste_layers = [layer for _, layer in binary_layers(run.model)]
         window = run.schedules[name].value(0, run.steps_per_epoch, run.total_steps)
     set_latent_mode(run.model, bool(spec.latent_weights), clip=window)
+    # binary mode feeds the weights as they are: +-1 only for forward="sign" optimizers
+    set_binary_kernel(run.model, run.binary_kernel, sign_weights=spec.forward == "sign")
 
 
 def _follow_ste_window(run: Run, step: int) -> None:
@@ -537,8 +554,23 @@ def _prepare_model(run: Run) -> None:
         except Exception as exc:
             why, warn = f"compilation failed: {_first_line(exc)}", True
     _tag_mode(run, why)
+    run.tags[TAG_BINARY_KERNEL] = _binary_kernel_tag(run)
     if warn:
         _warn_eager(why)
+
+
+def _binary_kernel_tag(run: Run) -> str:
+    """What the binary convolutions run on: "int8" when at least one of them may use the exact
+    integer forward (:meth:`benchbnn.core.binary.BinaryConv2d.int8_applies`), else "float"
+    with the reason."""
+    if run.binary_kernel == "float":
+        return "float"
+    if run.precision != "fp32":
+        return f"float ({run.precision} autocast)"
+    convs = [layer for _, layer in binary_layers(run.model) if isinstance(layer, BinaryConv2d)]
+    if not any(c.input_exact and (c.latent or c.sign_weights) for c in convs):
+        return "float (no binary convolution with +-1 inputs and weights)"
+    return "int8"
 
 
 def _tag_mode(run: Run, why: str | None) -> None:
@@ -1309,6 +1341,7 @@ def train(
     keep_checkpoint: bool = False,
     compile: str | bool = "auto",
     precision: str = "fp32",
+    binary_kernel: str = "auto",
 ) -> RunResult:
     """Train and evaluate one configuration; track it in MLflow; checkpoint every epoch.
 
@@ -1336,6 +1369,14 @@ def train(
     ``compile_time_s``, and a bf16 run's numerical environment says bf16 (so compare reuses
     it only for bf16).
 
+    ``binary_kernel`` ("auto", "int8", "float"; :data:`benchbnn.core.int8.BINARY_KERNELS`) says
+    whether binary convolutions whose input and weight are exactly +-1 (fp32, CPU; latent mode,
+    or binary mode with a forward="sign" optimizer) run their forward pass as an int8
+    convolution: bit-identical results, so it is neither part of the identity nor of the
+    numerical environment, only the tag ``benchbnn.binary_kernel``. "auto" uses int8 on CPUs
+    where it pays (VNNI), "int8" wherever it applies (BenchbnnError where oneDNN's int8
+    operators are missing or the device is not a CPU).
+
     Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
     returns ``status="FAILED"`` when training diverges. With ``resume``, a checkpoint that
     cannot continue the run (made with another optimizer state layout or model, in another
@@ -1349,6 +1390,7 @@ def train(
     world = distributed.world_from_env()
     run = _new_run(config, distributed.resolve_device(device, world.local_rank), world)
     run.compile_mode, run.precision = check_run_mode(compile, precision, run.device)
+    run.binary_kernel = resolve_binary_kernel(binary_kernel, run.device)
     run.tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run.tags.update(
         {
