@@ -22,7 +22,13 @@ from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import native_bf16_cpu
 from benchbnn.core.names import TAG_ENVIRONMENT
-from benchbnn.train.engine import TAG_COMPILE, TAG_PRECISION, check_run_mode, train
+from benchbnn.train.engine import (
+    RECOMPILE_LIMIT,
+    TAG_COMPILE,
+    TAG_PRECISION,
+    check_run_mode,
+    train,
+)
 from benchbnn.train.identity import Environment
 
 #: BinaryNet at width 0.125 on 16x16 synthetic images: 130 training images in batches of 32
@@ -143,6 +149,19 @@ def test_no_recompilation_after_the_first_epoch(store, tmp_path):
     assert capture.frames[1] == capture.frames[2] == capture.frames[0]
     assert result.metrics["compile_time_s"] > 0
     assert sum(h["epoch_time_s"] for h in result.history) < result.metrics["compile_time_s"]
+
+
+@pytest.mark.parametrize(("before", "after"), [(8, RECOMPILE_LIMIT), (1000, 1000)])
+def test_a_compiled_run_lifts_the_recompile_limit_for_long_lived_workers(
+    store, tmp_path, before, after
+):
+    """A worker trains many configurations in one process, each adding compiled variants to the
+    model's shared forward frames; torch's default limit of 8 per frame made later runs eager
+    without a word. A compiled run raises it (never lowers a user's larger setting)."""
+    with torch._dynamo.config.patch(recompile_limit=before):
+        result, _ = _train(store, tmp_path, "mlp", tiny_config(epochs=1), compile="on")
+        assert result.finished
+        assert torch._dynamo.config.recompile_limit == after
 
 
 @pytest.mark.slow

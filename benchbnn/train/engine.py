@@ -535,6 +535,23 @@ def _why_eager(run: Run, conv_net: bool) -> tuple[str | None, bool]:
     return None, False
 
 
+#: Compiled variants torch.compile keeps per Python frame before it runs that frame eagerly
+#: (``torch._dynamo.config.recompile_limit``, 8 by default). A worker trains many runs in one
+#: process and every run adds variants to the model's shared forward frames (its train,
+#: evaluation and last-batch shapes; latent or binary mode; the binary kernel), so with the
+#: default the ninth variant ran eagerly, silently, while the run said "compiled".
+RECOMPILE_LIMIT = 64
+
+
+def _allow_recompiles() -> None:
+    """Raise torch.compile's per-frame recompile limit to :data:`RECOMPILE_LIMIT` (never lower
+    it: a user's larger setting stays)."""
+    import torch._dynamo.config as dynamo_config
+
+    if getattr(dynamo_config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+        dynamo_config.recompile_limit = RECOMPILE_LIMIT
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
@@ -549,6 +566,7 @@ def _prepare_model(run: Run) -> None:
     why, warn = _why_eager(run, conv_net)
     if why is None:
         try:
+            _allow_recompiles()
             run.model.compile(dynamic=False)
             run.compiled = True
         except Exception as exc:
