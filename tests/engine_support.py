@@ -28,6 +28,21 @@ TIMINGS = (
 )
 
 
+#: BinaryNet at width 0.125 on 16x16 synthetic images: 130 training images in batches of 32
+#: (4 steps, the partial fifth batch dropped), 300 test images (evaluated as 256 + 44) and a
+#: validation split of 26 (one partial batch): three evaluation shapes besides the training one
+TINY_BINARYNET: dict[str, Any] = {
+    "dataset": "synthetic",
+    "arch": "binarynet",
+    "optimizer": "bop",
+    "arch_options": {"width": 0.125},
+    "dataset_options": {"size": 16, "train_size": 156, "test_size": 300},
+    "val_fraction": 1 / 6,
+    "batch_size": 32,
+    "epochs": 3,
+}
+
+
 def tiny_config(**overrides: Any) -> RunConfig:
     fields = {
         "dataset": "digits",

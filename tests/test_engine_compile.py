@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch._dynamo
-from engine_support import TIMINGS, computed, fresh_store, tiny_config
+from engine_support import TIMINGS, TINY_BINARYNET, computed, fresh_store, tiny_config
 from mlflow import MlflowClient
 from torch._dynamo.utils import counters
 
@@ -31,19 +31,7 @@ from benchbnn.train.engine import (
 )
 from benchbnn.train.identity import Environment
 
-#: BinaryNet at width 0.125 on 16x16 synthetic images: 130 training images in batches of 32
-#: (4 steps, the partial fifth batch dropped), 300 test images (evaluated as 256 + 44) and a
-#: validation split of 26 (one partial batch): three evaluation shapes besides the training one
-CONV = {
-    "dataset": "synthetic",
-    "arch": "binarynet",
-    "optimizer": "bop",
-    "arch_options": {"width": 0.125},
-    "dataset_options": {"size": 16, "train_size": 156, "test_size": 300},
-    "val_fraction": 1 / 6,
-    "batch_size": 32,
-    "epochs": 3,
-}
+CONV = TINY_BINARYNET
 
 
 @pytest.fixture

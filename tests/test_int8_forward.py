@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_support import computed, fresh_store
+from engine_support import TINY_BINARYNET, computed, fresh_store
 
 import benchbnn
 import benchbnn.core.binary as binary_module
@@ -41,17 +41,8 @@ SHAPES = [
     (4, 8, 8, 7, 1, 2, 0),  # 1x1 stride 2 (a downsampling shortcut's shape)
 ]
 
-#: BinaryNet at width 0.125 on 16x16 synthetic images: 4 training steps of 32 per epoch
-CONV = {
-    "dataset": "synthetic",
-    "arch": "binarynet",
-    "optimizer": "bop",
-    "arch_options": {"width": 0.125},
-    "dataset_options": {"size": 16, "train_size": 156, "test_size": 300},
-    "val_fraction": 1 / 6,
-    "batch_size": 32,
-    "epochs": 2,
-}
+#: tests/engine_support.py's tiny BinaryNet, 2 epochs
+CONV = {**TINY_BINARYNET, "epochs": 2}
 
 
 def _signs(*shape: int, seed: int) -> torch.Tensor:
