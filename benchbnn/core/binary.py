@@ -213,15 +213,20 @@ class BinaryLayer:
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
+    @property
+    def binary_operands(self) -> bool:
+        """Whether this layer multiplies +-1 inputs by +-1 weights: an input quantizer that
+        outputs +-1 (``input_exact``) and a weight used as +-1 (latent mode binarizes it;
+        binary mode only with ``sign_weights``)."""
+        return self.input_exact and (self.latent or self.sign_weights)
+
     def exact_operands(self, x: torch.Tensor) -> bool:
         """Whether this forward pass multiplies exactly +-1 float32 values on the CPU with the
-        int8 kernel asked for: ``binary_kernel == "int8"``; an input quantizer that outputs +-1
-        (``input_exact``); a weight used as +-1 (latent mode binarizes it; binary mode only with
-        ``sign_weights``); float32 ``x`` and weight on the CPU, no autocast."""
+        int8 kernel asked for: ``binary_kernel == "int8"``, :attr:`binary_operands`, float32
+        ``x`` and weight on the CPU, no autocast."""
         return (
             self.binary_kernel == "int8"
-            and self.input_exact
-            and (self.latent or self.sign_weights)
+            and self.binary_operands
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32

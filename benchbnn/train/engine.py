@@ -586,7 +586,7 @@ def _binary_kernel_tag(run: Run) -> str:
     if run.precision != "fp32":
         return f"float ({run.precision} autocast)"
     convs = [layer for _, layer in binary_layers(run.model) if isinstance(layer, BinaryConv2d)]
-    if not any(c.input_exact and (c.latent or c.sign_weights) for c in convs):
+    if not any(c.binary_operands for c in convs):
         return "float (no binary convolution with +-1 inputs and weights)"
     return "int8"
 
