@@ -148,9 +148,12 @@ def _conv2d_int8_op(
     groups: int,
 ) -> torch.Tensor:
     """The operator behind :func:`conv2d_int8` (lists of two ints for the geometry)."""
-    channels = weight.shape[0]
-    scales = torch.ones(channels)
-    zero_points = torch.zeros(channels, dtype=torch.int64)
+    # one scale and zero point for the whole weight (per-tensor): oneDNN reads per-channel ones
+    # element by element (an .item() per output channel and call, 416 per BinaryNet step at
+    # width 0.25), and per-tensor prepacking is faster (2.87 against 3.04 ms for a 64 -> 128
+    # channel layer at 15x15, batch 50, 2 threads); the result is the same bit for bit
+    scales = torch.ones(1)
+    zero_points = torch.zeros(1, dtype=torch.int64)
     # -1 -> 0, +1 -> 2 (zero point 1): a bool mask doubled in place, about 1.5x faster than
     # (x + 1).to(torch.uint8) (measured here: 0.79 ms against 1.2 ms for 50x32x32x32 values)
     codes = x.ge(0).contiguous(memory_format=torch.channels_last).view(torch.uint8).mul_(2)
