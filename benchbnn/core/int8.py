@@ -115,6 +115,12 @@ def _channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
+def _output_channels_last(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``F.conv2d(x, weight)``'s output is channels_last: either operand is (the one
+    rule the operator and its fake implementation both follow)."""
+    return _channels_last(x) or _channels_last(weight)
+
+
 def conv2d_int8(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -164,7 +170,7 @@ def _conv2d_int8_op(
         codes, 1.0, 1, packed, scales, zero_points, None, stride, padding, dilation, groups,
         1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
-    if _channels_last(x) or _channels_last(weight):
+    if _output_channels_last(x, weight):
         return out
     # standard contiguous strides, also where dimensions of size 1 let oneDNN's output pass as
     # contiguous with other strides (a 1x1 output map): later kernels choose their path by them
@@ -186,11 +192,7 @@ def _(
         + 1
         for i in range(2)
     ]
-    layout = (
-        torch.channels_last
-        if _channels_last(x) or _channels_last(weight)
-        else torch.contiguous_format
-    )
+    layout = torch.channels_last if _output_channels_last(x, weight) else torch.contiguous_format
     shape = (x.shape[0], weight.shape[0], *sides)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
 
