@@ -129,6 +129,42 @@ def test_bop2ndorder_moves_weights_gradients_m_and_v():
     assert step_bytes(optimizer, [p]) == 2 * n + n + 2 * (2 * n)
 
 
+def _timing(step_ms, bandwidths, moved_bytes=10**9):
+    case = timing.Case("compiled", samples_ms=list(step_ms))
+    return timing.OptimizerTiming(
+        name="x",
+        plugin="-",
+        num_weights=1,
+        state_bytes=0,
+        moved_bytes=moved_bytes,
+        default_implementation="compiled",
+        cases=[case],
+        bandwidth_samples=list(bandwidths),
+    ), case
+
+
+def test_the_ratio_pairs_each_step_with_the_floor_of_its_round():
+    # the memory system halves its speed after round 2 and the memory-bound step slows with it:
+    # paired, every round says 1.2; the quotient of the medians would mix the two halves
+    fast, slow = 100e9, 50e9  # bytes per second
+    bandwidths = [fast, fast, slow, slow, slow]
+    steps = [1.2 * 1e9 / b * 1e3 for b in bandwidths]  # ms: 1.2x the floor of each round
+    result, case = _timing(steps, bandwidths)
+    assert result.ratio(case) == pytest.approx(1.2)
+    assert result.floor_ms == pytest.approx(20.0)  # 1 GB at the median bandwidth, 50 GB/s
+    assert case.median_ms / result.floor_ms == pytest.approx(1.2)
+    result, case = _timing(steps[:4], bandwidths[:4])  # medians mix: 18 ms over 13.3 ms
+    assert result.ratio(case) == pytest.approx(1.2)
+    assert case.median_ms / result.floor_ms == pytest.approx(18 / (40 / 3))
+
+
+def test_the_ratio_falls_back_to_the_medians_without_a_floor_per_round():
+    result, case = _timing([2.0, 4.0, 6.0], [100e9])
+    assert result.ratio(case) == pytest.approx(4.0 / 10.0)
+    result, case = _timing([], [100e9])
+    assert result.ratio(case) is None
+
+
 def test_the_shapes_are_binarynets():
     assert sum(torch.Size(s).numel() for s in BINARYNET_SHAPES) == BINARYNET_WEIGHTS
     assert len(SMALL_SHAPES) == len(BINARYNET_SHAPES)

@@ -171,8 +171,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "Floor: a step reads and writes every weight, reads every gradient and reads and writes "
         "every state tensor the optimizer keeps, so it moves at least "
         "`2 x weights + gradients + 2 x state` bytes (the last column, per binary weight); the "
-        "floor is those bytes divided by the bandwidth of the passes measured between the same "
-        "optimizer's steps, and the ratio is the median step over the floor. *(default)* marks "
+        "floor is those bytes divided by the median bandwidth of the passes measured between the "
+        "same optimizer's steps. The ratio pairs each step with the floor pass of its round "
+        "and takes the median of those quotients, so that a change of the machine's memory "
+        "speed during the measurement cancels out; it can differ a little from the quotient "
+        "of the two columns. *(default)* marks "
         "the implementation an optimizer picks for this many weights when none is asked for.",
     ]
     found = notes(data)

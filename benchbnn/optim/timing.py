@@ -12,7 +12,8 @@ array sizes per pass), on arrays several times the last-level cache so that it m
 not cache (:func:`default_floor_bytes`, :func:`last_level_cache`). :func:`bench_optimizers`
 times every implementation of every optimizer it is given, interleaving the floor's passes with
 the steps, so that a machine whose speed drifts (a shared one) slows both alike, and reports
-``median step time / floor`` per implementation. An optimizer that declares ``needs_closure``
+per implementation the median over the rounds of ``step time / floor time`` in the same round
+(:meth:`OptimizerTiming.ratio`). An optimizer that declares ``needs_closure``
 is stepped as ``step(closure)`` with a closure that only puts the stored gradients back and
 returns a zero loss (:class:`_Stepper`), so its time leaves out the model's forward and backward
 passes; optimizers whose training weights are real-valued (``forward`` other than ``"sign"``)
@@ -371,6 +372,23 @@ class OptimizerTiming:
         return self.moved_bytes / bandwidth * 1e3 if bandwidth else None
 
     def ratio(self, case: Case) -> float | None:
+        """Median over the rounds of ``step time / floor time`` within the same round.
+
+        Each round times one step of every implementation and then one floor pass, so round
+        ``r``'s step and floor met the same machine. Pairing them keeps a shift of the memory
+        system's speed in the middle of a measurement (a neighbour's load on a shared machine)
+        out of the ratio of a memory-bound step; the ratio of the two medians would mix the
+        slow rounds of one with the fast rounds of the other. Without floor samples for every
+        round (a case timed more often than the floor), the ratio of the medians.
+        """
+        samples = case.samples_ms
+        if not samples or not self.moved_bytes:
+            return None
+        if len(self.bandwidth_samples) == len(samples):
+            return statistics.median(
+                ms * 1e-3 * bandwidth / self.moved_bytes
+                for ms, bandwidth in zip(samples, self.bandwidth_samples)
+            )
         floor, median = self.floor_ms, case.median_ms
         return median / floor if floor and median is not None else None
 
