@@ -13,6 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import benchbnn
 from benchbnn.core.config import RunConfig
 from benchbnn.core.names import EPOCH_METRICS
 
@@ -84,3 +87,74 @@ def assert_has_epoch_metrics(entry: dict[str, Any], val: bool = False) -> None:
     expected = set(EPOCH_METRICS) if val else {m for m in EPOCH_METRICS if not m.startswith("val_")}
     missing = expected - set(entry)
     assert not missing, f"missing metrics {sorted(missing)}"
+
+
+def nan_optimizer(binary_params, real_params, lr=0.01):
+    """Bop whose every step poisons the weights: the loss becomes NaN, the run diverges."""
+    optimizer = benchbnn.get_optimizer("bop").build(binary_params, real_params, lr=lr)
+    step = optimizer.step
+
+    def poisoned(closure=None):
+        result = step(closure)
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return result
+
+    optimizer.step = poisoned
+    return optimizer
+
+
+class NanPlugin:
+    """Registers ``nan-opt`` (:func:`nan_optimizer`)."""
+
+    @benchbnn.hookimpl
+    def benchbnn_optimizers(self):
+        return [
+            benchbnn.OptimizerSpec(
+                name="nan-opt",
+                factory=nan_optimizer,
+                hparams=(benchbnn.HParam("lr", 0.01, 0.0, 1.0),),
+                description="a test optimizer that diverges",
+            )
+        ]
+
+
+#: A suite file of two optimizers (Bop and latent-weight Adam) on 200 digits, ~1 s per run.
+TWO_OPTIMIZER_SUITE = """\
+name = "{name}"
+description = "Two optimizers on a few digits, for tests."
+dataset = "digits"
+arch = "bnn-mlp"
+epochs = {epochs}
+batch_size = 50
+seeds = {seeds}
+subset = 200
+target_accuracy = 20.0
+
+[arch_options]
+hidden = [32]
+
+[[entries]]
+label = "bop"
+optimizer = "bop"
+[entries.hparams]
+gamma = 1e-3
+threshold = 1e-6
+
+[[entries]]
+label = "adam-latent"
+optimizer = "adam-latent"
+"""
+
+
+def two_optimizer_suite(name: str, epochs: int = 1, seeds: int = 2) -> str:
+    """The text of :data:`TWO_OPTIMIZER_SUITE` named ``name``."""
+    return TWO_OPTIMIZER_SUITE.format(name=name, epochs=epochs, seeds=seeds)
+
+
+def write_two_optimizer_suite(path: Path, name: str, epochs: int = 1, seeds: int = 2) -> Path:
+    """Write :func:`two_optimizer_suite` to ``path`` and return it."""
+    path.write_text(two_optimizer_suite(name, epochs, seeds))
+    return path

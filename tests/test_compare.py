@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from engine_support import NanPlugin, two_optimizer_suite, write_two_optimizer_suite
 from PIL import Image
 
 import benchbnn
@@ -16,32 +16,6 @@ from benchbnn.bench.report import OUTPUT_FILES
 from benchbnn.cli import main as cli
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.train.tracking import client_for
-
-TINY = """\
-name = "tiny"
-description = "Two optimizers on a few digits, for tests."
-dataset = "digits"
-arch = "bnn-mlp"
-epochs = {epochs}
-batch_size = 50
-seeds = {seeds}
-subset = 200
-target_accuracy = 20.0
-
-[arch_options]
-hidden = [32]
-
-[[entries]]
-label = "bop"
-optimizer = "bop"
-[entries.hparams]
-gamma = 1e-3
-threshold = 1e-6
-
-[[entries]]
-label = "adam-latent"
-optimizer = "adam-latent"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +52,7 @@ class Interrupted(Exception):
 
 
 def tiny_suite(tmp_path: Path, epochs: int = 1, seeds: int = 2) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(epochs=epochs, seeds=seeds))
-    return path
+    return write_two_optimizer_suite(tmp_path / "tiny.toml", "tiny", epochs=epochs, seeds=seeds)
 
 
 def mlflow_runs(store: str, experiment: str) -> list:
@@ -229,36 +201,6 @@ def test_an_interrupted_compare_resumes_where_it_stopped(tmp_path, store):
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
 
 
-def _nan_optimizer(binary_params, real_params, lr=0.01):
-    """Bop whose every step poisons the weights: the loss becomes NaN, the run diverges."""
-    optimizer = benchbnn.get_optimizer("bop").build(binary_params, real_params, lr=lr)
-    step = optimizer.step
-
-    def poisoned(closure=None):
-        result = step(closure)
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.fill_(float("nan"))
-        return result
-
-    optimizer.step = poisoned
-    return optimizer
-
-
-class NanPlugin:
-    @benchbnn.hookimpl
-    def benchbnn_optimizers(self):
-        return [
-            benchbnn.OptimizerSpec(
-                name="nan-opt",
-                factory=_nan_optimizer,
-                hparams=(benchbnn.HParam("lr", 0.01, 0.0, 1.0),),
-                description="a test optimizer that diverges",
-            )
-        ]
-
-
 def test_a_plugin_optimizer_is_ranked_and_a_diverged_run_is_shown_as_failed(
     tmp_path, store, clean_registry
 ):
@@ -329,9 +271,8 @@ def test_a_suite_whose_dataset_is_missing_fails_before_anything_trains(tmp_path,
 
 def test_cli_reports_bad_suites_in_one_line_with_status_2(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(
-        TINY.format(epochs=1, seeds=1).replace('optimizer = "bop"', 'optimizer = "bopp"')
-    )
+    text = two_optimizer_suite("tiny", epochs=1, seeds=1)
+    bad.write_text(text.replace('optimizer = "bop"', 'optimizer = "bopp"'))
     assert cli(["compare", str(bad), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0

@@ -28,37 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engine_support import write_two_optimizer_suite
 
 from benchbnn.core import names
 from benchbnn.train.tracking import client_for
 
 pytestmark = pytest.mark.slow
 
-SUITE = """\
-name = "many"
-description = "Two optimizers on a few digits, for the many-process tests."
-dataset = "digits"
-arch = "bnn-mlp"
-epochs = {epochs}
-batch_size = 50
-seeds = {seeds}
-subset = 200
-target_accuracy = 20.0
-
-[arch_options]
-hidden = [32]
-
-[[entries]]
-label = "bop"
-optimizer = "bop"
-[entries.hparams]
-gamma = 1e-3
-threshold = 1e-6
-
-[[entries]]
-label = "adam-latent"
-optimizer = "adam-latent"
-"""
 
 #: Leaderboard fields that depend on the machine's speed or on which MLflow run it is.
 # timings (and the load they were taken under) differ between equal computations
@@ -75,9 +51,7 @@ VOLATILE = (
 
 
 def write_suite(folder: Path, epochs: int = 1, seeds: int = 2) -> Path:
-    path = folder / "many.toml"
-    path.write_text(SUITE.format(epochs=epochs, seeds=seeds))
-    return path
+    return write_two_optimizer_suite(folder / "many.toml", "many", epochs=epochs, seeds=seeds)
 
 
 def _env(threads: int = 1, **extra: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import fresh_store
+from engine_support import NanPlugin, fresh_store
 
 import benchbnn
 from benchbnn.bench.compare import BUSY, RECORDED_FAILURE, REUSE, TRAIN, compare
@@ -293,36 +293,6 @@ def test_runs_of_an_unknown_environment_are_reused_only_when_asked(tmp_path, sto
 
 
 # --- failure classes --------------------------------------------------------------------------
-
-
-def _nan_optimizer(binary_params, real_params, lr=0.01):
-    """Bop whose every step poisons the weights: the loss becomes NaN, the run diverges."""
-    optimizer = benchbnn.get_optimizer("bop").build(binary_params, real_params, lr=lr)
-    step = optimizer.step
-
-    def poisoned(closure=None):
-        result = step(closure)
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.fill_(float("nan"))
-        return result
-
-    optimizer.step = poisoned
-    return optimizer
-
-
-class NanPlugin:
-    @benchbnn.hookimpl
-    def benchbnn_optimizers(self):
-        return [
-            benchbnn.OptimizerSpec(
-                name="nan-opt",
-                factory=_nan_optimizer,
-                hparams=(benchbnn.HParam("lr", 0.01, 0.0, 1.0),),
-                description="a test optimizer that diverges",
-            )
-        ]
 
 
 def test_an_environment_failure_is_redone_and_a_divergence_stays_a_result(
