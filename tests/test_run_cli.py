@@ -83,6 +83,30 @@ def test_quiet_run_prints_one_summary_line_and_exits_0(workdir, capsys):
     assert json.loads(run.data.params["arch_option.hidden"]) == [32]
 
 
+def test_a_checkpoint_is_never_overwritten_without_resume_or_restart(workdir, capsys):
+    fresh_store(workdir)
+    checkpoint = ["--checkpoint-dir", str(workdir / "ckpt"), "--quiet"]
+    # a finished run whose checkpoint is kept, under a new experiment: the next command is no
+    # longer the same finished run of the ledger, but the checkpoint is the same configuration's
+    assert main([*BASE, *checkpoint, "--keep-checkpoints"]) == 0
+    summary = workdir / "ckpt" / "last.json"
+    before = summary.read_text()
+    capsys.readouterr()
+    again = [*BASE, *checkpoint, "--experiment", "second"]
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"benchbnn: error: a checkpoint of this configuration (epoch 2 of 2) is in "
+        f"{workdir / 'ckpt'}: pass --resume to continue it, or --restart to discard it and "
+        f"train from epoch 1"
+    ]
+    assert summary.read_text() == before  # nothing lost
+    assert main([*again, "--resume", "--restart"]) == 2
+    assert "--resume and --restart exclude each other" in capsys.readouterr().err
+    assert main([*again, "--restart"]) == 0
+    assert not summary.exists()  # trained again from epoch 1, finished, checkpoint deleted
+
+
 def test_run_prints_epochs_table_and_summary(workdir, capsys):
     fresh_store(workdir)
     assert main([*BASE, "--optimizer", "bop"]) == 0

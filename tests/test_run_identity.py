@@ -404,6 +404,30 @@ def test_an_interrupted_study_ends_its_parent_run(tmp_path, store, monkeypatch):
     assert parent.data.tags[names.TAG_FAILURE_CLASS] == names.FAILURE_ENVIRONMENT
 
 
+class _CtrlC:
+    """Presses Ctrl-C (a bare KeyboardInterrupt, as Python raises it) when epoch 2 starts."""
+
+    @benchbnn.hookimpl
+    def benchbnn_epoch_start(self, run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_recorded_as_such(tmp_path, store):
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny(epochs=2),
+            quiet=True,
+            tracking_uri=store,
+            plugins=[_CtrlC()],
+            checkpoint_dir=tmp_path / "ck",
+        )
+    (run,) = all_runs(store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[names.TAG_FAILURE] == "interrupted (Ctrl-C)"
+    assert run.data.tags[names.TAG_FAILURE_CLASS] == names.FAILURE_ENVIRONMENT
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 

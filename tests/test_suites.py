@@ -77,6 +77,16 @@ def test_every_built_in_suite_is_registered_and_loads():
         assert suite.baseline in [e.label for e in suite.entries]
 
 
+def test_the_plugin_listing_shows_each_suites_whole_first_sentence():
+    from benchbnn_plugins.suites import _description
+
+    cut = Path(benchbnn.get_suite("cifar10-cpu-sweep").path)
+    assert _description(cut).startswith("The paper's Fig. 3 ablation (section 5.1.2) cut to run")
+    for name in BUILT_IN:
+        shown = _description(Path(benchbnn.get_suite(name).path))
+        assert shown.endswith(".") and not re.search(r"\b(Fig|e\.g|i\.e)\.$", shown), shown
+
+
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_built_in_run_configs_are_already_canonical(name):
     """The engine would hash them the same way, so compare finds the runs it trained."""

@@ -2,7 +2,7 @@
 
 Exit status 0 when the run finished, 1 when it failed (diverged or crashed), 2 for bad input
 (nothing started), 130 when interrupted. ``--resume`` continues from the last checkpoint of the
-same configuration.
+same configuration, ``--restart`` discards it; with neither, an existing checkpoint is bad input.
 """
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the last checkpoint of this configuration",
     )
     where.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard this configuration's checkpoint and train from epoch 1 (without --resume "
+        "or --restart, an existing checkpoint stops the command before it trains)",
+    )
+    where.add_argument(
         "--keep-checkpoints",
         action="store_true",
         help="keep the checkpoint once the run has finished (default: deleted then)",
@@ -248,6 +254,9 @@ def main(args: argparse.Namespace) -> int:
     config = build_config(args)
     if args.checkpoint_dir:  # before the tracking store is created
         check_writable_dir(args.checkpoint_dir, "checkpoints", "--checkpoint-dir")
+    if args.resume and args.restart:
+        raise BenchbnnError("--resume and --restart exclude each other: pass one of them")
+    distributed = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
     options: dict[str, Any] = dict(
         data_dir=args.data_dir,
         device=args.device,
@@ -263,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         precision=args.precision,
         binary_kernel=args.binary_kernel,
     )
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun ranks take no claim
+    if distributed:  # torchrun ranks take no claim
         result = train(config, **options)
     else:
         outcome = _train_claimed(config, args, options, train)
@@ -275,6 +284,31 @@ def main(args: argparse.Namespace) -> int:
             print(f"benchbnn: failed: {result.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_checkpoint(config: RunConfig, args: argparse.Namespace) -> None:
+    """Refuse to start over on top of a checkpoint unless told which to do (BenchbnnError).
+
+    A run without ``--resume`` writes its own checkpoint over the one of the same configuration
+    at its first epoch: a repeated command would silently lose the epochs already trained.
+    Checked once the configuration's claim is held (a finished run is reported instead), and
+    not under torchrun, where every rank must take the same path.
+    """
+    if args.resume or args.restart:
+        return
+    from pathlib import Path
+
+    from benchbnn.train import checkpoint
+
+    what = config.config_hash()
+    folder = Path(args.checkpoint_dir) if args.checkpoint_dir else checkpoint.default_dir(what)
+    epoch = checkpoint.saved_epoch(folder, what)
+    if epoch is not None:
+        raise BenchbnnError(
+            f"a checkpoint of this configuration (epoch {epoch} of {config.epochs}) is in "
+            f"{folder}: pass --resume to continue it, or --restart to discard it and train "
+            f"from epoch 1"
+        )
 
 
 def _train_claimed(
@@ -317,6 +351,7 @@ def _train_claimed(
                 print(f"benchbnn: failed: {reason}", file=sys.stderr)
                 return 1
             return 0
+        _check_checkpoint(config, args)
         result = train(config, plugins=[held.claim.guard()], **options)
         held.end(result)
     return result

@@ -1321,7 +1321,7 @@ def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
         status, error = "KILLED", f"stopped by a plugin: {exc.original!r}"
         pending, why = exc.original, FAILURE_ENVIRONMENT
     except KeyboardInterrupt as exc:
-        status, error, pending = "KILLED", f"interrupted ({exc or 'Ctrl-C'})", exc
+        status, error, pending = "KILLED", f"interrupted ({str(exc) or 'Ctrl-C'})", exc
         why = FAILURE_ENVIRONMENT
     except RunFailed as exc:
         status, error, pending, why = "FAILED", str(exc), exc, failure_class_of(exc)

@@ -37,8 +37,8 @@ def summary_line(run: Any, result: Any) -> str:
         parts.append(f"run {run.run_id} in {run.tracking_uri}")
     if getattr(run, "replaced_checkpoint_epoch", None):
         parts.append(
-            f"(a checkpoint of this configuration at epoch {run.replaced_checkpoint_epoch} was "
-            f"not used; --resume continues from the last checkpoint)"
+            f"(started over instead of continuing the checkpoint at epoch "
+            f"{run.replaced_checkpoint_epoch})"
         )
     return "; ".join(parts)
 
@@ -111,8 +111,8 @@ class ProgressDisplay:
             self._print(f"note: {run.note}")
         if getattr(run, "replaced_checkpoint_epoch", None):
             self._print(
-                f"note: a checkpoint of this configuration exists (epoch "
-                f"{run.replaced_checkpoint_epoch}); starting over, pass --resume to continue it"
+                f"note: starting over: the checkpoint of this configuration at epoch "
+                f"{run.replaced_checkpoint_epoch} is replaced when this run saves its first epoch"
             )
 
     @hookimpl

@@ -23,12 +23,16 @@ import benchbnn
 
 _HERE = Path(__file__).resolve().parent
 
+#: A full stop and a space that end a sentence: not after an abbreviation such as "Fig." or
+#: "e.g." (a capital letter or a digit must follow).
+FIRST_SENTENCE_END = re.compile(r"(?<!\bFig\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<=\.)\s+(?=[A-Z0-9(])")
+
 
 def _description(path: Path) -> str:
     """The first sentence of the suite's own description (the plugin listing shows it)."""
     with path.open("rb") as handle:
         text = " ".join(str(tomllib.load(handle).get("description", "")).split())
-    return re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    return FIRST_SENTENCE_END.split(text, maxsplit=1)[0]
 
 
 @benchbnn.hookimpl
