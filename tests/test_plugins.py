@@ -58,6 +58,7 @@ def test_unknown_name_suggests_close_matches():
     assert "unknown optimizer 'bop2ndordr'" in message
     assert "Did you mean 'bop2ndorder'" in message
     assert "Available:" in message
+    assert message.endswith("with -p MODULE (or the BENCHBNN_PLUGINS environment variable).")
 
 
 # --- in-process plugins ---------------------------------------------------------------------

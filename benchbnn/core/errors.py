@@ -60,4 +60,8 @@ def unknown_name_message(kind: str, name: str, candidates: Iterable[str]) -> str
     """One line: the unknown name, what it might have meant, and what exists."""
     candidates = sorted(candidates)
     available = ", ".join(candidates) if candidates else "none installed"
-    return f"unknown {kind} {name!r}.{did_you_mean(name, candidates)} Available: {available}."
+    return (
+        f"unknown {kind} {name!r}.{did_you_mean(name, candidates)} Available: {available}. "
+        f"If it comes from a plugin module of your own, load it with -p MODULE (or the "
+        f"BENCHBNN_PLUGINS environment variable)."
+    )

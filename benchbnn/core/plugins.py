@@ -168,6 +168,10 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return found
 
 
+#: How a failure to import a plugin module begins (``-p`` adds advice on module names to it).
+IMPORT_FAILED = "failed to import:"
+
+
 class _Loader:
     """Registers plugins into a fresh manager, collecting failures instead of stopping."""
 
@@ -245,7 +249,7 @@ class _Loader:
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:
-                self.fail(module_name, "local module", f"failed to import: {_why(exc)}")
+                self.fail(module_name, "local module", f"{IMPORT_FAILED} {_why(exc)}")
                 continue
             self.register(module, module_name, "local module", "-")
 
@@ -414,10 +418,13 @@ def check_plugin_modules(modules: Iterable[str]) -> None:
     wanted = {m.strip() for m in modules if m.strip()}
     for failure in get_registry().failures:
         if failure.plugin in wanted and failure.distribution == "local module":
-            raise PluginError(
-                f"-p {failure.plugin}: {failure.reason}; pass the name of an importable module "
-                f"with benchbnn hooks (check its spelling and that its folder is on PYTHONPATH)"
+            advice = (
+                "; pass the name of an importable module with benchbnn hooks (check its "
+                "spelling and that its folder is on PYTHONPATH)"
+                if failure.reason.startswith(IMPORT_FAILED)
+                else ""  # it imported: the reason itself says what to fix in the module
             )
+            raise PluginError(f"-p {failure.plugin}: {failure.reason}{advice}")
 
 
 def register_plugin(obj: Any, name: str | None = None) -> str:
