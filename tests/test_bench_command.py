@@ -165,6 +165,19 @@ def test_the_ratio_falls_back_to_the_medians_without_a_floor_per_round():
     assert result.ratio(case) is None
 
 
+def test_the_small_weights_get_a_small_floor_by_default(monkeypatch):
+    sizes = []
+
+    class Recording(timing.StreamFloor):
+        def __init__(self, nbytes):
+            sizes.append(nbytes)
+            super().__init__(nbytes)
+
+    monkeypatch.setattr(timing, "StreamFloor", Recording)
+    result = timing.bench_optimizers(["bop"], weights="small", repeats=1, warmup=0)
+    assert sizes == [timing.SMALL_FLOOR_BYTES] == [result.floor_array_bytes]
+
+
 def test_the_shapes_are_binarynets():
     assert sum(torch.Size(s).numel() for s in BINARYNET_SHAPES) == BINARYNET_WEIGHTS
     assert len(SMALL_SHAPES) == len(BINARYNET_SHAPES)

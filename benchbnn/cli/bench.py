@@ -96,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=bounded(limits.FLOOR_MIB),
         metavar="N",
         help="size of each of the floor's two arrays in MiB (default: the larger of 2048 and 4x "
-        "the last-level cache, from sysfs or lscpu, else 512 MiB assumed)",
+        "the last-level cache, from sysfs or lscpu, else 512 MiB assumed; 64 with --weights "
+        "small)",
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: leaderboards/bench/)")
 

@@ -88,6 +88,10 @@ BINARYNET_SHAPES: tuple[tuple[int, ...], ...] = (
 )
 BINARYNET_WEIGHTS = 10_352_000
 
+#: The floor's array size for the ``small`` weights when none is given: a smoke test need not
+#: allocate gigabytes for a floor its in-cache steps cannot be compared with.
+SMALL_FLOOR_BYTES = 64 * 2**20
+
 #: The same nine layers at a sixteenth of the width (41,240 weights): a step takes microseconds,
 #: for tests and smoke runs. It fits in any cache, so its ratios say nothing about memory.
 SMALL_SHAPES: tuple[tuple[int, ...], ...] = (
@@ -672,7 +676,8 @@ def bench_optimizers(
 
     Unknown names raise :class:`benchbnn.UnknownNameError` before anything is measured.
     ``floor_bytes`` is the size of each of the floor's two arrays (default:
-    :func:`default_floor_bytes` of the detected last-level cache).
+    :func:`default_floor_bytes` of the detected last-level cache; :data:`SMALL_FLOOR_BYTES` for
+    the ``small`` weights, whose ratios say nothing about memory anyway).
     """
     if weights not in WEIGHT_SETS:
         raise BenchbnnError(f"unknown weight set {weights!r}; choose {', '.join(WEIGHT_SETS)}")
@@ -690,7 +695,9 @@ def bench_optimizers(
     shapes = list(WEIGHT_SETS[weights][0])
     say = progress or (lambda _text: None)
     cache = last_level_cache()
-    array_bytes = floor_bytes or default_floor_bytes(cache)
+    array_bytes = floor_bytes or (
+        SMALL_FLOOR_BYTES if weights == "small" else default_floor_bytes(cache)
+    )
     started = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     clock = time.perf_counter()
     load_before = load_average()
