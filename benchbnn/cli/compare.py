@@ -145,7 +145,8 @@ def add_protocol_arguments(
     parser.add_argument(
         "--tuned",
         action="store_true",
-        help="use each entry's best hyperparameters from its 'benchbnn tune' study",
+        help="use each entry's best hyperparameters from its 'benchbnn tune' study (every "
+        "entry, the baseline included, needs one: tuned and hand-set entries are not compared)",
     )
     parser.add_argument("--storage", metavar="URL", help=storage_help)
     parser.add_argument("--study", metavar="NAME", help="Optuna study name (with --tuned)")
