@@ -103,3 +103,18 @@ def test_a_closed_pipe_ends_the_output_quietly():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+def test_torchs_cuda_home_line_is_dropped_and_its_other_warnings_kept(caplog):
+    import logging
+
+    from benchbnn import cli
+
+    cli._quiet_cuda_home_warning()
+    cli._quiet_cuda_home_warning()  # once per process is enough, twice changes nothing
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    assert logger.filters.count(cli._keep_record) == 1
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        logger.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]

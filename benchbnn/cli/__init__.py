@@ -20,6 +20,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from benchbnn.core.errors import BenchbnnError, RunFailed
 
@@ -85,6 +86,26 @@ def _load_plugin_modules(args: argparse.Namespace) -> None:
         check_plugin_modules(args.plugin_modules)
 
 
+def _quiet_cuda_home_warning() -> None:
+    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." log line.
+
+    torch.compile's CPU code generation imports ``torch.utils.cpp_extension``, which logs it
+    when a CUDA toolkit is installed but no CUDA device or driver is usable (torch checks
+    ``torch.cuda.is_available()`` itself before logging). benchbnn builds no CUDA extension, so
+    there the line only alarms. A filter on that one message: the module's other warnings stay,
+    and torch is not imported here (``--help`` must not load it).
+    """
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if _keep_record not in logger.filters:
+        logger.addFilter(_keep_record)
+
+
+def _keep_record(record: Any) -> bool:
+    return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:  # a number outside its declared range (benchbnn.core.limits) raises here
@@ -94,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_handler", None):
         parser.print_help()
         return 2
+    _quiet_cuda_home_warning()
     try:
         if args.plugin_modules:
             _load_plugin_modules(args)
