@@ -25,6 +25,7 @@ from benchbnn.core.errors import (
     HyperparameterError,
     PluginError,
     RunFailed,
+    RunStopped,
     UnknownNameError,
     UnsupportedInputError,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "RunConfig",
     "RunContext",
     "RunFailed",
+    "RunStopped",
     "SuiteSpec",
     "UnknownNameError",
     "UnsupportedInputError",

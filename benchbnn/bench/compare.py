@@ -639,7 +639,7 @@ def train_claimed(
     including :class:`~benchbnn.train.ledger.ClaimLost` when another process took the claim
     over during training.
     """
-    from benchbnn.core.names import FAILURE_RUN
+    from benchbnn.core.names import RESULT_FAILURE_CLASSES
 
     claim = ledger.try_claim(key or training.key(p.config), holder)
     if not claim.owned:
@@ -662,7 +662,7 @@ def train_claimed(
         name = training.name(fresh)
         say(f"{prefix}{'resuming' if fresh.action == RESUME else 'training'} {name}")
         result = _train_one(fresh, training, claim, f"{prefix}{name}", say)
-        claim.finish(result.status == FINISHED or result.failure_class == FAILURE_RUN)
+        claim.finish(result.status == FINISHED or result.failure_class in RESULT_FAILURE_CLASSES)
         if result.status != FINISHED:
             reason = (result.error or result.status).splitlines()[0]
             say(f"{prefix}{name}: {result.status} ({reason}); shown as such in the leaderboard")

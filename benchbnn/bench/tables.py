@@ -23,7 +23,7 @@ from benchbnn.bench.results import Leaderboard, Row
 from benchbnn.bench.stats import Summary, resolved_ranks
 from benchbnn.bench.suites import Suite, SuiteEntry
 from benchbnn.core.formatting import fixed, setting, signed
-from benchbnn.core.names import FAILED, FINISHED, MISSING
+from benchbnn.core.names import FAILED, FAILURE_STOPPED, FINISHED, MISSING
 from benchbnn.train.runs import RunRecord
 
 # --- formatting helpers -----------------------------------------------------------------------
@@ -67,16 +67,19 @@ def runs_text(row: Row) -> str:
 
 
 def _short_status(record: RunRecord) -> str:
+    if record.failure_class == FAILURE_STOPPED:  # KILLED on purpose by a plugin (pruned)
+        return "stopped"
     return {MISSING: "not run", FAILED: "failed"}.get(record.status, record.status.lower())
 
 
 def _problem(record: RunRecord) -> str:
-    """``failed: <reason>`` (first line, shortened) or the short status."""
+    """``failed: <reason>``, a stopped run's reason (``pruned: <why>``; first line, shortened)
+    or the short status."""
     what = _short_status(record)
-    if record.status == FAILED and record.failure:
+    if (record.status == FAILED or what == "stopped") and record.failure:
         reason = record.failure.strip().splitlines()[0]
         reason = reason if len(reason) <= 60 else reason[:57] + "..."
-        return f"{what}: {reason}"
+        return reason if what == "stopped" else f"{what}: {reason}"
     return what
 
 
@@ -527,7 +530,7 @@ def _run_counts(lb: Leaderboard) -> str:
     for r in lb.records:
         key = "finished" if r.finished else _short_status(r)
         counts[key] = counts.get(key, 0) + 1
-    order = ["finished", "failed", "killed", "running", "not run"]
+    order = ["finished", "failed", "stopped", "killed", "running", "not run"]
     keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
     return ", ".join(f"{counts[k]} {k}" for k in keys)
 

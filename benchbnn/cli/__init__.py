@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as exc:
         print(f"benchbnn: failed: {exc}", file=sys.stderr)
         return 1
+    except RunStopped as exc:  # a plugin stopped the run on purpose; it is tracked as such
+        print(f"benchbnn: {exc.record()}", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("benchbnn: interrupted", file=sys.stderr)
         return 130

@@ -42,6 +42,38 @@ class RunFailed(Exception):
     """A run that started but could not finish (divergence, a crash in a plugin, ...)."""
 
 
+class RunStopped(Exception):
+    """Raised by a lifecycle plugin to stop a run on purpose before its last epoch.
+
+    Early stopping, or a tuner pruning a hopeless trial: the run's end is a decision, not a
+    failure of the run or of the machine. The engine ends the run KILLED (MLflow's only status
+    for a run stopped before its last epoch) with the failure class ``stopped``
+    (:data:`benchbnn.core.names.FAILURE_STOPPED`) and :meth:`record` as its failure reason,
+    then raises the exception again to the caller of ``benchbnn.train``. Such a run is a
+    result: compare and tune never redo it.
+
+    ``reason`` says why in words (e.g. ``"validation top-1 80.56% after epoch 5 is below what
+    the median pruner allows"``); ``outcome`` is the one word naming what happened to the run
+    (``"stopped"``; a tuner's pruning says ``"pruned"``). Raises ValueError when ``outcome``
+    is not one lower-case word, as the failure reason starts with it.
+    """
+
+    def __init__(self, reason: str = "", *, outcome: str = "stopped"):
+        if not outcome.isalpha() or not outcome.islower():
+            raise ValueError(
+                f"RunStopped outcome must be one lower-case word such as 'stopped' or 'pruned', "
+                f"got {outcome!r}"
+            )
+        super().__init__(reason)
+        self.reason = str(reason)
+        self.outcome = outcome
+
+    def record(self) -> str:
+        """The failure reason the run is tracked with: ``"<outcome>: <reason>"`` (the outcome
+        alone when no reason was given)."""
+        return f"{self.outcome}: {self.reason}" if self.reason else self.outcome
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Names among ``candidates`` that look like ``name`` (for 'did you mean' hints)."""
     candidates = list(candidates)

@@ -84,8 +84,11 @@ def benchbnn_suites() -> list[SuiteSpec]:  # type: ignore[empty-body]  # spec on
 # whose docstring lists its fields); plugins read it and never replace its members.
 # Under torchrun the hooks run on every rank; the built-in tracking and progress plugins
 # register on rank 0 only. A plugin that raises stops the run: its MLflow run ends KILLED and
-# the exception propagates to the caller of ``benchbnn.train`` (this is how a pruner stops a
-# trial). Under torchrun, raise on every rank or on none.
+# the exception propagates to the caller of ``benchbnn.train``. To stop a run on purpose (early
+# stopping; this is how the tuner prunes a trial) raise ``benchbnn.RunStopped(reason)``: the run
+# is tagged with the failure class ``stopped`` and the reason, a result never redone; any other
+# exception is a plugin that broke (failure class ``environment``). Under torchrun, raise on
+# every rank or on none.
 
 
 @hookspec
@@ -128,8 +131,8 @@ def benchbnn_epoch_end(run: Run, epoch: int, metrics: dict[str, float]) -> None:
     ``metrics`` maps names from ``benchbnn.core.names.EPOCH_METRICS`` to floats (accuracies in
     percent, reduced over all ranks; val_* only with a validation split). A plugin may *add*
     numeric entries (extra metrics): they are tracked with ``step=epoch`` and kept in the run's
-    history. Raising here (e.g. ``optuna.TrialPruned``) stops the run as KILLED; the epoch's
-    metrics are still tracked.
+    history. Raising here (``benchbnn.RunStopped`` to stop it on purpose, as the tuner's pruning
+    does) stops the run as KILLED; the epoch's metrics are still tracked.
     """
 
 
@@ -138,6 +141,7 @@ def benchbnn_run_end(run: Run, result: RunResult) -> None:
     """Called once when the run stops, whatever the reason, with the final ``RunResult``.
 
     ``result.status`` is "FINISHED", "FAILED" (diverged or crashed; ``result.error`` says why)
-    or "KILLED" (interrupted, SIGTERM, or a plugin raised). Exceptions raised here are reported
-    as warnings and do not change the outcome.
+    or "KILLED" (interrupted, SIGTERM, or a plugin raised; ``result.failure_class`` is
+    ``"stopped"`` when a plugin raised ``benchbnn.RunStopped``). Exceptions raised here are
+    reported as warnings and do not change the outcome.
     """

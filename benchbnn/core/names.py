@@ -64,10 +64,16 @@ TAG_BINARY_KERNEL = "benchbnn.binary_kernel"
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid
-#: configuration; a result) or FAILURE_ENVIRONMENT (killed, out of memory, I/O, a dead
-#: worker; never a result, redone by the next compare).
+#: configuration; a result), FAILURE_ENVIRONMENT (killed, out of memory, I/O, a dead
+#: worker; never a result, redone by the next compare) or FAILURE_STOPPED (a lifecycle plugin
+#: stopped it on purpose before its last epoch by raising benchbnn.core.errors.RunStopped, as
+#: the tuner does to prune a hopeless trial; the run ends KILLED and is a result).
 TAG_FAILURE_CLASS = "benchbnn.failure_class"
-FAILURE_RUN, FAILURE_ENVIRONMENT = "run", "environment"
+FAILURE_RUN, FAILURE_ENVIRONMENT, FAILURE_STOPPED = "run", "environment", "stopped"
+#: The failure classes of runs that are results: such a run is done (compare shows it with its
+#: reason instead of training it again, a claim on its configuration completes, a tuner does
+#: not retry it); a run of any other class (FAILURE_ENVIRONMENT) is redone.
+RESULT_FAILURE_CLASSES = frozenset({FAILURE_RUN, FAILURE_STOPPED})
 #: The process that owns a RUNNING run: host name, pid and the process's start time (clock
 #: ticks since boot, Linux; empty elsewhere), so that a run whose owner died can be ended.
 TAG_HOST = "benchbnn.host"

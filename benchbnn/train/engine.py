@@ -19,7 +19,10 @@ from a lifecycle plugin ends the run as KILLED and propagates; any other crash e
 and raises :class:`~benchbnn.core.errors.RunFailed`. A run that did not finish is tagged with its
 failure class (:mod:`benchbnn.train.identity`): ``run`` when it failed because of itself
 (divergence, an invalid configuration), ``environment`` when because of where it ran
-(interrupted, killed, out of memory, I/O or permission errors); only the first is a result.
+(interrupted, killed, out of memory, I/O or permission errors), ``stopped`` when a lifecycle
+plugin stopped it on purpose (it raised :class:`~benchbnn.core.errors.RunStopped`, as the
+tuner's pruning does; the run ends KILLED and the exception propagates); ``run`` and
+``stopped`` are results, ``environment`` is not.
 
 Every run is tagged with its identity schema, its numerical environment and its owner process.
 A finished run's checkpoint is deleted unless ``keep_checkpoint`` is set.
@@ -88,7 +91,7 @@ from benchbnn.core.binary import (
     split_parameters,
 )
 from benchbnn.core.config import RunConfig
-from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped
 from benchbnn.core.int8 import TAG_BINARY_KERNEL, resolve_binary_kernel
 from benchbnn.core.machine import NATIVE_BF16_FLAGS, cpu_model, load_average, native_bf16_cpu
 from benchbnn.core.names import (
@@ -96,6 +99,7 @@ from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
     FAILURE_ENVIRONMENT,
     FAILURE_RUN,
+    FAILURE_STOPPED,
     PRECISIONS,
     RUN_METRICS,
     TAG_COMPILE,
@@ -142,9 +146,10 @@ class RunResult:
 
     ``history`` has one dict per finished epoch (``epoch`` plus EPOCH_METRICS and any extras);
     ``metrics`` is the last epoch's plus RUN_METRICS. ``failure_class`` is None for a finished
-    run, else ``"run"`` (it failed because of itself: a result) or ``"environment"`` (because
-    of where it ran: not a result). ``checkpoint`` is the path of the last checkpoint, None
-    when there is none (a finished run's is deleted unless kept).
+    run, else ``"run"`` (it failed because of itself: a result), ``"environment"`` (because
+    of where it ran: not a result) or ``"stopped"`` (a plugin stopped it on purpose: a
+    result). ``checkpoint`` is the path of the last checkpoint, None when there is none (a
+    finished run's is deleted unless kept).
     """
 
     status: str
@@ -266,6 +271,15 @@ class _PluginRaised(Exception):
     def __init__(self, original: BaseException):
         super().__init__(repr(original))
         self.original = original
+
+    def ending(self) -> tuple[str, str]:
+        """``(failure reason, failure class)`` of the run the plugin stopped: a
+        :class:`~benchbnn.core.errors.RunStopped` stops it on purpose (class ``stopped``, its
+        own words as the reason); anything else is a plugin that broke (class ``environment``:
+        not a result of the run, which compare redoes)."""
+        if isinstance(self.original, RunStopped):
+            return self.original.record(), FAILURE_STOPPED
+        return f"stopped by a plugin: {self.original!r}", FAILURE_ENVIRONMENT
 
 
 # --- resolving and validating ------------------------------------------------------------------
@@ -1317,9 +1331,9 @@ def _execute(run: Run, pm: pluggy.PluginManager) -> RunResult:
                 _run_epoch(run, pm, epoch)
     except _Diverged as exc:
         status, error, why = "FAILED", str(exc), FAILURE_RUN
-    except _PluginRaised as exc:
-        status, error = "KILLED", f"stopped by a plugin: {exc.original!r}"
-        pending, why = exc.original, FAILURE_ENVIRONMENT
+    except _PluginRaised as exc:  # KILLED: MLflow's only status for a run ended early
+        status, pending = "KILLED", exc.original
+        error, why = exc.ending()
     except KeyboardInterrupt as exc:
         status, error, pending = "KILLED", f"interrupted ({str(exc) or 'Ctrl-C'})", exc
         why = FAILURE_ENVIRONMENT

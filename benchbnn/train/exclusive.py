@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchbnn.core.config import RunConfig
-from benchbnn.core.names import DEFAULT_EXPERIMENT, FAILURE_RUN, FINISHED
+from benchbnn.core.names import DEFAULT_EXPERIMENT, FINISHED, RESULT_FAILURE_CLASSES
 from benchbnn.train.identity import current_environment, is_result
 from benchbnn.train.ledger import Claim, Holder, claim_key, open_ledger, this_holder
 from benchbnn.train.runs import find_config_runs
@@ -37,10 +37,10 @@ class Exclusive:
         return self.claim.waited_for
 
     def end(self, result: Any) -> None:
-        """End the claim after training: a result (finished, or failed because of itself)
-        completes it, anything else frees the configuration."""
+        """End the claim after training: a result (finished, failed because of itself, or
+        stopped on purpose by a plugin) completes it, anything else frees the configuration."""
         status = getattr(result, "status", None)
-        own = getattr(result, "failure_class", None) == FAILURE_RUN
+        own = getattr(result, "failure_class", None) in RESULT_FAILURE_CLASSES
         self.claim.finish(status == FINISHED or own)
 
 

@@ -27,7 +27,9 @@ still training (:func:`owner_state`).
 Failure classes. A run that did not finish failed either because of itself (``run``: it
 diverged, its configuration is invalid; that is a result) or because of its environment
 (``environment``: killed, out of memory, an I/O or permission error, a dead worker; never a
-result, compare redoes it). :func:`failure_class_of` says which for an exception,
+result, compare redoes it), or a lifecycle plugin stopped it on purpose (``stopped``: raising
+:class:`~benchbnn.core.errors.RunStopped`, as the tuner prunes a trial; a result, never redone,
+although the run ends KILLED). :func:`failure_class_of` says which for an exception,
 :func:`recorded_failure_class` for a tracked run (runs tracked before the class was recorded are
 classed by their failure reason).
 """
@@ -45,10 +47,12 @@ from benchbnn.core.names import (
     FAILED,
     FAILURE_ENVIRONMENT,
     FAILURE_RUN,
+    FAILURE_STOPPED,
     FINISHED,
     KILLED,
     PARAM_ARCH_OPTION_PREFIX,
     PARAM_HPARAM_PREFIX,
+    RESULT_FAILURE_CLASSES,
     TAG_CONFIG_SCHEMA,
     TAG_CPU_THREADS,
     TAG_DEVICE_TYPE,
@@ -304,11 +308,13 @@ def failure_class_of_reason(reason: str) -> str:
 def recorded_failure_class(status: str, tags: Mapping[str, str]) -> str | None:
     """How a tracked run that did not finish failed (None for FINISHED and RUNNING runs).
 
-    KILLED is always an environment failure; FAILED is what its ``benchbnn.failure_class`` tag
-    says, else what its failure reason suggests (:func:`failure_class_of_reason`).
+    KILLED is an environment failure unless its ``benchbnn.failure_class`` tag says ``stopped``
+    (a plugin stopped it on purpose); FAILED is what that tag says, else what its failure
+    reason suggests (:func:`failure_class_of_reason`).
     """
     if status == KILLED:
-        return FAILURE_ENVIRONMENT
+        stopped = tags.get(TAG_FAILURE_CLASS) == FAILURE_STOPPED
+        return FAILURE_STOPPED if stopped else FAILURE_ENVIRONMENT
     if status != FAILED:
         return None
     recorded = tags.get(TAG_FAILURE_CLASS)
@@ -318,5 +324,6 @@ def recorded_failure_class(status: str, tags: Mapping[str, str]) -> str | None:
 
 
 def is_result(status: str, tags: Mapping[str, str]) -> bool:
-    """True for a run that is a result: FINISHED, or FAILED because of itself."""
-    return status == FINISHED or recorded_failure_class(status, tags) == FAILURE_RUN
+    """True for a run that is a result: FINISHED, FAILED because of itself, or stopped on
+    purpose by a plugin (:data:`~benchbnn.core.names.RESULT_FAILURE_CLASSES`)."""
+    return status == FINISHED or recorded_failure_class(status, tags) in RESULT_FAILURE_CLASSES

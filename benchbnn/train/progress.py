@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from benchbnn.core.formatting import fixed
+from benchbnn.core.names import FAILURE_STOPPED
 from benchbnn.core.plugins import hookimpl
 
 _CLEAR = "\r\033[2K"
@@ -25,7 +26,7 @@ def summary_line(run: Any, result: Any) -> str:
     cfg = run.config
     what = f"{cfg.optimizer} on {cfg.arch}/{cfg.dataset} seed {cfg.seed}"
     m = result.metrics
-    parts = [f"{result.status:<8} {what}"]
+    parts = [f"{ending_word(result):<8} {what}"]
     if "test_top1" in m:
         parts.append(f"test top-1 {m['test_top1']:.2f}% top-5 {m['test_top5']:.2f}%")
     if "val_top1" in m:
@@ -41,6 +42,17 @@ def summary_line(run: Any, result: Any) -> str:
             f"{run.replaced_checkpoint_epoch})"
         )
     return "; ".join(parts)
+
+
+def ending_word(result: Any) -> str:
+    """How the run ended, in capitals: its status, except for a run a plugin stopped on purpose
+    (failure class ``stopped``), named by the outcome its failure reason starts with
+    (:meth:`benchbnn.core.errors.RunStopped.record`: ``PRUNED`` for a pruned trial), so that
+    a deliberate stop never reads as KILLED."""
+    if getattr(result, "failure_class", None) == FAILURE_STOPPED:
+        word = str(result.error or "").partition(":")[0].strip()
+        return word.upper() if word.isalpha() else "STOPPED"
+    return str(result.status)
 
 
 def epoch_table(history: list[Mapping[str, Any]]) -> str:

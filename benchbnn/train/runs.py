@@ -3,8 +3,9 @@
 A :class:`RunRecord` is what a leaderboard needs of one planned run: its identity (entry label,
 optimizer, architecture, seed, configuration hash), its status and the per-epoch history of the
 metrics the tables print. :func:`collect_records` finds, for each planned configuration, the run
-that stands for it in the store (a finished one first, then one that failed because of itself,
-then the newest other one: unfinished, or failed because of its environment).
+that stands for it in the store (a finished one first, then one that is a result without having
+finished: it failed because of itself, or a plugin stopped it on purpose; then the newest other
+one: unfinished, or failed because of its environment).
 
 :func:`find_config_runs` finds the runs of a configuration by its hash, and runs tracked before
 identity schema 2 by the hash of the configuration as written when what they recorded is what
@@ -26,6 +27,7 @@ from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
     FAILED,
     FAILURE_ENVIRONMENT,
+    FAILURE_STOPPED,
     FINISHED,
     KILLED,
     MISSING,
@@ -118,23 +120,28 @@ class RunRecord:
         return None
 
     def outcome(self) -> str:
-        """How a run that gave no result ended, in a few words."""
+        """How a run that did not finish ended, in a few words (a stopped run: its reason,
+        e.g. ``pruned: ...``, and the epochs it trained)."""
+        epochs = len(self.history)
+        after = f"after {epochs} epoch{'s' if epochs != 1 else ''}"
         if self.status == MISSING:
             return "not run"
+        if self.failure_class == FAILURE_STOPPED:  # on purpose, by a plugin: a result
+            return f"{self.failure or 'stopped'} ({after})"
         if self.status == FAILED and self.failure_class == FAILURE_ENVIRONMENT:
             return f"failed in its environment, to be run again: {self.failure or 'failed'}"
         if self.status == FAILED:
             return self.failure or "failed"
-        epochs = len(self.history)
-        return f"{self.status.lower()} after {epochs} epoch{'s' if epochs != 1 else ''}"
+        return f"{self.status.lower()} {after}"
 
 
 def _preference(run: Any) -> tuple[int, int]:
     """Which of several runs with one configuration hash stands for it.
 
     A finished run first (the earliest, so later duplicates never change a table), then one
-    that failed because of itself (a result, with its reason), then the most recent other one
-    (unfinished, or failed because of its environment: not a result).
+    that is a result without having finished (failed because of itself, or stopped on purpose
+    by a plugin: shown with its reason), then the most recent other one (unfinished, or failed
+    because of its environment: not a result).
     """
     status = run.info.status
     start = int(run.info.start_time or 0)

@@ -375,7 +375,8 @@ class MlflowTracker:
 
     def _terminate(self, status: str, error: str | None, failure_class: str | None = None) -> None:
         """End the MLflow run as ``status``; a run that did not finish gets a failure reason and
-        its failure class (``run`` or ``environment``; KILLED runs are always ``environment``).
+        its failure class (``run``, ``environment`` or ``stopped``; a KILLED run is
+        ``environment`` unless a plugin stopped it on purpose: ``stopped``).
 
         ``set_terminated`` is attempted even when the failure tags cannot be written; a status
         MLflow would not end a run with becomes KILLED. Raises what the store raises.
@@ -387,7 +388,7 @@ class MlflowTracker:
                 from mlflow.entities import RunTag
 
                 reason = str(error or f"ended {status.lower()}")
-                if status == names.KILLED:
+                if status == names.KILLED and failure_class != names.FAILURE_STOPPED:
                     failure_class = names.FAILURE_ENVIRONMENT
                 tags = [
                     RunTag(names.TAG_FAILURE, reason[:5000]),

@@ -31,7 +31,11 @@ several machines, with heartbeats. ``optuna-dashboard <storage>`` watches the sa
 MLflow: one parent run per study, one nested run per trial and seed (tags ``benchbnn.study`` and
 ``benchbnn.trial``); the trial's user attributes hold its MLflow run ids. Divergence: a run the
 engine reports as FAILED marks the trial FAIL (user attribute ``benchbnn.failure`` holds the
-reason) and the study goes on; Optuna's samplers ignore failed trials.
+reason) and the study goes on; Optuna's samplers ignore failed trials. Pruning: the trial's run
+is stopped on purpose (:class:`TrialPruned`, a :class:`~benchbnn.core.errors.RunStopped`): it
+ends KILLED with the failure class ``stopped`` and the reason ``pruned: validation top-1 ...``,
+the trial is PRUNED, and its configuration's claim completes: a result, never redone by
+``tune`` or ``compare``.
 
 The pieces live in :mod:`benchbnn.search_space` (what is searched) and :mod:`benchbnn.studies`
 (samplers, pruners, storages, workers and the budget); this module ties them to suites, the
@@ -57,13 +61,14 @@ from benchbnn.bench.compare import check_data
 from benchbnn.bench.suite_file import load_suite
 from benchbnn.core import limits
 from benchbnn.core.config import RunConfig, resolved_schedules
-from benchbnn.core.errors import BenchbnnError, RunFailed
+from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped
 from benchbnn.core.names import (
     DEFAULT_EXPERIMENT,
     DEFAULT_SUITE,
     FAILURE_ENVIRONMENT,
-    FAILURE_RUN,
+    FAILURE_STOPPED,
     KILLED,
+    RESULT_FAILURE_CLASSES,
     TAG_BEST_PREFIX,
     TAG_ENTRY,
     TAG_FAILURE,
@@ -82,7 +87,7 @@ from benchbnn.optim.schedules import check_schedule_range, effective_schedules, 
 from benchbnn.train import tracking
 from benchbnn.train.engine import canonical_config, train
 from benchbnn.train.exclusive import stored_result
-from benchbnn.train.identity import current_environment, owner_tags
+from benchbnn.train.identity import current_environment, owner_tags, recorded_failure_class
 from benchbnn.train.ledger import claim_key, open_ledger, this_holder
 from benchbnn.train.runs import reap_dead_runs
 from benchbnn.train.storage import check_queue_storage
@@ -131,6 +136,7 @@ __all__ = [  # the tuning API; the pieces come from benchbnn.search_space and be
     "Protocol",
     "SearchParam",
     "SearchSpace",
+    "TrialPruned",
     "TuneResult",
     "TunedParams",
     "best_trial_hparams",
@@ -334,8 +340,29 @@ class TrialDiverged(RunFailed):
     """Training of a trial's configuration diverged (the engine returned FAILED)."""
 
 
+class TrialPruned(RunStopped, optuna.TrialPruned):
+    """A hopeless trial stopped by the study's pruner.
+
+    Both a :class:`~benchbnn.core.errors.RunStopped` (the engine ends the trial's run KILLED
+    with the failure class ``stopped`` and the reason ``pruned: <reason>``, a result that is
+    never redone) and an :class:`optuna.TrialPruned` (Optuna records the trial PRUNED).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason, outcome="pruned")
+
+
+def pruner_words(pruner: Any) -> str:
+    """How a failure reason names ``pruner``: ``"the median pruner"`` for Optuna's
+    MedianPruner (the class name without ``Pruner``, in lower case)."""
+    name = type(pruner).__name__
+    base = name[: -len("Pruner")] if name.endswith("Pruner") and name != "Pruner" else name
+    return f"the {base.lower()} pruner"
+
+
 class TrialReporter:
-    """Lifecycle plugin: reports validation top-1 after each epoch and prunes hopeless trials."""
+    """Lifecycle plugin: reports validation top-1 after each epoch and prunes hopeless trials
+    (raising :class:`TrialPruned`)."""
 
     def __init__(self, trial: Any, run_ids: list[str], report: bool = True):
         self.trial = trial
@@ -357,9 +384,10 @@ class TrialReporter:
         self.trial.report(float(value), step=int(epoch))
         # after the last epoch there is nothing left to save: the trial completes
         if epoch < run.config.epochs and self.trial.should_prune():
-            raise optuna.TrialPruned(
-                f"validation top-1 {float(value):.2f}% after epoch {epoch} is below what the "
-                f"pruner allows"
+            pruner = getattr(getattr(self.trial, "study", None), "pruner", None)
+            raise TrialPruned(
+                f"validation top-1 {float(value):.2f}% after epoch {epoch} is below what "
+                f"{pruner_words(pruner) if pruner is not None else 'the pruner'} allows"
             )
 
 
@@ -459,11 +487,15 @@ class Objective:
                     checkpoint_dir=checkpoints,
                     keep_checkpoint=keep,
                 )
+            except RunStopped:  # pruned: the configuration has its result, never to be retried
+                if claim is not None:
+                    claim.finish(True)
+                raise
             finally:
                 if not (keep and result is not None and result.finished):
                     shutil.rmtree(checkpoints, ignore_errors=True)
             if claim is not None:
-                claim.finish(result.finished or result.failure_class == FAILURE_RUN)
+                claim.finish(result.finished or result.failure_class in RESULT_FAILURE_CLASSES)
         if result.status == "KILLED":  # interrupted: the trial is queued again, not counted
             raise KeyboardInterrupt(result.error or "training was interrupted")
         if result.status != "FINISHED":
@@ -501,6 +533,9 @@ class Objective:
         reporter.trial.set_user_attr(ATTR_RUN_ID, reporter.run_ids[0])
         reporter.trial.set_user_attr(ATTR_RUN_IDS, list(reporter.run_ids))
         value = run.data.metrics.get(OBJECTIVE_METRIC)
+        if recorded_failure_class(run.info.status, run.data.tags) == FAILURE_STOPPED:
+            reason = run.data.tags.get(TAG_FAILURE) or "stopped"
+            raise TrialPruned(f"seed {seed} was stopped in another process ({reason})")
         if run.info.status != "FINISHED" or value is None or not math.isfinite(float(value)):
             why = run.data.tags.get(TAG_FAILURE) or f"final {OBJECTIVE_METRIC} is {value}"
             raise TrialDiverged(f"seed {seed}: {why}")
