@@ -872,6 +872,10 @@ class BinaryOptimizer(torch.optim.Optimizer):
         self.flip_count = torch.zeros((), dtype=torch.int64, device=self._device)
         self._requested = _check_implementation(implementation)
         self._compile_failed = False
+        #: Where and why torch.compile failed on this optimizer ("" while it has not): the
+        #: rule's name, then the error's type and first line in parentheses, e.g.
+        #: ``"MyOpt.update (Unsupported: ...)"``. The step then runs the reference.
+        self.compile_error = ""
         self.implementation = self._choose_implementation()
         self.setup()
         with torch.no_grad():
@@ -1184,9 +1188,10 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 _compiled(fn)(*flat)
             except Exception as exc:
                 self._compile_failed = True
+                self.compile_error = f"{getattr(fn, '__qualname__', fn)} ({_first_line(exc)})"
                 _warn_once(
-                    f"benchbnn: torch.compile failed for {getattr(fn, '__qualname__', fn)} "
-                    f"({type(exc).__name__}); falling back to the reference implementation"
+                    f"benchbnn: torch.compile failed for {self.compile_error}; falling back to "
+                    f"the reference implementation"
                 )
                 fn(*args)
 
@@ -1220,12 +1225,18 @@ class BinaryOptimizer(torch.optim.Optimizer):
             return _compiled_group(rule, cast, len(items))(tensors, args, per_tensor)
         except Exception as exc:
             self._compile_failed = True
+            self.compile_error = f"{getattr(rule, '__qualname__', rule)} ({_first_line(exc)})"
             _warn_once(
-                f"benchbnn: torch.compile failed for {getattr(rule, '__qualname__', rule)} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "falling back to the reference implementation"
+                f"benchbnn: torch.compile failed for {self.compile_error}; falling back to the "
+                f"reference implementation"
             )
             return _run_reference(rule, items, kwargs, self._device)
+
+
+def _first_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (the type alone for an empty message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:

@@ -28,8 +28,10 @@ The properties (names as ``benchbnn check --property`` takes them):
   fresh optimizer, built with another seed on copied weights, continues bit-identically
   (weights, flip counts and state buffers);
 * ``foreach`` and ``compiled``: the ``"foreach"`` and ``"compiled"`` implementations give
-  bit-identical weights and flip counts to ``"reference"`` at every step on CPU (``compiled``
-  is skipped, with the reason, where torch.compile is unavailable or fails on the rule). The
+  bit-identical weights and flip counts to ``"reference"`` at every step on CPU. A rule that
+  torch.compile cannot compile fails ``compiled`` (with the compiler's error and the fix:
+  tensor operations only, no Python branch on a tensor value); ``compiled`` is skipped, with
+  the reason, only where torch.compile itself is unavailable. The
   one allowance is the rounding rule of the project's tests: compiled kernels may round
   real-valued (latent) weights differently in the last bits, so for ``forward="latent"`` and
   ``"identity"`` the compiled weights must have the reference's signs and flip counts exactly
@@ -45,24 +47,37 @@ The properties (names as ``benchbnn check --property`` takes them):
 * ``data-parallel``: two processes (gloo, started with ``torch.multiprocessing``) step the
   optimizer on their averaged gradients, as data-parallel training does, and must end with
   identical weights and state (no rank-dependent randomness or arithmetic). The ranks are fresh
-  processes, so an optimizer registered only in the calling process is skipped with the reason.
+  processes: they import the plugin module the optimizer came from (``-p``,
+  ``BENCHBNN_PLUGINS``, ``register_plugin(module)``) or its class; an optimizer no fresh
+  process can import (a class defined in a function, a plugin object that is no importable
+  module) is skipped with the reason before any process starts.
+
+A failure's snippet runs as printed in a fresh ``python -c``: for an optimizer from a plugin
+module that no fresh process discovers (the registry's provenance "local module" or
+"in-process"), it first puts the module's folder on ``sys.path`` and registers the module; for
+a class, it imports the class.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import io
+import logging
 import math
+import sys
 import traceback
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from benchbnn.core.binary import sgn0
-from benchbnn.core.plugins import get_optimizer, list_optimizers
+from benchbnn.core.plugins import get_optimizer, get_registry, list_optimizers, register_plugin
 from benchbnn.core.specs import HParam, OptimizerSpec
 from benchbnn.optim.base import EvaluationSamples, compile_unavailable_reason
 from benchbnn.optim.testing import dtype_problems, exact_gradients, initial_weights, run_context
@@ -88,6 +103,9 @@ DEFAULT_SEED = 0
 RANGE_STEPS = 3
 #: Offending values shown in a failure.
 SHOWN = 5
+#: The registry's provenance of plugins that no fresh process discovers by itself.
+LOCAL_MODULE = "local module"
+IN_PROCESS = "in-process"
 
 
 @dataclass
@@ -145,6 +163,107 @@ def resolve_spec(optimizer: Any) -> OptimizerSpec:
     if isinstance(optimizer, type):
         return OptimizerSpec.from_class(optimizer)
     raise TypeError(f"expected an optimizer name, spec or class, got {optimizer!r}")
+
+
+# --- where an optimizer comes from: what a fresh process needs to get it -------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """How a fresh Python process (a reproducer snippet, a data-parallel rank) gets ``spec``.
+
+    ``name``: the registered name to look up (None: build from the class ``class_ref``, a
+    ``(module, qualname)`` pair; with a ``problem``, the optimizer's name for messages).
+    ``module``/``plugin``: a plugin module to import and register first (None for an installed
+    distribution, which every process discovers). ``folder``: where that module (or the
+    class's module) is imported from. ``problem``: why no fresh process can get the optimizer
+    ("" when one can).
+    """
+
+    name: str | None
+    module: str | None = None
+    plugin: str | None = None
+    folder: str | None = None
+    class_ref: tuple[str, str] | None = None
+    problem: str = ""
+
+
+def _import_root(module: types.ModuleType) -> str | None:
+    """The sys.path folder ``module`` was imported from (None for a module without a file)."""
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return None
+    path = Path(filename).resolve()
+    depth = module.__name__.count(".") + (path.stem == "__init__")
+    return str(path.parents[depth]) if depth < len(path.parents) else None
+
+
+def _importable(obj: Any, name: str) -> types.ModuleType | None:
+    """``obj`` when it is the module that ``import name`` gives in this process and it comes
+    from a file (so a fresh process can import it too); otherwise None."""
+    if not isinstance(obj, types.ModuleType) or sys.modules.get(name) is not obj:
+        return None
+    return obj if getattr(obj, "__file__", None) and name != "__main__" else None
+
+
+def _class_origin(spec: OptimizerSpec) -> _Origin:
+    """The origin of an optimizer given as a class (or an unregistered spec of one)."""
+    factory = spec.factory
+    unloadable = (
+        f"{spec.name!r} was given as an object, not a registered name, and a fresh process "
+        f"cannot import it"
+    )
+    if not isinstance(factory, type) or OptimizerSpec.from_class(factory) != spec:
+        return _Origin(spec.name, problem=f"{unloadable} (a spec not built from its class alone)")
+    module = _importable(sys.modules.get(factory.__module__), factory.__module__)
+    found: Any = module
+    for part in factory.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if module is None or found is not factory:
+        return _Origin(
+            spec.name,
+            problem=f"{unloadable} (define the class at the top level of an importable module, "
+            f"or register its plugin: install it or load it with BENCHBNN_PLUGINS)",
+        )
+    return _Origin(
+        None,
+        folder=_import_root(module),
+        class_ref=(factory.__module__, factory.__qualname__),
+    )
+
+
+def _origin(spec: OptimizerSpec) -> _Origin:
+    """Where ``spec`` comes from, read from the registry's provenance of its name."""
+    registry = get_registry()
+    entry = registry.entries.get("optimizer", {}).get(spec.name)
+    if entry is None or (entry.spec is not spec and entry.spec.factory is not spec.factory):
+        return _class_origin(spec)
+    info = entry.plugin
+    if info.distribution not in (LOCAL_MODULE, IN_PROCESS):
+        return _Origin(spec.name)  # an installed distribution: every process discovers it
+    module = _importable(registry.plugin_manager.get_plugin(info.name), info.module)
+    if module is None:
+        return _Origin(
+            spec.name,
+            problem=f"{spec.name!r} was registered in this process from {info.module!r}, which "
+            f"a fresh process cannot import (install the plugin, or load a module of it with "
+            f"BENCHBNN_PLUGINS)",
+        )
+    return _Origin(spec.name, info.module, info.name, _import_root(module))
+
+
+def _load(origin: _Origin) -> OptimizerSpec:
+    """In a fresh process: make the optimizer of ``origin`` known and return its spec."""
+    if origin.folder and origin.folder not in sys.path:
+        sys.path.insert(0, origin.folder)
+    if origin.class_ref is not None:
+        found: Any = importlib.import_module(origin.class_ref[0])
+        for part in origin.class_ref[1].split("."):
+            found = getattr(found, part)
+        return OptimizerSpec.from_class(found)
+    if origin.module is not None:
+        register_plugin(importlib.import_module(origin.module), origin.plugin)
+    return get_optimizer(cast(str, origin.name))
 
 
 # --- running an optimizer under controlled gradients ------------------------------------------
@@ -393,6 +512,19 @@ def _state_dict(setup: _Setup) -> str:
     return f"saved after step {k}, continued to step {setup.steps}"
 
 
+def _compile_failure(optimizer: Any) -> str:
+    """The ``compiled`` failure of a rule that torch.compile could not compile: the error (its
+    first line, :attr:`BinaryOptimizer.compile_error`) and what to change in the rule."""
+    error = getattr(optimizer, "compile_error", "") or f"{type(optimizer).__qualname__}"
+    return (
+        f"torch.compile failed for {error}, so 'compiled' would run the "
+        f"reference implementation instead. A rule must compile as one graph: use tensor "
+        f"operations only and never branch in Python on a tensor value (no "
+        f"'if (m > 0).any():', no .item(); use torch.where or a mask instead); see "
+        f"'Implementations, and what compiled requires' in docs/plugins.md"
+    )
+
+
 def _agreement(setup: _Setup, implementation: str) -> str:
     if implementation == "compiled":
         reason = compile_unavailable_reason("cpu")
@@ -406,7 +538,7 @@ def _agreement(setup: _Setup, implementation: str) -> str:
             a.step(t)
             b.step(t)
             if getattr(b.opt, "_compile_failed", False):
-                raise _Skip("torch.compile failed on this rule, which then runs the reference")
+                raise _Failure(_compile_failure(b.opt), t + 1)
             # the rounding rule of the project's tests: binary weights bit for bit; latent
             # (real-valued) weights of a compiled rule to within a few ulps, same signs
             ulps = ULPS if implementation == "compiled" and setup.spec.forward != "sign" else 0
@@ -509,9 +641,24 @@ DATA_PARALLEL_RANKS = 2
 
 
 def _data_parallel_rank(
-    rank: int, name: str, seed: int, steps: int, hparams: dict[str, Any], folder: str
+    rank: int, origin: _Origin, seed: int, steps: int, hparams: dict[str, Any], folder: str
 ) -> None:
-    """One rank: rank-specific gradients averaged with all_reduce, then the optimizer's step."""
+    """One rank (a fresh process): get the optimizer from ``origin``, then run
+    :func:`_data_parallel_steps`. An exception is written to ``folder/rank{rank}.error`` and
+    the rank exits with status 1: an exception left to torch.multiprocessing would leave a
+    ``pytorch-errorfile-*.pickle`` behind in the system's temporary folder."""
+    try:
+        _data_parallel_steps(rank, _load(origin), seed, steps, hparams, folder)
+    except Exception:
+        Path(folder, f"rank{rank}.error").write_text(traceback.format_exc())
+        sys.exit(1)
+
+
+def _data_parallel_steps(
+    rank: int, spec: OptimizerSpec, seed: int, steps: int, hparams: dict[str, Any], folder: str
+) -> None:
+    """One rank: rank-specific gradients averaged with all_reduce, then the optimizer's step;
+    the weights and state buffers are saved to ``folder/rank{rank}.pt``."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -522,7 +669,7 @@ def _data_parallel_rank(
         world_size=DATA_PARALLEL_RANKS,
     )
     try:
-        setup = _Setup(resolve_spec(name), seed, steps, hparams)
+        setup = _Setup(spec, seed, steps, hparams)
         run = _Run(setup)
         everything = [*run.params, *run.real]
         for t in range(steps):
@@ -550,15 +697,39 @@ def _data_parallel_rank(
         dist.destroy_process_group()
 
 
+def _rank_error(folder: str) -> str:
+    """The last line of the first traceback a rank wrote into ``folder`` (or a placeholder)."""
+    for rank in range(DATA_PARALLEL_RANKS):
+        path = Path(folder, f"rank{rank}.error")
+        if path.exists():
+            lines = path.read_text().strip().splitlines()
+            return f"rank {rank}: {lines[-1] if lines else 'no traceback'}"
+    return "a rank exited without a traceback (killed?)"
+
+
 def _data_parallel(setup: _Setup) -> str:
     """Two processes (gloo) step the optimizer on their averaged gradients: weights and state
-    must be identical on both ranks (no rank-dependent randomness or arithmetic)."""
+    must be identical on both ranks (no rank-dependent randomness or arithmetic).
+
+    The ranks are fresh processes: they import the plugin module the optimizer came from
+    (``-p``, ``BENCHBNN_PLUGINS`` or ``register_plugin``) or its class; an optimizer they cannot
+    import is skipped before any process starts. Everything they write goes to one temporary
+    folder, removed afterwards."""
     import tempfile
 
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
+    origin = _origin(setup.spec)
+    if origin.problem:
+        raise _Skip(f"the ranks are fresh processes and {origin.problem}")
+    # torch logs "Terminating process ... via signal SIGTERM" when it stops the other rank
+    # after one failed; the failure is reported here, with the rank's error, instead
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
     with tempfile.TemporaryDirectory(prefix="benchbnn-check-") as folder:
-        args = (setup.spec.name, setup.seed, setup.steps, dict(setup.hparams), folder)
+        args = (origin, setup.seed, setup.steps, dict(setup.hparams), folder)
+        spawn_log.setLevel(logging.ERROR)
         try:
             mp.start_processes(
                 _data_parallel_rank,
@@ -566,13 +737,10 @@ def _data_parallel(setup: _Setup) -> str:
                 nprocs=DATA_PARALLEL_RANKS,
                 start_method="spawn",
             )
-        except mp.ProcessRaisedException as exc:
-            if "UnknownNameError" in str(exc):
-                raise _Skip(
-                    f"{setup.spec.name!r} is registered in this process only and the ranks are "
-                    f"fresh processes: install the plugin or load it with BENCHBNN_PLUGINS"
-                ) from None
-            raise
+        except ProcessException:
+            raise _Failure(f"a data-parallel rank failed: {_rank_error(folder)}") from None
+        finally:
+            spawn_log.setLevel(level)
         ranks = [torch.load(f"{folder}/rank{r}.pt") for r in range(DATA_PARALLEL_RANKS)]
     first = ranks[0]
     for rank, other in enumerate(ranks[1:], start=1):
@@ -610,10 +778,29 @@ PROPERTIES: dict[str, tuple[Callable[[_Setup], str], str]] = {
 }
 
 
-def _snippet(name: str, prop: str, seed: int, steps: int, hparams: Mapping[str, Any]) -> str:
-    lines = [
+def _snippet(origin: _Origin, prop: str, seed: int, steps: int, hparams: Mapping[str, Any]) -> str:
+    """A Python program that reruns ``prop`` in a fresh process (``python -c``): it first makes
+    the optimizer known there when no fresh process discovers it (a ``-p`` or in-process
+    plugin module is imported and registered; a class is imported)."""
+    lines: list[str] = []
+    if origin.problem:
+        lines.append(f"# cannot be run as printed: {origin.problem}")
+    if origin.folder is not None and (origin.module is not None or origin.class_ref):
+        lines.append(f"import sys; sys.path.insert(0, {origin.folder!r})")
+    target = repr(origin.name)
+    if origin.class_ref is not None:
+        module, qualname = origin.class_ref
+        lines.append(f"from {module} import {qualname.split('.')[0]}")
+        target = qualname
+    elif origin.module is not None:
+        plugin = "" if origin.plugin == origin.module else f", {origin.plugin!r}"
+        lines += [
+            "import importlib, benchbnn",
+            f"benchbnn.register_plugin(importlib.import_module({origin.module!r}){plugin})",
+        ]
+    lines += [
         "from benchbnn.optim.conformance import check_property",
-        f"result = check_property({name!r}, {prop!r}, seed={seed}, steps={steps}"
+        f"result = check_property({target}, {prop!r}, seed={seed}, steps={steps}"
         + (f", hparams={dict(hparams)!r}" if hparams else "")
         + ")",
         "print(result.report())",
@@ -640,7 +827,7 @@ def check_property(
         "seed": seed,
         "shapes": [*SHAPES, REAL_SHAPE],
         "hparams": hparams or "defaults",
-        "implementation": "reference",
+        "implementation": prop if prop in ("foreach", "compiled") else "reference",
     }
     run, _ = PROPERTIES[prop]
     try:
@@ -660,7 +847,7 @@ def check_property(
             "failed",
             str(exc),
             details,
-            _snippet(spec.name, prop, seed, reproduce, hparams),
+            _snippet(_origin(spec), prop, seed, reproduce, hparams),
         )
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
@@ -671,7 +858,7 @@ def check_property(
             "failed",
             f"{type(exc).__name__}: {exc}",
             details,
-            _snippet(spec.name, prop, seed, steps, hparams),
+            _snippet(_origin(spec), prop, seed, steps, hparams),
         )
     return PropertyResult(spec.name, prop, "passed", note)
 
