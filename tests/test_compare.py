@@ -145,6 +145,20 @@ def test_quick_compare_trains_then_reuses_everything_and_leaderboard_matches(tmp
     assert "`benchbnn leaderboard quick --seeds 2 --epochs 1 --subset 300`" in md
 
 
+def test_compare_says_which_store_it_tracks_to_and_when_that_store_is_new(tmp_path, capsys):
+    store = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"  # a mistyped path: a new, empty store
+    argv = ["compare", str(tiny_suite(tmp_path, seeds=1)), "--tracking-uri", store, "--quiet"]
+    argv += ["--out", str(tmp_path / "lb")]
+    assert cli(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        f"tracking store: {store} (new: nothing was tracked there before, so no run can be reused)"
+        in lines
+    )
+    assert cli(argv) == 0
+    assert f"tracking store: {store}" in capsys.readouterr().out.splitlines()
+
+
 def test_leaderboard_without_tracked_runs_is_an_error(tmp_path, capsys):
     store = f"sqlite:///{tmp_path / 'absent.db'}"
     status = cli(

@@ -63,11 +63,18 @@ from benchbnn.train.checkpoint import FILENAME, SUMMARY, CheckpointMismatch, def
 from benchbnn.train.engine import canonical_config, train, train_or_start_over
 from benchbnn.train.identity import current_environment, environment_of, is_result, owner_state
 from benchbnn.train.runs import find_config_runs, in_environment, reap_dead_runs
-from benchbnn.train.tracking import check_tracking_location, client_for, resolve_tracking_uri
+from benchbnn.train.tracking import (
+    check_tracking_location,
+    client_for,
+    is_new_local_store,
+    resolve_tracking_uri,
+)
 
 #: What compare does with a planned run (BUSY: it is RUNNING in a live process of this host).
 REUSE, RECORDED_FAILURE, RESUME, TRAIN = "reuse", "failed", "resume", "train"
 BUSY = "busy"
+#: Added to the "tracking store:" line when the store does not exist yet.
+NEW_STORE_NOTE = " (new: nothing was tracked there before, so no run can be reused)"
 
 
 class TunedRecord(Protocol):
@@ -432,6 +439,7 @@ def compare(
     if checkpoint_dir is not None:  # before the tracking store and the leaderboard are made
         check_writable_dir(checkpoint_dir, "checkpoints", "--checkpoint-dir")
     uri = resolve_tracking_uri(tracking_uri)
+    new_store = is_new_local_store(uri)  # before the check, which makes a folder store's folder
     check_tracking_location(uri)
     _check_training_inputs(uri, storage, workers, plugins)
 
@@ -452,6 +460,8 @@ def compare(
     say(_summary_line(expanded, planned))
     for line in environment_lines(planned, environment, reuse_any_environment):
         say(line)
+    # a mistyped --tracking-uri would otherwise train everything again without a word
+    say(f"tracking store: {redact(uri)}{NEW_STORE_NOTE if new_store else ''}")
     if not quiet:
         for p in planned:
             say(p.describe())

@@ -105,6 +105,13 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def is_new_local_store(uri: str) -> bool:
+    """Whether ``uri`` names a local store (an SQLite file or a folder) that does not exist yet:
+    the first run tracked there creates it. False for servers and databases."""
+    path = _local_path(uri)
+    return path is not None and not path.exists()
+
+
 def check_tracking_location(uri: str) -> None:
     """Raise BenchbnnError if MLflow cannot track to ``uri`` (:func:`check_tracking_uri`) or a
     local store could not be written (before anything starts)."""
