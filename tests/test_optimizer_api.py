@@ -345,6 +345,10 @@ def test_the_host_names_the_plugin_and_strict_mode_exits_2(
     (failure,) = [f for f in registry.failures if f.plugin == module]
     assert failure.reason.startswith("failed to import: optimizer class")
     assert message in failure.reason
+    benchbnn.core.plugins.add_plugin_modules([module])  # as -p does (the fixture undoes it)
+    with pytest.raises(PluginError) as refused:  # found, so no advice on its name or path
+        benchbnn.core.plugins.check_plugin_modules([module])
+    assert "PYTHONPATH" not in str(refused.value) and message in str(refused.value)
     assert "bop" in registry.names("optimizer")  # the other plugins keep working
     monkeypatch.setenv("BENCHBNN_STRICT_PLUGINS", "1")
     assert cli_main(["-p", module, "plugins"]) == 2

@@ -168,7 +168,8 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return found
 
 
-#: How a failure to import a plugin module begins (``-p`` adds advice on module names to it).
+#: How a failure to import a plugin module begins (``-p`` adds advice on module names to it
+#: when Python found no module of that name).
 IMPORT_FAILED = "failed to import:"
 
 
@@ -421,10 +422,20 @@ def check_plugin_modules(modules: Iterable[str]) -> None:
             advice = (
                 "; pass the name of an importable module with benchbnn hooks (check its "
                 "spelling and that its folder is on PYTHONPATH)"
-                if failure.reason.startswith(IMPORT_FAILED)
-                else ""  # it imported: the reason itself says what to fix in the module
+                if _module_not_found(failure)
+                else ""  # it was found: the reason itself says what to fix in the module
             )
             raise PluginError(f"-p {failure.plugin}: {failure.reason}{advice}")
+
+
+def _module_not_found(failure: Failure) -> bool:
+    """Whether a ``-p`` module failed because Python found no module (or package) of that
+    name, rather than because its code raised while it was imported or checked."""
+    parts = failure.plugin.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return failure.reason.startswith(IMPORT_FAILED) and any(
+        f"No module named '{name}'" in failure.reason for name in names
+    )
 
 
 def register_plugin(obj: Any, name: str | None = None) -> str:
