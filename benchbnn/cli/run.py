@@ -296,12 +296,10 @@ def _check_checkpoint(config: RunConfig, args: argparse.Namespace) -> None:
     """
     if args.resume or args.restart:
         return
-    from pathlib import Path
-
     from benchbnn.train import checkpoint
 
     what = config.config_hash()
-    folder = Path(args.checkpoint_dir) if args.checkpoint_dir else checkpoint.default_dir(what)
+    folder = checkpoint.run_dir(what, args.checkpoint_dir)
     epoch = checkpoint.saved_epoch(folder, what)
     if epoch is not None:
         raise BenchbnnError(

@@ -74,6 +74,13 @@ class RunStopped(Exception):
         return f"{self.outcome}: {self.reason}" if self.reason else self.outcome
 
 
+def first_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (the type alone for an empty message), for one-line
+    reports of an exception."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Names among ``candidates`` that look like ``name`` (for 'did you mean' hints)."""
     candidates = list(candidates)

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from benchbnn.core.binary import sgn0
-from benchbnn.core.errors import BenchbnnError, PluginError, did_you_mean
+from benchbnn.core.errors import BenchbnnError, PluginError, did_you_mean, first_line
 from benchbnn.core.specs import (
     FORWARD_MODES,
     RESERVED_NAMES,
@@ -1188,7 +1188,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 _compiled(fn)(*flat)
             except Exception as exc:
                 self._compile_failed = True
-                self.compile_error = f"{getattr(fn, '__qualname__', fn)} ({_first_line(exc)})"
+                self.compile_error = f"{getattr(fn, '__qualname__', fn)} ({first_line(exc)})"
                 _warn_once(
                     f"benchbnn: torch.compile failed for {self.compile_error}; falling back to "
                     f"the reference implementation"
@@ -1225,18 +1225,12 @@ class BinaryOptimizer(torch.optim.Optimizer):
             return _compiled_group(rule, cast, len(items))(tensors, args, per_tensor)
         except Exception as exc:
             self._compile_failed = True
-            self.compile_error = f"{getattr(rule, '__qualname__', rule)} ({_first_line(exc)})"
+            self.compile_error = f"{getattr(rule, '__qualname__', rule)} ({first_line(exc)})"
             _warn_once(
                 f"benchbnn: torch.compile failed for {self.compile_error}; falling back to the "
                 f"reference implementation"
             )
             return _run_reference(rule, items, kwargs, self._device)
-
-
-def _first_line(exc: BaseException) -> str:
-    """``"Type: first line of the message"`` (the type alone for an empty message)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchbnn.core.config import RunConfig
-from benchbnn.core.errors import BenchbnnError
+from benchbnn.core.errors import BenchbnnError, first_line
 from benchbnn.core.names import VERSION
 from benchbnn.core.paths import writable_dir
 from benchbnn.core.plugins import provenance
@@ -76,6 +76,12 @@ def default_dir(config_hash: str, root: str | Path | None = None) -> Path:
     """``<cwd>/.benchbnn/checkpoints/<config_hash>`` (or under ``root``)."""
     base = Path(root) if root is not None else Path.cwd() / ".benchbnn" / "checkpoints"
     return base / config_hash
+
+
+def run_dir(config_hash: str, given: str | Path | None = None) -> Path:
+    """The folder of a run's checkpoint: ``given`` (``--checkpoint-dir``) when set, else
+    :func:`default_dir`."""
+    return Path(given) if given else default_dir(config_hash)
 
 
 def check_writable(directory: Path) -> None:
@@ -142,11 +148,6 @@ def save(directory: Path, state: Mapping[str, Any]) -> Path:
     return target
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _summary_run_id(directory: Path, config_hash: str) -> str | None:
     """The MLflow run id in ``config_hash``'s ``last.json`` summary (None if unknown)."""
     try:
@@ -171,7 +172,7 @@ def load(directory: Path, config_hash: str) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointMismatch(
-            f"checkpoint {path} cannot be read ({_first_line(exc)})",
+            f"checkpoint {path} cannot be read ({first_line(exc)})",
             run_id=_summary_run_id(directory, config_hash),
         ) from None
     if not isinstance(state, dict):

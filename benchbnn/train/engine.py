@@ -1436,9 +1436,7 @@ def train(
         f"{run.config.optimizer}-{run.config.arch}-{run.config.dataset}-s{run.config.seed}"
     )
     run.experiment = experiment
-    run.checkpoint_dir = (
-        Path(checkpoint_dir) if checkpoint_dir else checkpoint.default_dir(run.config_hash)
-    )
+    run.checkpoint_dir = checkpoint.run_dir(run.config_hash, checkpoint_dir)
     tracker = MlflowTracker(tracking_uri, experiment) if world.is_main else None
     own = [tracker, ProgressDisplay(quiet=quiet)] if tracker is not None else []
     pm = _plugin_manager(own, plugins)
