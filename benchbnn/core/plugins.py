@@ -168,6 +168,11 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return found
 
 
+#: The provenance ("distribution") of plugins no installed distribution provides: modules
+#: loaded with ``-p`` or BENCHBNN_PLUGINS, and objects given to :func:`register_plugin`.
+LOCAL_MODULE = "local module"
+IN_PROCESS = "in-process"
+
 #: How a failure to import a plugin module begins (``-p`` adds advice on module names to it
 #: when Python found no module of that name).
 IMPORT_FAILED = "failed to import:"
@@ -250,9 +255,9 @@ class _Loader:
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:
-                self.fail(module_name, "local module", f"{IMPORT_FAILED} {_why(exc)}")
+                self.fail(module_name, LOCAL_MODULE, f"{IMPORT_FAILED} {_why(exc)}")
                 continue
-            self.register(module, module_name, "local module", "-")
+            self.register(module, module_name, LOCAL_MODULE, "-")
 
     def check_pending(self) -> None:
         try:
@@ -382,7 +387,7 @@ def load_registry(
     env_modules = os.environ.get("BENCHBNN_PLUGINS", "").split(",")
     loader.load_modules([*env_modules, *_extra_modules, *modules])
     for obj, name in _extra_objects:
-        loader.register(obj, name, "in-process", "-")
+        loader.register(obj, name, IN_PROCESS, "-")
     loader.check_pending()
     loader.collect()
     return loader.registry
@@ -418,7 +423,7 @@ def check_plugin_modules(modules: Iterable[str]) -> None:
     """
     wanted = {m.strip() for m in modules if m.strip()}
     for failure in get_registry().failures:
-        if failure.plugin in wanted and failure.distribution == "local module":
+        if failure.plugin in wanted and failure.distribution == LOCAL_MODULE:
             advice = (
                 "; pass the name of an importable module with benchbnn hooks (check its "
                 "spelling and that its folder is on PYTHONPATH)"

@@ -77,7 +77,14 @@ from typing import Any, cast
 import torch
 
 from benchbnn.core.binary import sgn0
-from benchbnn.core.plugins import get_optimizer, get_registry, list_optimizers, register_plugin
+from benchbnn.core.plugins import (
+    IN_PROCESS,
+    LOCAL_MODULE,
+    get_optimizer,
+    get_registry,
+    list_optimizers,
+    register_plugin,
+)
 from benchbnn.core.specs import HParam, OptimizerSpec
 from benchbnn.optim.base import EvaluationSamples, compile_unavailable_reason
 from benchbnn.optim.testing import dtype_problems, exact_gradients, initial_weights, run_context
@@ -103,9 +110,6 @@ DEFAULT_SEED = 0
 RANGE_STEPS = 3
 #: Offending values shown in a failure.
 SHOWN = 5
-#: The registry's provenance of plugins that no fresh process discovers by itself.
-LOCAL_MODULE = "local module"
-IN_PROCESS = "in-process"
 
 
 @dataclass
