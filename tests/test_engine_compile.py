@@ -21,7 +21,8 @@ from benchbnn.bench.compare import training_environment
 from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import native_bf16_cpu
-from benchbnn.core.names import TAG_ENVIRONMENT
+from benchbnn.core.names import TAG_ENVIRONMENT, TAG_OPTIMIZER_IMPLEMENTATION
+from benchbnn.optim.base import IMPLEMENTATION_ENV
 from benchbnn.train.engine import (
     RECOMPILE_LIMIT,
     TAG_COMPILE,
@@ -188,6 +189,15 @@ def test_auto_leaves_an_mlp_eager(store, tmp_path):
     tags = MlflowClient(store).get_run(result.run_id).data.tags
     assert tags[TAG_COMPILE] == "eager (auto: no convolutions, compiling would not pay)"
     assert result.metrics["compile_time_s"] == 0.0
+    # a short run of a small model: the optimizer's step is not compiled either
+    assert tags[TAG_OPTIMIZER_IMPLEMENTATION] == "foreach"
+
+
+def test_the_optimizer_implementation_is_recorded(store, tmp_path, monkeypatch):
+    monkeypatch.setenv(IMPLEMENTATION_ENV, "reference")
+    result, _ = _train(store, tmp_path, "impl", tiny_config(epochs=1), compile="off")
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags[TAG_OPTIMIZER_IMPLEMENTATION] == "reference"
 
 
 def test_compilation_failing_falls_back_to_eager_with_one_warning(store, tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ and clean fallbacks where torch.compile cannot help."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +13,9 @@ from optim_support import build, gradient, rule_hparams, run_side_by_side
 
 import benchbnn
 import benchbnn.optim.base
+from benchbnn.core.names import TAG_OPTIMIZER_IMPLEMENTATION
 from benchbnn.optim.base import BinaryOptimizer, compile_unavailable_reason, flip_
+from benchbnn.train.engine import _tag_optimizer
 
 needs_compile = pytest.mark.skipif(
     compile_unavailable_reason("cpu") is not None,
@@ -156,6 +160,10 @@ def test_a_rule_that_cannot_compile_falls_back_to_the_reference(monkeypatch):
         results[implementation] = (w.detach().clone(), int(opt.flip_count))
     assert torch.equal(results["reference"][0], results["compiled"][0])
     assert results["reference"][1] == results["compiled"][1] == 2
+    # the run's tag says how the step really ran
+    run = SimpleNamespace(optimizer=opt, tags={})
+    _tag_optimizer(run)
+    assert run.tags[TAG_OPTIMIZER_IMPLEMENTATION].startswith("reference (compile failed: ")
 
 
 def test_compile_disabled_falls_back_to_foreach_with_one_warning(monkeypatch):
@@ -187,6 +195,31 @@ def test_default_implementation_depends_on_size_and_environment(monkeypatch):
     monkeypatch.setenv(benchbnn.optim.base.IMPLEMENTATION_ENV, "turbo")
     with pytest.raises(benchbnn.BenchbnnError, match="unknown optimizer implementation 'turbo'"):
         spec.build([torch.nn.Parameter(torch.ones(10))])
+
+
+def test_long_runs_compile_below_a_million_weights(monkeypatch):
+    """With the engine's context, the default compiles from COMPILE_MIN_WEIGHT_STEPS binary
+    weights times optimizer steps on, whatever the number of weights."""
+    monkeypatch.delenv(benchbnn.optim.base.IMPLEMENTATION_ENV, raising=False)
+    spec = benchbnn.get_optimizer("bop")
+    weights = 1000
+    enough = benchbnn.optim.base.COMPILE_MIN_WEIGHT_STEPS // weights
+
+    def built(steps):
+        context = benchbnn.RunContext(
+            train_size=50 * steps,
+            steps_per_epoch=steps,
+            total_steps=steps,
+            world_size=1,
+            device=torch.device("cpu"),
+            seed=0,
+        )
+        return spec.build([torch.nn.Parameter(torch.ones(weights))], context=context)
+
+    expected = "compiled" if compile_unavailable_reason("cpu") is None else "foreach"
+    assert built(enough - 1).implementation == "foreach"
+    assert built(enough).implementation == expected
+    assert built(enough).pays_to_compile() and not built(enough - 1).pays_to_compile()
 
 
 def _decay(x, g, rate):

@@ -61,6 +61,9 @@ PRECISIONS = ("fp32", "bf16")
 #: part of a run's identity: the results are bit-identical)
 BINARY_KERNELS = ("auto", "int8", "float")
 TAG_BINARY_KERNEL = "benchbnn.binary_kernel"
+#: how the optimizer's step ran ("reference", "foreach" or "compiled"; benchbnn.optim.base),
+#: for optimizers that say (an ``implementation`` attribute). Recorded, not part of the identity.
+TAG_OPTIMIZER_IMPLEMENTATION = "benchbnn.optimizer_implementation"
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid

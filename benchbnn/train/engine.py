@@ -103,6 +103,7 @@ from benchbnn.core.names import (
     PRECISIONS,
     RUN_METRICS,
     TAG_COMPILE,
+    TAG_OPTIMIZER_IMPLEMENTATION,
     TAG_PRECISION,
 )
 from benchbnn.core.plugins import (
@@ -477,6 +478,7 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
     run.optimizer = spec.build(
         run.binary_params, run.real_params, context=run.context, **dict(cfg.hparams)
     )
+    _tag_optimizer(run)
     run.l2_params = l2_parameters(run.model, run.real_params) if cfg.l2 else []
     _prepare_model(run)
 
@@ -603,6 +605,19 @@ def _binary_kernel_tag(run: Run) -> str:
     if not any(c.binary_operands for c in convs):
         return "float (no binary convolution with +-1 inputs and weights)"
     return "int8"
+
+
+def _tag_optimizer(run: Run) -> None:
+    """Record how the optimizer's step runs (TAG_OPTIMIZER_IMPLEMENTATION), for optimizers with
+    an ``implementation`` attribute; "reference (compile failed: ...)" once a compiled step fell
+    back to the reference path (``compile_error``)."""
+    implementation = getattr(run.optimizer, "implementation", None)
+    if not isinstance(implementation, str):
+        return
+    error = getattr(run.optimizer, "compile_error", "")
+    if implementation == "compiled" and error:
+        implementation = f"reference (compile failed: {error})"
+    run.tags[TAG_OPTIMIZER_IMPLEMENTATION] = implementation
 
 
 def _tag_mode(run: Run, why: str | None) -> None:
@@ -1223,6 +1238,7 @@ def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
     if run.world.parallel and not distributed.check_in_sync(run.binary_params, run.world):
         raise RunFailed(f"binary weights differ between ranks after epoch {epoch}")
     run.history.append(metrics)
+    _tag_optimizer(run)
     _call(pm.hook.benchbnn_epoch_end, run=run, epoch=epoch, metrics=metrics)
     _save(run)
 
