@@ -30,6 +30,13 @@ and their medians against the targets (eager / engine >= 1.6 at width 0.25 and >
 larq / engine >= 1.25), the test top-1 after the last epoch (on 200 test images a class), and
 the 1-minute load average before and after every process.
 
+After the contenders, every round times BinaryNet's convolutions alone in a fresh process
+(``engine_contenders.convolution_floor``: each convolution's forward and backward pass on the
+shapes of a training step, as the engine runs them and all in float32), and the report prints
+what each contender spends besides its convolutions and the largest larq / engine that any
+engine running the same convolutions could reach (larq's epoch over the engine's
+convolutions alone).
+
     python benchmarks/bench_engine.py [--width 0.25] [--steps 40] [--epochs 3] [--rounds 2] \
         [--larq-python /work/larq-venv/bin/python]
 
@@ -287,6 +294,7 @@ def _speed(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             results = {name: _contender(name, args, data_dir, arrays, r) for name in order}
+            results["floor"] = _contender("floor", args, data_dir, arrays, r)
             for name in order:
                 out = results[name]
                 epochs = " ".join(f"{s:.2f}" for s in out["epoch_s"])
@@ -298,10 +306,19 @@ def _speed(args: argparse.Namespace) -> None:
                     f"top-1 {out['test_top1']:.2f}%"
                     f"{extra}, load {out['load'][0]:.2f} -> {out['load'][1]:.2f}"
                 )
+            floor = results["floor"]
+            print(
+                f"round {r + 1} (seed {r})       floor: the convolutions alone take "
+                f"{floor['engine_step_s'] * 1e3:.1f} ms a step as the engine runs them "
+                f"({floor['engine_step_s'] * args.steps:.2f} s an epoch), "
+                f"{floor['fp32_step_s'] * 1e3:.1f} ms in float32, load "
+                f"{floor['load'][0]:.2f} -> {floor['load'][1]:.2f}"
+            )
             rounds.append(results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _speed_report(rounds, names, args.width)
+    _floor_report(rounds, names, args.steps)
 
 
 def _epoch(out: dict) -> float:
@@ -339,11 +356,50 @@ def _speed_report(rounds: list[dict], names: list[str], width: float) -> None:
         )
 
 
+def _floor_report(rounds: list[dict], names: list[str], steps: int) -> None:
+    """What the convolutions leave: each contender's epoch minus its convolutions (the engine's
+    and engine-float's as they run them, larq's in float32), and the largest larq / engine any
+    engine with the same convolutions could reach (larq's epoch over the engine's
+    convolutions alone)."""
+    per_round = {
+        "engine": [results["floor"]["engine_step_s"] * steps for results in rounds],
+        "fp32": [results["floor"]["fp32_step_s"] * steps for results in rounds],
+    }
+    floors = {name: statistics.median(values) for name, values in per_round.items()}
+    print(
+        f"convolutions alone, median over rounds: {floors['engine']:.2f} s an epoch as the "
+        f"engine runs them (int8 forward where it applies, float32 backward), "
+        f"{floors['fp32']:.2f} s in float32"
+    )
+    kinds = {"engine": "engine", "engine-float": "fp32", "larq": "fp32"}
+    for name, kind in kinds.items():
+        if name not in names:
+            continue
+        rest = [
+            _epoch(results[name]) - results["floor"][f"{kind}_step_s"] * steps for results in rounds
+        ]
+        print(f"{name:>11}: {statistics.median(rest):.2f} s an epoch besides its convolutions")
+    if "larq" in names:
+        ceiling = [
+            _epoch(results["larq"]) / (results["floor"]["engine_step_s"] * steps)
+            for results in rounds
+        ]
+        print(
+            f"larq / engine could reach at most {statistics.median(ceiling):.2f} here (larq's "
+            f"epoch over the engine's convolutions alone; rounds "
+            f"{', '.join(f'{x:.2f}' for x in ceiling)})"
+        )
+
+
 def _run_contender(args: argparse.Namespace) -> None:
-    """``--contender``: train one PyTorch contender here and print its JSON line."""
-    from engine_contenders import run_config, run_eager, run_engine
+    """``--contender``: train one PyTorch contender here and print its JSON line (``floor``:
+    time BinaryNet's convolutions alone, ``engine_contenders.convolution_floor``)."""
+    from engine_contenders import convolution_floor, run_config, run_eager, run_engine
 
     torch.set_num_threads(args.threads)
+    if args.contender == "floor":
+        print(json.dumps(convolution_floor(args.width, args.batch_size)))
+        return
     config = run_config(args.width, args.steps, args.batch_size, args.epochs, "bop", args.seed)
     if args.contender.startswith("engine"):
         precision = "bf16" if args.contender == "engine-bf16" else "fp32"
@@ -364,7 +420,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--contender",
-        choices=("engine", "engine-float", "engine-bf16", "eager"),
+        choices=("engine", "engine-float", "engine-bf16", "eager", "floor"),
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -391,8 +447,8 @@ def main() -> None:
         "--steps",
         type=int,
         default=None,
-        help="training batches per epoch (0: the whole training split; default 40 for the "
-        "speed protocol, 100 for the overhead protocol)",
+        help="training batches per epoch (default 40 for the speed protocol, 100 for the "
+        "overhead protocol; 0, the whole training split, for the overhead protocol only)",
     )
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--width", type=float, default=0.25)
@@ -411,6 +467,8 @@ def main() -> None:
         return
     if not args.overhead:
         args.steps = 40 if args.steps is None else args.steps
+        if args.steps < 1:
+            parser.error("the speed protocol trains a subset: give --steps 1 or more")
         args.epochs = args.epochs or 3
         _speed(args)
         return

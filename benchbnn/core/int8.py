@@ -160,9 +160,11 @@ def _conv2d_int8_op(
     # channel layer at 15x15, batch 50, 2 threads); the result is the same bit for bit
     scales = torch.ones(1)
     zero_points = torch.zeros(1, dtype=torch.int64)
-    # -1 -> 0, +1 -> 2 (zero point 1): a bool mask doubled in place, about 1.5x faster than
-    # (x + 1).to(torch.uint8) (measured here: 0.79 ms against 1.2 ms for 50x32x32x32 values)
-    codes = x.ge(0).contiguous(memory_format=torch.channels_last).view(torch.uint8).mul_(2)
+    # -1 -> 0, +1 -> 2 (zero point 1): -1 and +1 as int8 read as uint8 are 255 and 1, and the
+    # uint8 addition of 1 wraps modulo 256 to 0 and 2. Measured here for 50x32x32x32 values
+    # (2 threads): 0.09 ms, against 0.70 ms for x.ge(0) doubled and 0.72 for (x + 1) as uint8
+    codes = x.to(torch.int8).contiguous(memory_format=torch.channels_last)
+    codes = codes.view(torch.uint8).add_(1)
     packed = torch.ops.onednn.qconv_prepack(
         weight.to(torch.int8), scales, 1.0, 1, stride, padding, dilation, groups, list(x.shape)
     )
