@@ -193,6 +193,20 @@ def test_auto_leaves_an_mlp_eager(store, tmp_path):
     assert tags[TAG_OPTIMIZER_IMPLEMENTATION] == "foreach"
 
 
+def test_an_eager_model_counts_its_compiled_optimizer_step_as_compile_time(
+    store, tmp_path, monkeypatch
+):
+    """Compiling the optimizer's step is compile time even when the model runs eagerly: it is
+    kept out of the epochs' times (it used to be counted only in compiled mode)."""
+    monkeypatch.setenv(IMPLEMENTATION_ENV, "compiled")
+    torch._dynamo.reset()  # so that the step compiles in this run, whatever ran before
+    result, _ = _train(store, tmp_path, "eager-model", tiny_config(epochs=1), compile="off")
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags[TAG_COMPILE] == "eager (compile off)"
+    assert tags[TAG_OPTIMIZER_IMPLEMENTATION] == "compiled"
+    assert result.metrics["compile_time_s"] > 0
+
+
 def test_the_optimizer_implementation_is_recorded(store, tmp_path, monkeypatch):
     monkeypatch.setenv(IMPLEMENTATION_ENV, "reference")
     result, _ = _train(store, tmp_path, "impl", tiny_config(epochs=1), compile="off")

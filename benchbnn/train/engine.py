@@ -675,10 +675,12 @@ def _forward(run: Run, images: torch.Tensor) -> torch.Tensor:
 
 
 def _compile_count() -> int:
-    """Frames torch.compile has compiled in this process so far (grows when anything compiles)."""
+    """Grows whenever torch.compile compiles something in this process: the frames it has
+    compiled plus the graphs it has captured (a ``fullgraph`` function, such as an optimizer's
+    compiled step, counts as a graph but not always as a frame)."""
     from torch._dynamo.utils import counters
 
-    return int(counters["frames"]["total"])
+    return int(counters["frames"]["total"]) + int(counters["stats"]["unique_graphs"])
 
 
 class _StepClock:
@@ -1017,16 +1019,14 @@ class _Compiled:
 
 @contextlib.contextmanager
 def _compile_watch(run: Run) -> Iterator[_Compiled]:
-    """Adds the block's wall seconds to the run's compile time when something compiled in it.
+    """Adds the block's wall seconds to the run's compile time when something compiled in it:
+    the model (compiled mode) or the optimizer's step (its compiled implementation, also under
+    an eager model), so that epoch times never include compiling.
 
-    Only in compiled mode (an eager run's compile time is 0, whatever its optimizer compiles).
     The block's own execution, one step or batch, is counted with it: negligible next to
     compiling (seconds to minutes).
     """
     seen = _Compiled()
-    if not run.compiled:
-        yield seen
-        return
     before, started = _compile_count(), time.perf_counter()
     yield seen
     if _compile_count() != before:
