@@ -879,7 +879,6 @@ class BinaryOptimizer(torch.optim.Optimizer):
         self._device = (binary_params or real_params or [torch.empty(0)])[0].device
         self.flip_count = torch.zeros((), dtype=torch.int64, device=self._device)
         self._requested = _check_implementation(implementation)
-        self._compile_failed = False
         #: Where and why torch.compile failed on this optimizer ("" while it has not): the
         #: rule's name, then the error's type and first line in parentheses, e.g.
         #: ``"MyOpt.update (Unsupported: ...)"``. The step then runs the reference.
@@ -1203,12 +1202,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
             try:
                 _compiled(fn)(*flat)
             except Exception as exc:
-                self._compile_failed = True
-                self.compile_error = f"{getattr(fn, '__qualname__', fn)} ({first_line(exc)})"
-                _warn_once(
-                    f"benchbnn: torch.compile failed for {self.compile_error}; falling back to "
-                    f"the reference implementation"
-                )
+                self._compile_failure(fn, exc)
                 fn(*args)
 
         return run
@@ -1240,13 +1234,22 @@ class BinaryOptimizer(torch.optim.Optimizer):
         try:
             return _compiled_group(rule, cast, len(items))(tensors, args, per_tensor)
         except Exception as exc:
-            self._compile_failed = True
-            self.compile_error = f"{getattr(rule, '__qualname__', rule)} ({first_line(exc)})"
-            _warn_once(
-                f"benchbnn: torch.compile failed for {self.compile_error}; falling back to the "
-                f"reference implementation"
-            )
+            self._compile_failure(rule, exc)
             return _run_reference(rule, items, kwargs, self._device)
+
+    def _compile_failure(self, fn: Callable[..., Any], exc: BaseException) -> None:
+        """Record that torch.compile failed on ``fn`` (:attr:`compile_error`: from now on every
+        optimizer step runs the reference) and warn once per process."""
+        self.compile_error = f"{getattr(fn, '__qualname__', fn)} ({first_line(exc)})"
+        _warn_once(
+            f"benchbnn: torch.compile failed for {self.compile_error}; falling back to the "
+            f"reference implementation"
+        )
+
+    @property
+    def _compile_failed(self) -> bool:
+        """Whether torch.compile has failed on this optimizer (see :attr:`compile_error`)."""
+        return bool(self.compile_error)
 
 
 def _with_grad(closure: Callable[[], Any]) -> Callable[[], Any]:
