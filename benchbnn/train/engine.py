@@ -91,7 +91,7 @@ from benchbnn.core.binary import (
     split_parameters,
 )
 from benchbnn.core.config import RunConfig
-from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped
+from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped, first_line
 from benchbnn.core.int8 import TAG_BINARY_KERNEL, resolve_binary_kernel
 from benchbnn.core.machine import NATIVE_BF16_FLAGS, cpu_model, load_average, native_bf16_cpu
 from benchbnn.core.names import (
@@ -569,8 +569,8 @@ def _allow_recompiles() -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    """:func:`~benchbnn.core.errors.first_line`, at most 300 characters (for a tag)."""
+    return first_line(exc)[:300]
 
 
 def _prepare_model(run: Run) -> None:
