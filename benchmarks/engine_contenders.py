@@ -12,7 +12,9 @@ prints one JSON line: the training seconds of every epoch and the test top-1 (%)
   bfloat16);
 * ``eager``: the loop a user writes by hand: the same BinaryNet, data pipeline, batch and
   optimizer (benchbnn's ``bop``: Bop for the binary weights, Adam for the rest), eager,
-  contiguous NCHW, timed around each epoch's training loop.
+  contiguous NCHW, timed around each epoch's training loop, with the C library's own policy
+  for freed memory (a hand-written loop does not change it; the engine keeps freed memory:
+  ``benchbnn.core.host_memory``).
 * ``floor`` (not a contender: :func:`convolution_floor`): BinaryNet's convolutions alone, timed
   one by one on the shapes of a training step, as the engine runs them and all in float32.
 
@@ -34,6 +36,7 @@ from torch import nn
 import benchbnn
 from benchbnn.core.binary import BinaryConv2d, set_binary_kernel, set_latent_mode, split_parameters
 from benchbnn.core.config import RunConfig
+from benchbnn.core.host_memory import retain_freed_memory
 from benchbnn.core.int8 import conv2d_int8, resolve_binary_kernel
 from benchbnn.data.pipeline import build_loaders
 from benchbnn.train.engine import EVAL_BATCH_SIZE, seed_everything, train
@@ -184,8 +187,10 @@ def convolution_floor(width: float, batch_size: int, repeats: int = 20) -> dict[
     forward and the same backward passes, which is what a float32 framework computes. No
     training step can take less than its convolutions, so ``larq epoch / (engine_step_s x
     steps)`` bounds what larq / engine can reach here. ``layers`` has the seconds and the
-    multiply-accumulates (MAC) of each convolution.
+    multiply-accumulates (MAC) of each convolution. Freed memory stays in the process
+    (:func:`benchbnn.core.host_memory.retain_freed_memory`), as in the engine's.
     """
+    retain_freed_memory()
     torch.manual_seed(0)
     model = benchbnn.get_architecture("binarynet").build(
         num_classes=10, in_channels=3, image_size=32, width=width

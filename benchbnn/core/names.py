@@ -64,6 +64,10 @@ TAG_BINARY_KERNEL = "benchbnn.binary_kernel"
 #: how the optimizer's step ran ("reference", "foreach" or "compiled"; benchbnn.optim.base),
 #: for optimizers that say (an ``implementation`` attribute). Recorded, not part of the identity.
 TAG_OPTIMIZER_IMPLEMENTATION = "benchbnn.optimizer_implementation"
+#: what a CPU run's process does with freed host memory (benchbnn.core.host_memory):
+#: "retained" (kept in malloc's heap for the next step) or "released (why)". Recorded, not part
+#: of the identity.
+TAG_HOST_MEMORY = "benchbnn.host_memory"
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid

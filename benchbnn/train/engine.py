@@ -50,7 +50,11 @@ as an fp32 result or the other way round (:class:`benchbnn.train.identity.Enviro
 ``binary_kernel`` ("auto", "int8", "float") lets binary convolutions whose input and weight are
 exactly +-1 run their forward pass as an int8 convolution (:mod:`benchbnn.core.int8`): integer
 sums, so the results are bit-identical to float32's and the choice is only a tag
-(``benchbnn.binary_kernel``), like ``compile``.
+(``benchbnn.binary_kernel``), like ``compile``. On a CPU the engine keeps freed host memory in
+the process for the next step (:func:`benchbnn.core.host_memory.retain_freed_memory`: glibc's
+``mallopt`` thresholds, once per process; ``BENCHBNN_HOST_MEMORY=release`` turns it off), which
+saves the page faults of allocating every step's tensors on fresh pages; the tag
+``benchbnn.host_memory`` records what the process does.
 
 Per epoch the engine measures in process the seconds of the forward and backward passes
 (``forward_backward_s``) and of the optimizer's own steps (``optimizer_step_s``; for an optimizer
@@ -92,6 +96,7 @@ from benchbnn.core.binary import (
 )
 from benchbnn.core.config import RunConfig
 from benchbnn.core.errors import BenchbnnError, RunFailed, RunStopped, first_line
+from benchbnn.core.host_memory import host_memory_mode, retain_freed_memory
 from benchbnn.core.int8 import TAG_BINARY_KERNEL, resolve_binary_kernel
 from benchbnn.core.machine import NATIVE_BF16_FLAGS, cpu_model, load_average, native_bf16_cpu
 from benchbnn.core.names import (
@@ -103,6 +108,7 @@ from benchbnn.core.names import (
     PRECISIONS,
     RUN_METRICS,
     TAG_COMPILE,
+    TAG_HOST_MEMORY,
     TAG_OPTIMIZER_IMPLEMENTATION,
     TAG_PRECISION,
 )
@@ -589,6 +595,8 @@ def _prepare_model(run: Run) -> None:
             why, warn = f"compilation failed: {_first_line(exc)}", True
     _tag_mode(run, why)
     run.tags[TAG_BINARY_KERNEL] = _binary_kernel_tag(run)
+    if run.device.type == "cpu":
+        run.tags[TAG_HOST_MEMORY] = retain_freed_memory()
     if warn:
         _warn_eager(why)
 
@@ -1438,6 +1446,7 @@ def train(
     world = distributed.world_from_env()
     run = _new_run(config, distributed.resolve_device(device, world.local_rank), world)
     run.compile_mode, run.precision = check_run_mode(compile, precision, run.device)
+    host_memory_mode()  # a bad $BENCHBNN_HOST_MEMORY fails here, with nothing started
     run.binary_kernel = resolve_binary_kernel(binary_kernel, run.device)
     run.tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run.tags.update(
