@@ -6,10 +6,10 @@ takes them from the C library's ``malloc``; glibc serves a block above its mmap 
 KiB at first, raised by the blocks freed, at most 32 MiB) with fresh pages from the kernel and
 gives them back when it is freed (``munmap``, or trimming the heap's top), so the next step's
 tensors land on new pages again, and the kernel zero-fills each page on its first write (a minor
-page fault). Measured on BinaryNet at width 0.25, batch 50, 2 threads: 4,000 to 6,000 faults a
-step and 56 to 62 ms a step, against none and 49 ms with the memory kept (width 1.0: 17,000
-faults, 613 against 589 ms). TensorFlow keeps its own pool of freed host memory, so larq does
-not pay this.
+page fault). Measured on a bare compiled BinaryNet loop at width 0.25, batch 50, 2 threads:
+4,100 to 6,300 faults and 56 to 62 ms a step, against none and 49 to 50 ms with the memory kept
+(width 1.0: 17,152 faults and 613 ms against none and 589 ms). In the engine the gain is mostly
+in evaluation and in the first epoch (docs/speed.md, "Freed host memory, measured").
 
 :func:`retain_freed_memory` raises glibc's mmap threshold and trim threshold (``mallopt``), so a
 freed block stays in ``malloc``'s heap and the next step's allocation of the same size reuses it.

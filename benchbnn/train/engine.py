@@ -1433,7 +1433,13 @@ def train(
     where it pays (VNNI), "int8" wherever it applies (BenchbnnError where oneDNN's int8
     operators are missing or the device is not a CPU).
 
-    Raises BenchbnnError (nothing started) for a bad configuration, RunFailed for a crash;
+    On a CPU the process keeps freed host memory for reuse from the first run on (glibc's
+    ``mallopt`` thresholds, process-wide: :mod:`benchbnn.core.host_memory`; set
+    ``BENCHBNN_HOST_MEMORY=release`` to leave the C library's policy alone), recorded as the tag
+    ``benchbnn.host_memory``.
+
+    Raises BenchbnnError (nothing started) for a bad configuration or a bad
+    ``$BENCHBNN_HOST_MEMORY``, RunFailed for a crash;
     returns ``status="FAILED"`` when training diverges. With ``resume``, a checkpoint that
     cannot continue the run (made with another optimizer state layout or model, in another
     format, or unreadable) raises :class:`~benchbnn.train.checkpoint.CheckpointMismatch`, a
