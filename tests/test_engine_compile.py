@@ -7,6 +7,7 @@ anything compiled.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -340,3 +341,19 @@ def test_bf16_on_a_native_cpu_trains_with_exact_binary_weights_and_float32_state
 def test_run_mode_accepts_booleans():
     assert check_run_mode(True, "fp32", torch.device("cpu")) == ("on", "fp32")
     assert check_run_mode(False, "fp32", torch.device("cpu")) == ("off", "fp32")
+
+
+def test_images_of_steps_that_compiled_are_not_in_the_rate(store, tmp_path, monkeypatch):
+    """images_per_s divides the images of the timed steps by their seconds: a step that
+    compiled leaves both out (it used to leave out only its seconds, so a first epoch of N steps
+    showed N / (N - 1) times its speed). An epoch in which every step compiled has no rate."""
+    import benchbnn.train.engine as engine
+
+    calls = iter(range(1, 10**6))
+    monkeypatch.setattr(engine, "_compile_count", lambda: next(calls))  # every block compiled
+    result, _ = _train(store, tmp_path, "all-compiled", tiny_config(epochs=2), compile="off")
+    assert result.metrics["compile_time_s"] > 0
+    assert all(math.isnan(entry["images_per_s"]) for entry in result.history)
+    monkeypatch.undo()
+    result, _ = _train(store, tmp_path, "none-compiled", tiny_config(epochs=2), compile="off")
+    assert all(entry["images_per_s"] > 0 for entry in result.history)

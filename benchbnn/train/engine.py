@@ -248,13 +248,15 @@ class Run:
     context: RunContext | None = None
     #: how the model runs (see :func:`_prepare_model`): the requested compile mode, whether it
     #: is compiled now, whether inputs go channels_last, the precision; and the seconds spent
-    #: compiling (in all, and in the current epoch)
+    #: compiling (in all, and in the current epoch), and the training images of the current
+    #: epoch's steps that compiled (left out of ``images_per_s`` with their seconds)
     compile_mode: str = "auto"
     compiled: bool = False
     channels_last: bool = False
     precision: str = "fp32"
     compile_time_s: float = 0.0
     epoch_compile_s: float = 0.0
+    epoch_compile_images: int = 0
     #: the binary layers' kernel, "int8" or "float" (``binary_kernel`` of :func:`train`
     #: resolved: :func:`benchbnn.core.int8.resolve_binary_kernel`)
     binary_kernel: str = "float"
@@ -988,11 +990,14 @@ def _train_epoch(
     run.model.train()
     run.data.train.set_epoch(epoch)
     clock = _StepClock(run.device)
+    run.epoch_compile_images = 0
     for batch, (images, labels) in enumerate(run.data.train, 1):
         run.step += 1
         with _compile_watch(run) as compiled:
             loss, logits = _optimizer_step(run, images, labels, clock)
         clock.end_step(keep=not compiled)
+        if compiled:  # its seconds are compile time, so its images are not in images_per_s
+            run.epoch_compile_images += labels.shape[0]
         ratio, log_ratio = _tally(totals, flips, loss, logits, labels, run.optimizer)
         _call(
             step_end,
@@ -1182,8 +1187,11 @@ def _epoch_metrics(
     slowest rank's.
     """
     names = list(parts)
-    summed = distributed.all_reduce_sum(torch.cat([parts[k] for k in names]), run.world)
-    values = summed.tolist()
+    untimed = torch.tensor([run.epoch_compile_images], dtype=_stats_dtype(run.device))
+    summed = distributed.all_reduce_sum(
+        torch.cat([*(parts[k] for k in names), untimed.to(run.device)]), run.world
+    )
+    *values, untimed_images = summed.tolist()
     step_names = list(steps)
     local_max = torch.tensor(
         [*times, *steps.values(), peak_memory_mb(run.device)],
@@ -1196,9 +1204,9 @@ def _epoch_metrics(
     metrics: dict[str, Any] = {"epoch": run.epoch}
     for i, name in enumerate(names):
         metrics.update(_split_metrics(name, values[4 * i : 4 * i + 4]))
-    images = values[3]
+    timed_images = values[3] - untimed_images  # the training images of the timed steps
     metrics["epoch_time_s"] = epoch_time
-    metrics["images_per_s"] = images / max(train_time, 1e-9)
+    metrics["images_per_s"] = timed_images / max(train_time, 1e-9) if timed_images else math.nan
     metrics.update(zip(step_names, step_times))
     load = load_average()
     if load is not None:
