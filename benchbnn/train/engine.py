@@ -990,7 +990,6 @@ def _train_epoch(
     run.model.train()
     run.data.train.set_epoch(epoch)
     clock = _StepClock(run.device)
-    run.epoch_compile_images = 0
     for batch, (images, labels) in enumerate(run.data.train, 1):
         run.step += 1
         with _compile_watch(run) as compiled:
@@ -1187,10 +1186,10 @@ def _epoch_metrics(
     slowest rank's.
     """
     names = list(parts)
-    untimed = torch.tensor([run.epoch_compile_images], dtype=_stats_dtype(run.device))
-    summed = distributed.all_reduce_sum(
-        torch.cat([*(parts[k] for k in names), untimed.to(run.device)]), run.world
+    untimed = torch.tensor(
+        [run.epoch_compile_images], dtype=_stats_dtype(run.device), device=run.device
     )
+    summed = distributed.all_reduce_sum(torch.cat([*(parts[k] for k in names), untimed]), run.world)
     *values, untimed_images = summed.tolist()
     step_names = list(steps)
     local_max = torch.tensor(
@@ -1236,7 +1235,7 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float | None:
 
 
 def _run_epoch(run: Run, pm: pluggy.PluginManager, epoch: int) -> None:
-    run.epoch, run.epoch_compile_s = epoch, 0.0
+    run.epoch, run.epoch_compile_s, run.epoch_compile_images = epoch, 0.0, 0
     _call(pm.hook.benchbnn_epoch_start, run=run, epoch=epoch)
     started = time.perf_counter()
     train_sums, flips, steps = _train_epoch(run, pm, epoch)
