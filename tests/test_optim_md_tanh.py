@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from engine_support import fresh_store, tiny_config
+from numerics_support import ulps
 
 import benchbnn
 from benchbnn.core.binary import binary_layers
 from benchbnn.optim.base import _COMPILE_OPTIONS, compile_unavailable_reason
 from benchbnn.train.engine import train
-from benchbnn_plugins.optimizers.md_tanh import exp_nonpositive, tanh_step
+from benchbnn_plugins.optimizers.md_tanh import tanh_step
 
 W0 = [0.5, -0.2, 0.0, 1.5, -0.05]
 GRADS = [
@@ -72,31 +73,6 @@ needs_compile = pytest.mark.skipif(
     compile_unavailable_reason("cpu") is not None,
     reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
 )
-
-
-def ulps(got: torch.Tensor, exact: np.ndarray) -> np.ndarray:
-    """|got - exact| in float32 ulps of the exact value."""
-    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
-    return np.abs(got.double().numpy() - exact) / spacing
-
-
-def test_exp_nonpositive_is_within_2_ulps_of_exp_and_expm1():
-    generator = torch.Generator().manual_seed(5)
-    z = torch.cat(
-        [
-            -80 * torch.rand(100_000, generator=generator),
-            -1e-3 * torch.rand(100_000, generator=generator),
-            -torch.logspace(-30, 1.9, 2_000),
-            torch.tensor([0.0, -0.0, -80.0, -1e-45]),
-        ]
-    )
-    q, q_minus_1 = exp_nonpositive(z)
-    exact = z.double().numpy()
-    assert ulps(q, np.exp(exact)).max() <= 2
-    assert ulps(q_minus_1, np.expm1(exact)).max() <= 2
-    # below -80 the exponent is clamped: never 0, so the stable form never divides 0 by 0
-    low, low_minus_1 = exp_nonpositive(torch.tensor([-81.0, -1e30, -math.inf]))
-    assert low.tolist() == [q[-2].item()] * 3 and low_minus_1.tolist() == [-1.0] * 3
 
 
 def test_the_stable_form_matches_float64_tanh_of_atanh_minus_a():

@@ -2,8 +2,9 @@
 
 :mod:`benchbnn.optim.base` holds :class:`BinaryOptimizer` (binary rule and real-valued Adam in one
 ``torch.optim.Optimizer``, with reference, multi-tensor and compiled implementations) and the small
-pieces rules are written with; :mod:`benchbnn.optim.schedules` turns schedule data into per-step
-hyperparameter values. Everything a plugin needs is importable from here.
+pieces rules are written with; :mod:`benchbnn.optim.elementary` has float32 ``exp`` and ``tanh``
+that eager and compiled code round alike; :mod:`benchbnn.optim.schedules` turns schedule data into
+per-step hyperparameter values. Everything a plugin needs is importable from here.
 """
 
 from benchbnn.optim import schedules  # noqa: F401  (installs the reader of default schedules)
@@ -34,6 +35,7 @@ from benchbnn.optim.base import (
     state_dtype,
     sum_counts,
 )
+from benchbnn.optim.elementary import exp_nonpositive, tanh32
 
 __all__ = [
     "ADAM_BUFFERS",
@@ -54,6 +56,7 @@ __all__ = [
     "ema_convex_",
     "ema_convex_foreach_",
     "ema_foreach_",
+    "exp_nonpositive",
     "flip_",
     "flip_above_foreach_",
     "restoring",
@@ -61,4 +64,5 @@ __all__ = [
     "sqrt_rn_foreach",
     "state_dtype",
     "sum_counts",
+    "tanh32",
 ]

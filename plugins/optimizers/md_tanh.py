@@ -17,7 +17,7 @@ import torch
 
 import benchbnn
 from benchbnn.core.binary import sgn0
-from benchbnn.optim import BinaryOptimizer, adam_hparams
+from benchbnn.optim import BinaryOptimizer, adam_hparams, exp_nonpositive
 from benchbnn.optim.base import EvaluationSamples, restoring, sqrt_rn
 
 #: The rule's hyperparameters (group values: schedulable).
@@ -89,56 +89,13 @@ BETA_MAX = 1e35
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: The authors' guard against division by zero in the exp form.
 EXP_FORM_EPS = 1e-20
-#: The stable form's exponent floor: ``exp(-2 |a|)`` is taken at ``max(-2 |a|, -80)``. Where
-#: ``-2 |a| < -80`` every float32 ``x`` in (-1, 1) maps to -+1 either way (``|atanh(x)| <= 8.7``,
-#: so ``|tanh(atanh(x) - a)|`` is within ``2 e^-62`` of 1), and ``q >= e^-80``, a normal float32,
-#: keeps the quotient away from 0/0 at ``x = +-1``.
-EXP_FLOOR = -80.0
-#: float32 constants of :func:`exp_nonpositive` (each exactly representable, so eager code,
-#: which casts a Python float to float32, and compiled code use the same value).
-LOG2E = 1.44269502162933349609375  # float32(log2(e))
-LN2_HI = 0.693359375  # 355 / 512: n * LN2_HI is exact for |n| < 2**15
-LN2_LO = -2.12194440e-4  # float32(ln 2 - LN2_HI), rounded when the rule casts it
-#: Taylor coefficients 1/k! of expm1(r), k = 7 down to 2, for |r| <= ln(2) / 2.
-EXPM1_TAYLOR = (1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2)
+#: The stable form's exponent floor is :data:`benchbnn.optim.elementary.EXP_FLOOR`: ``exp(-2 |a|)``
+#: is taken at ``max(-2 |a|, -80)``. Where ``-2 |a| < -80`` every float32 ``x`` in (-1, 1) maps to
+#: -+1 either way (``|atanh(x)| <= 8.7``, so ``|tanh(atanh(x) - a)|`` is within ``2 e^-62`` of 1),
+#: and ``q >= e^-80``, a normal float32, keeps the quotient away from 0/0 at ``x = +-1``.
 #: Where ``|x| < SMALL_X`` and ``|a| < SMALL_A`` the stable form's numerator is
 #: ``2 x +- (q - 1) (1 +- x)``, elsewhere ``q (1 +- x) - (1 -+ x)`` (see :func:`tanh_step`).
 SMALL_X, SMALL_A = 0.25, 0.125
-
-
-def exp_nonpositive(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(exp(y), exp(y) - 1)`` at ``y = max(z, -80)`` for float32 ``z <= 0`` (``-inf``
-    included), from additions, multiplications, ``round`` and exponent bits only.
-
-    Each of those operations is correctly rounded (or exact) in PyTorch's eager CPU kernels and
-    in Inductor's compiled loops alike, so both give the same bits; float32 ``torch.exp`` does
-    not (Inductor's vectorized ``exp`` and the eager kernel differ in the last bit for about one
-    value in ten, measured with PyTorch 2.14 on AVX-512). Cody-Waite reduction
-    ``y = n ln 2 + r`` with ``n = round(y log2 e)`` (an integer in [-115, 0]) and ``|r| <=
-    0.35``, ``ln 2`` split in a 9-bit head (so ``n * LN2_HI`` is exact) and a float32 tail;
-    ``t = expm1(r)`` by its Taylor polynomial of degree 7 (truncation below ``6e-9``, a tenth
-    of a float32 ulp at 1) in Horner form; then ``exp(y) = 2^n (1 + t)`` and ``exp(y) - 1 =
-    2^n t + (2^n - 1)``, with ``2^n`` exact, built from its IEEE 754 exponent field ``n + 127``
-    (a normal float32 for ``n >= -126``). The second keeps its relative accuracy
-    for small ``|y|`` (``n = 0``), where ``exp(y) - 1`` computed from ``exp(y)`` would not.
-    Accuracy, measured on 4.1 million exponents in [-80, 0] (tests/test_optim_md_tanh.py
-    checks 2 ulps): ``exp`` within 1.2 ulps and ``exp - 1`` within 1.3 ulps of the exact value.
-
-    Args:
-        z: float32 tensor of exponents, ``<= 0`` (positive values are not reduced correctly).
-
-    Returns:
-        ``(q, q_minus_1)``: float32 tensors of ``z``'s shape, ``q`` in ``[e^-80, 1]``.
-    """
-    y = torch.clamp(z, min=EXP_FLOOR)
-    n = torch.round(y * LOG2E)
-    r = (y - n * LN2_HI) - n * LN2_LO
-    t = r * EXPM1_TAYLOR[0] + EXPM1_TAYLOR[1]
-    for c in EXPM1_TAYLOR[2:]:
-        t = t * r + c
-    t = (t * r + 1.0) * r
-    scale = ((n.to(torch.int32) + 127) << 23).view(torch.float32)
-    return scale * (t + 1.0), scale * t + (scale - 1.0)
 
 
 def tanh_step(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
