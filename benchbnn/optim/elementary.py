@@ -5,10 +5,12 @@ code (its own vectorized loops and MKL) and Inductor's compiled loops (SLEEF), a
 feeds a step's rounding into the next step then drifts apart between its reference and compiled
 implementations. The functions here are built from additions, multiplications, divisions,
 ``round``, ``clamp``, ``where`` and exponent bits, each correctly rounded (or exact) on both
-paths, so every implementation gives the same bits. Compiled, :func:`tanh32` is also cheaper
-than PyTorch's own: over 10,352,000 float32 values it takes 4.4 ms with 2 threads against 8.1
-ms for ``torch.tanh`` (AMD EPYC Zen 4, PyTorch 2.14, same process; a copy alone takes 1.5 ms).
-Eagerly it is slower, a dozen tensor operations instead of one.
+paths, so every implementation gives the same bits (tested on the CPU; on CUDA, Inductor's
+Triton kernels may divide with another rounding than eager code, untested here). Compiled,
+:func:`tanh32` is also cheaper than PyTorch's own: over 10,352,000 float32 values it takes
+4.4 ms with 2 threads against 8.1 ms for ``torch.tanh`` (AMD EPYC Zen 4, PyTorch 2.14, same
+process; a copy alone takes 1.5 ms). Eagerly it is slower, two dozen tensor operations
+instead of one.
 
 Rules use them where a step's result is fed back: MD-tanh's mirror step
 (``plugins/optimizers/md_tanh.py``) and BayesBiNN's samples and means
