@@ -23,10 +23,10 @@ from fractions import Fraction
 
 import pytest
 import torch
+from compile_support import needs_compile
 
 import benchbnn
 from benchbnn.optim.base import (
-    compile_unavailable_reason,
     counter_uniform,
     ema_,
     ema_convex_,
@@ -41,11 +41,6 @@ EPSILON = 1e-10  # Bop2ndOrder's, added to sqrt(v)
 STEPS = 300
 RANDOM, PROBES = 448, 64  # weights with random gradients, weights with tuned ones
 NEAR_ULPS = 4  # a near-tie: |w * s - threshold| within this many ulps of the threshold
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 
 
 def f32(x: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from compile_support import needs_compile
 from engine_support import fresh_store, tiny_config
 
 import benchbnn
@@ -27,14 +28,10 @@ from benchbnn.core.binary import binary_layers
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.specs import RunContext
 from benchbnn.optim import counter_uniform, tanh32
-from benchbnn.optim.base import EvaluationSamples, compile_unavailable_reason
+from benchbnn.optim.base import EvaluationSamples
 from benchbnn.train.engine import train
 
 SEED = 1234
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 #: Two binary tensors (a matrix and a vector) and their loss coefficients: the loss is
 #: sum(a * w + b * w^2 / 2), so the gradient g = a + b * w depends on the sampled weights.
 SHAPES = ((2, 3), (4,))

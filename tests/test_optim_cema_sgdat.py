@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from compile_support import needs_compile
 from engine_support import fresh_store, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,16 +19,10 @@ from optim_support import gradient
 
 import benchbnn
 from benchbnn.core.errors import HyperparameterError
-from benchbnn.optim.base import compile_unavailable_reason
 from benchbnn.optim.schedules import apply_schedules, parse_schedule
 from benchbnn.train.engine import train
 
 IMPLEMENTATIONS = ["reference", "foreach"]  # the compiled path: the slow tests at the end
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 
 
 def build(name, binary, real=(), implementation="reference", **hparams):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from compile_support import needs_compile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from optim_support import build, gradient, rule_hparams, run_side_by_side
@@ -16,11 +17,6 @@ import benchbnn.optim.base
 from benchbnn.core.names import TAG_OPTIMIZER_IMPLEMENTATION
 from benchbnn.optim.base import BinaryOptimizer, compile_unavailable_reason, flip_
 from benchbnn.train.engine import _tag_optimizer
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 
 RULES = [
     ("bop", {"gamma": 0.1, "threshold": 1e-3}),

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from compile_support import needs_compile
 
 import benchbnn
 import benchbnn.optim.base
-from benchbnn.optim.base import compile_unavailable_reason, state_dtype
+from benchbnn.optim.base import state_dtype
 from benchbnn.optim.testing import (
     DTYPES,
     dtype_problems,
@@ -34,11 +35,6 @@ from benchbnn.optim.testing import (
 
 REGISTERED = benchbnn.list_optimizers()
 LOW_PRECISION = [torch.float16, torch.bfloat16]
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 
 
 def _build(name, binary, real=(), implementation="reference", **hparams):

@@ -6,17 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
+from compile_support import needs_compile
 from numerics_support import ulps
 
 from benchbnn.optim import exp_nonpositive, tanh32
-from benchbnn.optim.base import _COMPILE_OPTIONS, compile_unavailable_reason
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
+from benchbnn.optim.base import _COMPILE_OPTIONS
 
 
 def tanh_inputs() -> torch.Tensor:

@@ -12,12 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from compile_support import needs_compile
 from engine_support import fresh_store, tiny_config
 from numerics_support import ulps
 
 import benchbnn
 from benchbnn.core.binary import binary_layers
-from benchbnn.optim.base import _COMPILE_OPTIONS, compile_unavailable_reason
+from benchbnn.optim.base import _COMPILE_OPTIONS
 from benchbnn.train.engine import train
 from benchbnn_plugins.optimizers.md_tanh import tanh_step
 
@@ -67,12 +68,6 @@ def reference(grads, beta_scale, beta_interval, stable=True):
         if (t - 1) % beta_interval == 0:  # after iterations 0, interval, 2 interval, ...
             beta = min(beta * beta_scale, 1e35)
     return xs, betas
-
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
-)
 
 
 def test_the_stable_form_matches_float64_tanh_of_atanh_minus_a():

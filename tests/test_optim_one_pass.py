@@ -18,19 +18,14 @@ import math
 
 import pytest
 import torch
+from compile_support import needs_compile
 
 import benchbnn
 from benchbnn.optim.base import (
     _counter_uniform_int64,
     _mix32,
     _mix32_int32,
-    compile_unavailable_reason,
     counter_uniform,
-)
-
-needs_compile = pytest.mark.skipif(
-    compile_unavailable_reason("cpu") is not None,
-    reason=f"torch.compile unavailable: {compile_unavailable_reason('cpu')}",
 )
 
 BUILT_IN = ["bop", "bop2ndorder", "pbop", "adam-latent", "cema", "sgdat", "md-tanh"]
