@@ -105,11 +105,12 @@ def tanh32(x: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 tensor of ``x``'s shape, in [-1, 1].
     """
-    q, q_minus_1 = exp_nonpositive(-2.0 * x.abs())
+    size = x.abs()
+    q, q_minus_1 = exp_nonpositive(-2.0 * size)
     magnitude = (q_minus_1 / (q + 1.0)).abs()  # q - 1 <= 0; abs also makes -0 a +0
     square = x * x
     p = torch.full_like(x, TANH_POLYNOMIAL[-1])
     for c in TANH_POLYNOMIAL[-2::-1]:
         p = p * square + c
     polynomial = (x + x * (square * p)).abs()
-    return torch.copysign(torch.where(x.abs() < TANH_POLYNOMIAL_LIMIT, polynomial, magnitude), x)
+    return torch.copysign(torch.where(size < TANH_POLYNOMIAL_LIMIT, polynomial, magnitude), x)

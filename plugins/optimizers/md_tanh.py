@@ -89,10 +89,11 @@ BETA_MAX = 1e35
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: The authors' guard against division by zero in the exp form.
 EXP_FORM_EPS = 1e-20
-#: The stable form's exponent floor is :data:`benchbnn.optim.elementary.EXP_FLOOR`: ``exp(-2 |a|)``
-#: is taken at ``max(-2 |a|, -80)``. Where ``-2 |a| < -80`` every float32 ``x`` in (-1, 1) maps to
-#: -+1 either way (``|atanh(x)| <= 8.7``, so ``|tanh(atanh(x) - a)|`` is within ``2 e^-62`` of 1),
-#: and ``q >= e^-80``, a normal float32, keeps the quotient away from 0/0 at ``x = +-1``.
+# The stable form takes exp(-2 |a|) at max(-2 |a|, -80) (benchbnn.optim.elementary.EXP_FLOOR).
+# Where -2 |a| < -80 every float32 x in (-1, 1) maps to -+1 either way (|atanh(x)| <= 8.7, so
+# |tanh(atanh(x) - a)| is within 2 e^-62 of 1), and q >= e^-80, a normal float32, keeps the
+# quotient away from 0/0 at x = +-1.
+
 #: Where ``|x| < SMALL_X`` and ``|a| < SMALL_A`` the stable form's numerator is
 #: ``2 x +- (q - 1) (1 +- x)``, elsewhere ``q (1 +- x) - (1 -+ x)`` (see :func:`tanh_step`).
 SMALL_X, SMALL_A = 0.25, 0.125
