@@ -73,6 +73,19 @@ def test_grouped_and_dilated_convolutions_are_exact_too(groups, dilation):
     assert torch.equal(binary_conv2d_int8(x, w, None, 1, 1, dilation, groups), expected)
 
 
+def test_exact_after_the_shape_was_prepacked_with_another_zero_point():
+    """PyTorch caches the packed weight format per shape, whatever zero point made it first: a
+    shape first prepacked with source zero point 1 (zero-point compensation in the packed
+    weight, as benchbnn packed before) still gives the exact convolution."""
+    x = _signs(4, 24, 10, 10, seed=5).contiguous(memory_format=torch.channels_last)
+    w = _signs(40, 24, 3, 3, seed=6)
+    ones = torch.ones(1)
+    torch.ops.onednn.qconv_prepack(
+        w.to(torch.int8), ones, 1.0, 1, [1, 1], [1, 1], [1, 1], 1, [4, 24, 10, 10]
+    )
+    assert torch.equal(binary_conv2d_int8(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1))
+
+
 def _layer_pass(layer: BinaryConv2d, x0: torch.Tensor, kernel: str) -> list[torch.Tensor]:
     """Output, input gradient and weight gradient of ``layer`` (then batch norm and a weighted
     sum of squares, so that every output element gets its own gradient) with ``kernel``."""

@@ -6,11 +6,23 @@ exact and the float32 result does not depend on the summation order. An 8-bit in
 convolution with 32-bit accumulation computes the same integers, hence BIT-IDENTICAL outputs,
 several times faster on CPUs with VNNI dot-product instructions (AVX512-VNNI, AVX-VNNI).
 
-The input goes to oneDNN as unsigned 8-bit with zero point 1 (``-1 -> 0``, ``+1 -> 2``), so that
-zero padding pads with the zero point, i.e. the real value 0, as ``F.conv2d`` does; the weight as
-signed 8-bit ``-1 / +1`` with scale 1. oneDNN refuses a raw int8 weight: it is prepacked on every
-call (the weight changes every step), which costs 0.1 to 1 ms (it grows with the weight). The
-whole int8 convolution is one operator, ``torch.ops.benchbnn.conv2d_int8``, opaque to
+The input goes to oneDNN as unsigned 8-bit codes ``c = x + 1`` (``-1 -> 0``, ``+1 -> 2``) with zero
+point 0, the weight as signed 8-bit ``-1 / +1``, both with scale 1. oneDNN pads the codes with 0,
+where ``F.conv2d`` pads ``x`` with 0 (a code of 1), so the integer result is ``conv(x, W) +
+B``, with ``B = conv(m, W)`` the convolution of the map ``m`` that is 1 inside the image and 0
+in the padding: ``B`` is the same for every image (at interior positions the sum of the output
+channel's weights; at the border the sum of the taps that fall inside), computed per call as
+the convolution of a one-channel map of ones with the weight summed over its input channels,
+and subtracted. Every term is an integer below 2**24, so the float32 result is exact. Zero
+point 0 is for speed: oneDNN refuses a raw int8 weight and the weight changes every step, so
+it is prepacked on every call, and with a source zero point the prepacking also computes a
+zero-point compensation, which made it 4x to 5x slower (7.7 against 1.4 to 1.9 ms for a 512 ->
+512 channel 3x3 weight, 2 threads; 14 ms of a width-1.0 BinaryNet step before). PyTorch caches
+the packed format per weight shape without the zero point, so whichever zero point a process
+prepacks a shape with first decides that shape's format (and speed) for the whole process;
+benchbnn always uses 0.
+
+The whole int8 convolution is one operator, ``torch.ops.benchbnn.conv2d_int8``, opaque to
 torch.compile, so that the compiled graph around it is the float convolution's and fuses the
 same way (with the conversions traced into the graph, inductor fused them with the batch-norm
 kernels before and rounded a running mean differently).
@@ -144,6 +156,23 @@ def conv2d_int8(
     )
 
 
+def _inside_term(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    """``conv(m, weight)`` (1, C_out, H_out, W_out), channels_last, for the map ``m`` that is 1
+    inside ``x``'s image and 0 in the padding: what codes ``x + 1`` padded with 0 add to
+    ``conv(x, weight)``. Equal to ``conv(ones(1, 1, H, W), weight.sum(1))`` for any groups,
+    since ``m`` is the same in every input channel; exact (integers below 2**24)."""
+    inside = torch.ones((1, 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
+    tap_sums = weight.sum(1, keepdim=True, dtype=torch.float32)
+    term = torch.nn.functional.conv2d(inside, tap_sums, None, stride, padding, dilation)
+    return term.contiguous(memory_format=torch.channels_last)
+
+
 @torch.library.custom_op("benchbnn::conv2d_int8", mutates_args=())
 def _conv2d_int8_op(
     x: torch.Tensor,
@@ -160,18 +189,19 @@ def _conv2d_int8_op(
     # channel layer at 15x15, batch 50, 2 threads); the result is the same bit for bit
     scales = torch.ones(1)
     zero_points = torch.zeros(1, dtype=torch.int64)
-    # -1 -> 0, +1 -> 2 (zero point 1): -1 and +1 as int8 read as uint8 are 255 and 1, and the
-    # uint8 addition of 1 wraps modulo 256 to 0 and 2. Measured here for 50x32x32x32 values
-    # (2 threads): 0.09 ms, against 0.70 ms for x.ge(0) doubled and 0.72 for (x + 1) as uint8
+    # -1 -> 0, +1 -> 2: -1 and +1 as int8 read as uint8 are 255 and 1, and the uint8 addition of
+    # 1 wraps modulo 256 to 0 and 2. Measured here for 50x32x32x32 values (2 threads): 0.09 ms,
+    # against 0.70 ms for x.ge(0) doubled, 0.72 for (x + 1) as uint8 and 0.35 for x.gt(0)
     codes = x.to(torch.int8).contiguous(memory_format=torch.channels_last)
     codes = codes.view(torch.uint8).add_(1)
     packed = torch.ops.onednn.qconv_prepack(
-        weight.to(torch.int8), scales, 1.0, 1, stride, padding, dilation, groups, list(x.shape)
+        weight.to(torch.int8), scales, 1.0, 0, stride, padding, dilation, groups, list(x.shape)
     )
     out = torch.ops.onednn.qconv2d_pointwise(
-        codes, 1.0, 1, packed, scales, zero_points, None, stride, padding, dilation, groups,
+        codes, 1.0, 0, packed, scales, zero_points, None, stride, padding, dilation, groups,
         1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
+    out.sub_(_inside_term(x, weight, stride, padding, dilation))
     if _output_channels_last(x, weight):
         return out
     # standard contiguous strides, also where dimensions of size 1 let oneDNN's output pass as
