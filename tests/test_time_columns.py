@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,47 @@ def test_the_split_time_to_result_uses_is_named(val_fraction, where):
     lb = build(s, plan(s), [])
     assert lb.target_name == where
     assert f"top-1 on the {where} reaches it" in render_markdown(lb)
+
+
+def test_steps_per_epoch_are_a_tag_and_need_no_artifact_store(tmp_path):
+    """The engine tags each run with its steps per epoch, so steps-to-target columns survive
+    an artifact store that is gone (a committed runs.db moved to another machine); runs
+    tracked before the tag fall back to their config.json artifact while it exists."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+    from urllib.parse import urlparse
+
+    from engine_support import fresh_store, tiny_config
+
+    from benchbnn.bench.report import steps_per_epoch_of
+    from benchbnn.core.names import TAG_STEPS_PER_EPOCH
+    from benchbnn.train.engine import train
+    from benchbnn.train.runs import record_of
+    from benchbnn.train.tracking import client_for
+
+    store = fresh_store(tmp_path / "store")
+    result = train(
+        tiny_config(epochs=1), tracking_uri=store, quiet=True, checkpoint_dir=tmp_path / "ck"
+    )
+    client = client_for(store)
+    run = client.get_run(result.run_id)
+    artifacts = tmp_path / "config"
+    config_file = client.download_artifacts(run.info.run_id, "config.json", str(artifacts))
+    written = json.loads(Path(config_file).read_text())["steps_per_epoch"]
+    assert written == 22  # the digits training split in batches of 64
+    assert run.data.tags[TAG_STEPS_PER_EPOCH] == "22"
+
+    entry = SimpleNamespace(label="bop2ndorder", optimizer="bop2ndorder")
+
+    def steps() -> dict[str, int]:
+        record = record_of(client, client.get_run(run.info.run_id), entry, "bnn-mlp", 0)
+        return steps_per_epoch_of([record], store)
+
+    client.delete_tag(run.info.run_id, TAG_STEPS_PER_EPOCH)  # as before the tag existed
+    assert steps() == {run.info.run_id: 22}  # from the artifact
+    client.set_tag(run.info.run_id, TAG_STEPS_PER_EPOCH, "22")
+    shutil.rmtree(urlparse(run.info.artifact_uri).path)
+    assert steps() == {run.info.run_id: 22}  # from the tag alone
+    client.delete_tag(run.info.run_id, TAG_STEPS_PER_EPOCH)
+    assert steps() == {}  # neither: not measured, never a guess

@@ -149,14 +149,18 @@ def command_line(
 def steps_per_epoch_of(
     records: Iterable[RunRecord], tracking_uri: str | None = None
 ) -> dict[str, int]:
-    """Run id -> optimizer steps per epoch, read from each finished run's ``config.json``
-    artifact (the engine writes ``steps_per_epoch`` there). Runs whose artifact cannot be read
-    are left out: their steps to the target show as not measured."""
-    wanted = [r.run_id for r in records if r.finished and r.run_id]
+    """Run id -> optimizer steps per epoch of each finished run: its ``benchbnn.steps_per_epoch``
+    tag, or for runs tracked before the tag existed, the ``steps_per_epoch`` of its
+    ``config.json`` artifact. Runs with neither (an artifact store that is gone) are left out:
+    their steps to the target show as not measured."""
+    finished = [r for r in records if r.finished and r.run_id]
+    found: dict[str, int] = {
+        r.run_id: r.steps_per_epoch for r in finished if r.run_id and r.steps_per_epoch
+    }
+    wanted = [r.run_id for r in finished if r.run_id and r.run_id not in found]
     if not wanted:
-        return {}
+        return found
     client = client_for(resolve_tracking_uri(tracking_uri))
-    found: dict[str, int] = {}
     with _no_progress_bars(), tempfile.TemporaryDirectory(prefix="benchbnn-steps-") as tmp:
         for run_id in wanted:
             try:

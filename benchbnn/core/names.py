@@ -68,6 +68,10 @@ TAG_OPTIMIZER_IMPLEMENTATION = "benchbnn.optimizer_implementation"
 #: "retained" (kept in malloc's heap for the next step) or "released (why)". Recorded, not part
 #: of the identity.
 TAG_HOST_MEMORY = "benchbnn.host_memory"
+#: optimizer steps in one epoch of the run (per rank), recorded when its data is built: what
+#: steps-to-target columns multiply epochs by. Runs tracked before it have it only in their
+#: config.json artifact. Recorded, not part of the identity.
+TAG_STEPS_PER_EPOCH = "benchbnn.steps_per_epoch"
 TAG_ENVIRONMENT = "benchbnn.environment"
 UNKNOWN_ENVIRONMENT = "unknown environment"
 #: Why a run that is not FINISHED ended: FAILURE_RUN (the run itself: divergence, an invalid

@@ -111,6 +111,7 @@ from benchbnn.core.names import (
     TAG_HOST_MEMORY,
     TAG_OPTIMIZER_IMPLEMENTATION,
     TAG_PRECISION,
+    TAG_STEPS_PER_EPOCH,
 )
 from benchbnn.core.plugins import (
     PROJECT,
@@ -454,6 +455,7 @@ def _build(run: Run, data_dir: str | Path | None, download: bool) -> None:
             f"{run.data.train.num_samples} training images per rank; lower --batch-size"
         )
     run.total_steps = run.steps_per_epoch * cfg.epochs
+    run.tags[TAG_STEPS_PER_EPOCH] = str(run.steps_per_epoch)
     # the last point before training: every step's scheduled value, now that the steps are known
     validate_schedules(
         get_optimizer(cfg.optimizer),

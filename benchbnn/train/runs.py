@@ -42,6 +42,7 @@ from benchbnn.core.names import (
     TAG_HARDWARE,
     TAG_HOST,
     TAG_PID,
+    TAG_STEPS_PER_EPOCH,
     TAG_TORCH_VERSION,
     TAG_WORLD_SIZE,
 )
@@ -106,6 +107,9 @@ class RunRecord:
     #: recorded, "" for a MISSING record) and, when it did not finish, its failure class
     environment: str = ""
     failure_class: str | None = None
+    #: optimizer steps per epoch (benchbnn.steps_per_epoch), None where the run did not record
+    #: it (runs tracked before 2026-12-01 keep it in their config.json artifact only)
+    steps_per_epoch: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -286,7 +290,17 @@ def record_of(client: Any, run: Any, entry: PlannedEntry, arch: str, seed: int) 
         step_flips=steps,
         environment=environment_of(tags),
         failure_class=recorded_failure_class(run.info.status, tags),
+        steps_per_epoch=_positive_int(tags.get(TAG_STEPS_PER_EPOCH)),
     )
+
+
+def _positive_int(text: str | None) -> int | None:
+    """``text`` as a positive int, or None (absent or not one)."""
+    try:
+        value = int(text) if text is not None else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def collect_records(
