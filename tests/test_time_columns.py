@@ -1,14 +1,20 @@
 """Time to result on the validation split, the in-process cost columns and the ruleset lines,
-from run records built by hand."""
+from run records built by hand; where a run's steps per epoch come from, with one real run."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import pytest
+from engine_support import fresh_store, tiny_config
 
+from benchbnn.bench.report import steps_per_epoch_of
 from benchbnn.bench.results import Budget, RulesetInfo, build
 from benchbnn.bench.stats import time_to_target
 from benchbnn.bench.suites import Suite, SuiteEntry
@@ -20,7 +26,10 @@ from benchbnn.bench.tables import (
     to_data,
 )
 from benchbnn.core.config import RunConfig
-from benchbnn.train.runs import RunRecord
+from benchbnn.core.names import TAG_STEPS_PER_EPOCH
+from benchbnn.train.engine import train
+from benchbnn.train.runs import RunRecord, record_of
+from benchbnn.train.tracking import client_for
 
 BOP = SuiteEntry("bop", "bop", {"gamma": 1e-4}, {})
 ADAM = SuiteEntry("adam-latent", "adam-latent", {"lr": 1e-2}, {})
@@ -234,19 +243,6 @@ def test_steps_per_epoch_are_a_tag_and_need_no_artifact_store(tmp_path):
     """The engine tags each run with its steps per epoch, so steps-to-target columns survive
     an artifact store that is gone (a committed runs.db moved to another machine); runs
     tracked before the tag fall back to their config.json artifact while it exists."""
-    import json
-    import shutil
-    from types import SimpleNamespace
-    from urllib.parse import urlparse
-
-    from engine_support import fresh_store, tiny_config
-
-    from benchbnn.bench.report import steps_per_epoch_of
-    from benchbnn.core.names import TAG_STEPS_PER_EPOCH
-    from benchbnn.train.engine import train
-    from benchbnn.train.runs import record_of
-    from benchbnn.train.tracking import client_for
-
     store = fresh_store(tmp_path / "store")
     result = train(
         tiny_config(epochs=1), tracking_uri=store, quiet=True, checkpoint_dir=tmp_path / "ck"
