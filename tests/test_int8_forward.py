@@ -73,6 +73,18 @@ def test_grouped_and_dilated_convolutions_are_exact_too(groups, dilation):
     assert torch.equal(binary_conv2d_int8(x, w, None, 1, 1, dilation, groups), expected)
 
 
+@pytest.mark.parametrize("padding", [(1, 2), (0, 1), (2, 0)], ids=str)
+def test_uneven_padding_strides_and_kernels_are_exact(padding):
+    """The padding is written into the codes, side by side: each side's own amount, with a
+    kernel, stride and image that differ between height and width."""
+    x = _signs(3, 8, 9, 11, seed=7).contiguous(memory_format=torch.channels_last)
+    w = _signs(12, 8, 3, 5, seed=8)
+    expected = F.conv2d(x, w, None, (2, 1), padding)
+    got = binary_conv2d_int8(x, w, None, (2, 1), padding)
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
 def test_exact_after_the_shape_was_prepacked_with_another_zero_point():
     """PyTorch caches the packed weight format per shape, whatever zero point made it first: a
     shape first prepacked with source zero point 1 (zero-point compensation in the packed
