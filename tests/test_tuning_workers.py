@@ -28,7 +28,11 @@ HEARTBEAT_S = 2  # a silent worker's trial is failed after 3 beats (6 s)
 
 
 def _worker(suite: Path, storage: str, tracking: str, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # temporary files in the test's folder: a worker killed while it writes a run's artifacts
+    # cannot remove its temporary folder, which would otherwise stay in the system's /tmp
+    scratch = out.with_suffix(".tmp")
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     command = [
         sys.executable,
         "-m",
