@@ -47,6 +47,7 @@ import torch
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import cpu_flags
 from benchbnn.core.names import BINARY_KERNELS, TAG_BINARY_KERNEL
+from benchbnn.core.popcount import conv2d_popcount, popcount_applies
 
 __all__ = [
     "BINARY_KERNELS",
@@ -184,8 +185,7 @@ def _codes(x: torch.Tensor, padding: list[int]) -> torch.Tensor:
     return codes.view(torch.uint8).add_(1)
 
 
-@torch.library.custom_op("benchbnn::conv2d_int8", mutates_args=())
-def _conv2d_int8_op(
+def _conv2d_onednn(
     x: torch.Tensor,
     weight: torch.Tensor,
     stride: list[int],
@@ -193,7 +193,7 @@ def _conv2d_int8_op(
     dilation: list[int],
     groups: int,
 ) -> torch.Tensor:
-    """The operator behind :func:`conv2d_int8` (lists of two ints for the geometry)."""
+    """The convolution by oneDNN's int8 kernel (see the module docstring)."""
     # one scale and zero point for the whole weight (per-tensor): oneDNN reads per-channel ones
     # element by element (an .item() per output channel and call, 416 per BinaryNet step at
     # width 0.25), and per-tensor prepacking is faster (2.87 against 3.04 ms for a 64 -> 128
@@ -206,10 +206,26 @@ def _conv2d_int8_op(
     )  # fmt: skip
     # every tap read a code x + 1: the weights' sum is in every output, and oneDNN subtracts it
     bias = -weight.sum((1, 2, 3), dtype=torch.float32)
-    out = torch.ops.onednn.qconv2d_pointwise(
+    return torch.ops.onednn.qconv2d_pointwise(
         codes, 1.0, 0, packed, _SCALES, _ZERO_POINTS, bias, stride, no_padding, dilation, groups,
         1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
+
+
+@torch.library.custom_op("benchbnn::conv2d_int8", mutates_args=())
+def _conv2d_int8_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """The operator behind :func:`conv2d_int8` (lists of two ints for the geometry)."""
+    if popcount_applies(x, weight, groups):
+        out = conv2d_popcount(x, weight, stride, padding, dilation)
+    else:
+        out = _conv2d_onednn(x, weight, stride, padding, dilation, groups)
     if _output_channels_last(x, weight):
         return out
     # standard contiguous strides, also where dimensions of size 1 let oneDNN's output pass as

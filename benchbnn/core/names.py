@@ -56,9 +56,10 @@ TAG_PRECISION = "benchbnn.precision"
 #: the choices of --compile and --precision
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("fp32", "bf16")
-#: the choices of --binary-kernel (benchbnn.core.int8): int8 where it pays ("auto"), int8
-#: wherever it applies, never; and the tag recording which one the binary layers used (not
-#: part of a run's identity: the results are bit-identical)
+#: the choices of --binary-kernel (benchbnn.core.int8): the exact integer forward (oneDNN int8,
+#: or XNOR-popcount: benchbnn.core.popcount) where it pays ("auto"), wherever it applies,
+#: never; and the tag recording which one the binary layers used (not part of a run's
+#: identity: the results are bit-identical)
 BINARY_KERNELS = ("auto", "int8", "float")
 TAG_BINARY_KERNEL = "benchbnn.binary_kernel"
 #: how the optimizer's step ran ("reference", "foreach" or "compiled"; benchbnn.optim.base),

@@ -1,0 +1,166 @@
+"""The XNOR-popcount binary convolution: the same bits as ``F.conv2d``, where the int8 operator
+uses it, and oneDNN's int8 kernel where it cannot be built.
+
+Channel counts cross the kernel's word boundaries (32-bit words up to 32 channels, 64-bit words
+above; 40, 70 and 130 leave unused bits in the last word), and the geometries are those the
+built-in networks use plus strides, dilation and uneven padding.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_support import TINY_BINARYNET, computed, fresh_store
+
+import benchbnn
+from benchbnn.core import int8, popcount
+from benchbnn.core.int8 import binary_conv2d_int8
+from benchbnn.train.engine import train
+
+pytestmark = pytest.mark.skipif(
+    not int8.int8_available() or popcount._extension() is None,
+    reason="the popcount kernel is not built on this machine",
+)
+
+#: (batch, in channels, out channels, height, width, kernel, stride, padding, dilation)
+SHAPES = [
+    (4, 64, 24, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # BinaryNet's 3x3 'same'
+    (3, 40, 16, 10, 7, (3, 3), (2, 2), (1, 1), (1, 1)),  # Bi-Real Net's downsampling, odd sides
+    (2, 70, 40, 10, 10, (5, 5), (1, 1), (2, 2), (1, 1)),  # XNOR-Net's 5x5, two words
+    (2, 130, 20, 6, 6, (6, 6), (1, 1), (0, 0), (1, 1)),  # XNOR-Net's "FC6": to a 1x1 map
+    (3, 48, 8, 1, 1, (1, 1), (1, 1), (0, 0), (1, 1)),  # "FC7": 1x1 on a 1x1 map
+    (2, 33, 8, 9, 11, (3, 5), (2, 1), (1, 2), (1, 1)),  # uneven kernel, stride, padding
+    (2, 64, 8, 12, 12, (3, 3), (1, 1), (2, 2), (2, 2)),  # dilated
+]
+
+
+def _signs(*shape: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.where(torch.rand(*shape, generator=generator) < 0.5, -1.0, 1.0)
+
+
+def _case(shape: tuple, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    n, c_in, c_out, h, w, kernel, stride, padding, dilation = shape
+    x = _signs(n, c_in, h, w, seed=11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = _signs(c_out, c_in, *kernel, seed=12)
+    return x, weight, {"stride": stride, "padding": padding, "dilation": dilation}
+
+
+@pytest.fixture
+def popcount_calls(monkeypatch):
+    calls: list[int] = []
+    real = int8.conv2d_popcount
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(int8, "conv2d_popcount", counted)
+    return calls
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s[1:]) for s in SHAPES])
+def test_popcount_equals_float_convolution_bit_for_bit(shape, channels_last, popcount_calls):
+    x, weight, geometry = _case(shape, channels_last)
+    expected = F.conv2d(x, weight, None, **geometry)
+    got = binary_conv2d_int8(x, weight, None, **geometry)
+    assert popcount_calls == [1]
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)
+    assert got.stride() == expected.stride()
+
+
+def test_narrow_inputs_and_groups_stay_with_onednn(popcount_calls):
+    """32 input channels or fewer (int8 is faster there), and grouped convolutions."""
+    x, weight, geometry = _case((2, 32, 16, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1)), True)
+    assert torch.equal(
+        binary_conv2d_int8(x, weight, None, **geometry), F.conv2d(x, weight, None, **geometry)
+    )
+    grouped = _signs(16, 32, 3, 3, seed=13)
+    x64 = _signs(2, 64, 8, 8, seed=14).contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(x64, grouped, None, 1, 1, 1, 2)
+    assert torch.equal(binary_conv2d_int8(x64, grouped, None, 1, 1, 1, 2), expected)
+    assert popcount_calls == []
+
+
+def test_gradients_are_the_float_convolutions():
+    x, weight, geometry = _case(SHAPES[0], True)
+    results = []
+    for conv in (binary_conv2d_int8, F.conv2d):
+        xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = conv(xi, wi, None, **geometry)
+        (out.square() * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, wi.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_failed_build_warns_once_and_falls_back_to_onednn(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    x, weight, geometry = _case(SHAPES[0], True)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    popcount._extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"could not be built \(Error building"):
+            assert not popcount.popcount_applies(x, weight, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: the failure is remembered
+            got = binary_conv2d_int8(x, weight, None, **geometry)
+        assert torch.equal(got, F.conv2d(x, weight, None, **geometry))
+    finally:
+        popcount._extension.cache_clear()
+
+
+def test_where_the_kernel_is_tried():
+    flags = frozenset({"avx512f", popcount.POPCOUNT_FLAG})
+    assert popcount.popcount_pays(flags, "linux") == (popcount.platform.machine() == "x86_64")
+    assert not popcount.popcount_pays(frozenset({"avx512f"}), "linux")
+    assert not popcount.popcount_pays(flags, "darwin")
+
+
+def test_the_build_name_changes_with_the_cpu(monkeypatch):
+    name = popcount._build_name()
+    assert name.startswith("benchbnn_popcount_")
+    monkeypatch.setattr(popcount, "cpu_model", lambda: "another CPU")
+    assert popcount._build_name() != name
+
+
+class _FinalWeights:
+    @benchbnn.hookimpl
+    def benchbnn_run_end(self, run, result):
+        self.state = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+def test_a_training_run_with_popcount_layers_is_the_float_run(tmp_path, popcount_calls):
+    """The tiny BinaryNet's last binary convolution has 64 input channels: popcount in every
+    step and evaluation; weights, statistics and metrics equal the float kernel's, bit for bit."""
+    config = {**TINY_BINARYNET, "epochs": 1}
+    runs = []
+    for kernel in ("int8", "float"):
+        final = _FinalWeights()
+        result = train(
+            config,
+            quiet=True,
+            tracking_uri=fresh_store(tmp_path / kernel),
+            checkpoint_dir=tmp_path / kernel / "ckpt",
+            plugins=[final],
+            compile="off",
+            binary_kernel=kernel,
+        )
+        assert result.status == "FINISHED", result.error
+        runs.append((result, final.state, len(popcount_calls)))
+    (ints, int_state, calls_int8), (floats, float_state, calls_total) = runs
+    assert calls_int8 >= 4 and calls_total == calls_int8  # steps and evaluations; none in float
+    assert computed(ints.history) == computed(floats.history)
+    assert int_state.keys() == float_state.keys()
+    assert all(torch.equal(int_state[k], float_state[k]) for k in int_state)
