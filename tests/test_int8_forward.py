@@ -45,6 +45,15 @@ SHAPES = [
 CONV = {**TINY_BINARYNET, "epochs": 2}
 
 
+@pytest.fixture(params=["default", "onednn"])
+def integer_path(request, monkeypatch):
+    """The integer kernel the operator picks here (XNOR-popcount where it is built), and
+    oneDNN's int8 kernel alone (what runs where popcount cannot be built)."""
+    if request.param == "onednn":
+        monkeypatch.setattr(int8, "popcount_applies", lambda *args: False)
+    return request.param
+
+
 def _signs(*shape: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.where(torch.rand(*shape, generator=generator) < 0.5, -1.0, 1.0)
@@ -52,7 +61,7 @@ def _signs(*shape: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
-def test_forward_equals_float_convolution_bit_for_bit(shape, channels_last):
+def test_forward_equals_float_convolution_bit_for_bit(shape, channels_last, integer_path):
     n, c_in, c_out, side, k, stride, padding = shape
     x = _signs(n, c_in, side, side, seed=1)
     if channels_last:
@@ -65,7 +74,7 @@ def test_forward_equals_float_convolution_bit_for_bit(shape, channels_last):
 
 
 @pytest.mark.parametrize("groups,dilation", [(2, 1), (4, 1), (1, 2), (2, 2)])
-def test_grouped_and_dilated_convolutions_are_exact_too(groups, dilation):
+def test_grouped_and_dilated_convolutions_are_exact_too(groups, dilation, integer_path):
     """Not used by the built-in networks, but accepted by oneDNN and exact as well."""
     x = _signs(3, 8, 9, 9, seed=3).contiguous(memory_format=torch.channels_last)
     w = _signs(12, 8 // groups, 3, 3, seed=4)
@@ -74,7 +83,7 @@ def test_grouped_and_dilated_convolutions_are_exact_too(groups, dilation):
 
 
 @pytest.mark.parametrize("padding", [(1, 2), (0, 1), (2, 0)], ids=str)
-def test_uneven_padding_strides_and_kernels_are_exact(padding):
+def test_uneven_padding_strides_and_kernels_are_exact(padding, integer_path):
     """The padding is written into the codes, side by side: each side's own amount, with a
     kernel, stride and image that differ between height and width."""
     x = _signs(3, 8, 9, 11, seed=7).contiguous(memory_format=torch.channels_last)
@@ -85,10 +94,11 @@ def test_uneven_padding_strides_and_kernels_are_exact(padding):
     assert torch.equal(got, expected)
 
 
-def test_exact_after_the_shape_was_prepacked_with_another_zero_point():
+def test_exact_after_the_shape_was_prepacked_with_another_zero_point(monkeypatch):
     """PyTorch caches the packed weight format per shape, whatever zero point made it first: a
     shape first prepacked with source zero point 1 (zero-point compensation in the packed
     weight, as benchbnn packed before) still gives the exact convolution."""
+    monkeypatch.setattr(int8, "popcount_applies", lambda *args: False)  # oneDNN's kernel
     x = _signs(4, 24, 10, 10, seed=5).contiguous(memory_format=torch.channels_last)
     w = _signs(40, 24, 3, 3, seed=6)
     ones = torch.ones(1)
@@ -280,7 +290,7 @@ def _assert_same_training(a: tuple[Any, Capture], b: tuple[Any, Capture]) -> Non
 
 
 @pytest.mark.parametrize("optimizer", ["bop", "adam-latent"])
-def test_eager_runs_are_bit_identical(tmp_path, monkeypatch, optimizer):
+def test_eager_runs_are_bit_identical(tmp_path, monkeypatch, optimizer, integer_path):
     """BinaryNet trained 2 epochs (8 steps, 2 evaluations): 5 binary convolutions of 6 use int8
     (the first has a real-valued input), every weight, statistic and metric as with float."""
     config = {**CONV, "optimizer": optimizer}

@@ -2,7 +2,8 @@
 uses it, and oneDNN's int8 kernel where it cannot be built.
 
 Channel counts cross the kernel's word boundaries (32-bit words up to 32 channels, 64-bit words
-above; 40, 70 and 130 leave unused bits in the last word), and the geometries are those the
+above; 5, 20, 40, 70 and 130 leave unused bits in the last word; output channels that fill
+whole vectors and leave a tail), and the geometries are those the
 built-in networks use plus strides, dilation and uneven padding.
 """
 
@@ -28,6 +29,9 @@ pytestmark = pytest.mark.skipif(
 #: (batch, in channels, out channels, height, width, kernel, stride, padding, dilation)
 SHAPES = [
     (4, 64, 24, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # BinaryNet's 3x3 'same'
+    (4, 32, 16, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # one full 32-bit word
+    (4, 5, 16, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # a few bits of one word
+    (2, 20, 40, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1)),  # 40 outputs: vectors and a tail
     (3, 40, 16, 10, 7, (3, 3), (2, 2), (1, 1), (1, 1)),  # Bi-Real Net's downsampling, odd sides
     (2, 70, 40, 10, 10, (5, 5), (1, 1), (2, 2), (1, 1)),  # XNOR-Net's 5x5, two words
     (2, 130, 20, 6, 6, (6, 6), (1, 1), (0, 0), (1, 1)),  # XNOR-Net's "FC6": to a 1x1 map
@@ -76,16 +80,11 @@ def test_popcount_equals_float_convolution_bit_for_bit(shape, channels_last, pop
     assert got.stride() == expected.stride()
 
 
-def test_narrow_inputs_and_groups_stay_with_onednn(popcount_calls):
-    """32 input channels or fewer (int8 is faster there), and grouped convolutions."""
-    x, weight, geometry = _case((2, 32, 16, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1)), True)
-    assert torch.equal(
-        binary_conv2d_int8(x, weight, None, **geometry), F.conv2d(x, weight, None, **geometry)
-    )
+def test_grouped_convolutions_stay_with_onednn(popcount_calls):
     grouped = _signs(16, 32, 3, 3, seed=13)
-    x64 = _signs(2, 64, 8, 8, seed=14).contiguous(memory_format=torch.channels_last)
-    expected = F.conv2d(x64, grouped, None, 1, 1, 1, 2)
-    assert torch.equal(binary_conv2d_int8(x64, grouped, None, 1, 1, 1, 2), expected)
+    x = _signs(2, 64, 8, 8, seed=14).contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(x, grouped, None, 1, 1, 1, 2)
+    assert torch.equal(binary_conv2d_int8(x, grouped, None, 1, 1, 1, 2), expected)
     assert popcount_calls == []
 
 

@@ -96,36 +96,64 @@ torch::Tensor pack_weight_impl(const torch::Tensor& weight, torch::ScalarType dt
   return out;
 }
 
-// Adds popcount(v xor w[o]) to acc[o] for o in [0, count).
-inline void add_popcounts(int32_t* acc, uint64_t v, const uint64_t* w, int64_t count) {
-  int64_t o = 0;
-#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
-  const __m512i vv = _mm512_set1_epi64(static_cast<long long>(v));
-  for (; o + 16 <= count; o += 16) {
-    __m512i lo = _mm512_popcnt_epi64(_mm512_xor_si512(vv, _mm512_loadu_si512(w + o)));
-    __m512i hi = _mm512_popcnt_epi64(_mm512_xor_si512(vv, _mm512_loadu_si512(w + o + 8)));
-    // pack the two vectors of 8 int64 counts (each below 65) into 16 int32 lanes
-    __m256i lo32 = _mm512_cvtepi64_epi32(lo), hi32 = _mm512_cvtepi64_epi32(hi);
-    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo32), hi32, 1);
-    __m512i a = _mm512_loadu_si512(acc + o);
-    _mm512_storeu_si512(acc + o, _mm512_add_epi32(a, both));
+// One output position's sums for `B` vectors of output channels from o on, over the taps inside
+// the image (`taps` of them: x_words[t] and w_words[t] point at the tap's words), kept in
+// vector registers across taps and words (each broadcast word serves the B vectors); written
+// as float32 `base - 2 * popcount`, base = channels * taps.
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__) && defined(__AVX512DQ__)
+constexpr bool kVector = true;
+
+template <int B>
+inline void block_sums(const uint64_t* const* x_words, const uint64_t* const* w_words,
+                       int64_t taps, int64_t words, int64_t oc, int64_t o, int32_t base,
+                       float* out) {
+  __m512i acc[B];
+  for (int k = 0; k < B; ++k) acc[k] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t q = 0; q < words; ++q) {
+      const __m512i v = _mm512_set1_epi64(static_cast<long long>(x_words[t][q]));
+      const uint64_t* w = w_words[t] + q * oc + o;
+      for (int k = 0; k < B; ++k) {
+        const __m512i bits = _mm512_xor_si512(v, _mm512_loadu_si512(w + 8 * k));
+        acc[k] = _mm512_add_epi64(acc[k], _mm512_popcnt_epi64(bits));
+      }
+    }
   }
-#endif
-  for (; o < count; ++o) acc[o] += __builtin_popcountll(v ^ w[o]);
+  const __m512i top = _mm512_set1_epi64(base);
+  for (int k = 0; k < B; ++k) {
+    const __m512i sums = _mm512_sub_epi64(top, _mm512_slli_epi64(acc[k], 1));
+    _mm256_storeu_ps(out + o + 8 * k, _mm512_cvtepi64_ps(sums));
+  }
 }
 
-inline void add_popcounts(int32_t* acc, uint32_t v, const uint32_t* w, int64_t count) {
-  int64_t o = 0;
-#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
-  const __m512i vv = _mm512_set1_epi32(static_cast<int>(v));
-  for (; o + 16 <= count; o += 16) {
-    __m512i p = _mm512_popcnt_epi32(_mm512_xor_si512(vv, _mm512_loadu_si512(w + o)));
-    __m512i a = _mm512_loadu_si512(acc + o);
-    _mm512_storeu_si512(acc + o, _mm512_add_epi32(a, p));
+template <int B>
+inline void block_sums(const uint32_t* const* x_words, const uint32_t* const* w_words,
+                       int64_t taps, int64_t words, int64_t oc, int64_t o, int32_t base,
+                       float* out) {
+  __m512i acc[B];
+  for (int k = 0; k < B; ++k) acc[k] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t q = 0; q < words; ++q) {
+      const __m512i v = _mm512_set1_epi32(static_cast<int>(x_words[t][q]));
+      const uint32_t* w = w_words[t] + q * oc + o;
+      for (int k = 0; k < B; ++k) {
+        const __m512i bits = _mm512_xor_si512(v, _mm512_loadu_si512(w + 16 * k));
+        acc[k] = _mm512_add_epi32(acc[k], _mm512_popcnt_epi32(bits));
+      }
+    }
   }
-#endif
-  for (; o < count; ++o) acc[o] += __builtin_popcount(v ^ w[o]);
+  const __m512i top = _mm512_set1_epi32(base);
+  for (int k = 0; k < B; ++k) {
+    const __m512i sums = _mm512_sub_epi32(top, _mm512_slli_epi32(acc[k], 1));
+    _mm512_storeu_ps(out + o + 16 * k, _mm512_cvtepi32_ps(sums));
+  }
 }
+#else
+constexpr bool kVector = false;
+#endif
+
+inline int32_t popcount_word(uint64_t v) { return __builtin_popcountll(v); }
+inline int32_t popcount_word(uint32_t v) { return __builtin_popcount(v); }
 
 // out[n, ho, wo, o] = sum over the taps inside the image of
 //   channels - 2 * popcount(x_bits[n, hi, wi] xor w_bits[kh, kw, :, o])
@@ -137,34 +165,45 @@ torch::Tensor conv_impl(const torch::Tensor& xbits, const torch::Tensor& wbits, 
   const int64_t kh = wbits.size(0), kw = wbits.size(1), oc = wbits.size(3);
   const int64_t ho = (h + 2 * pad_h - dil_h * (kh - 1) - 1) / stride_h + 1;
   const int64_t wo = (w + 2 * pad_w - dil_w * (kw - 1) - 1) / stride_w + 1;
+  // output channels per 512-bit vector: 16 counts of 32-bit words, 8 of 64-bit ones
+  const int64_t lanes = kVector ? 64 / static_cast<int64_t>(sizeof(Word)) : 0;
   auto out = torch::empty({n, ho, wo, oc}, torch::dtype(torch::kFloat32));
   const Word* xs = reinterpret_cast<const Word*>(xbits.data_ptr());
   const Word* ws = reinterpret_cast<const Word*>(wbits.data_ptr());
   float* dst = out.data_ptr<float>();
   at::parallel_for(0, n * ho * wo, 8, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> acc(oc);
+    std::vector<const Word*> x_words(kh * kw), w_words(kh * kw);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / (ho * wo), r = p % (ho * wo), y = r / wo, x = r % wo;
-      std::fill(acc.begin(), acc.end(), 0);
-      int64_t inside = 0;
+      int64_t taps = 0;
       for (int64_t i = 0; i < kh; ++i) {
         const int64_t hi = y * stride_h - pad_h + i * dil_h;
         if (hi < 0 || hi >= h) continue;
         for (int64_t j = 0; j < kw; ++j) {
           const int64_t wi = x * stride_w - pad_w + j * dil_w;
           if (wi < 0 || wi >= w) continue;
-          ++inside;
-          const Word* xw = xs + ((b * h + hi) * w + wi) * words;
-          const Word* wt = ws + (i * kw + j) * words * oc;
-          for (int64_t q = 0; q < words; ++q) {
-            add_popcounts(acc.data(), xw[q], wt + q * oc, oc);
-          }
+          x_words[taps] = xs + ((b * h + hi) * w + wi) * words;
+          w_words[taps] = ws + (i * kw + j) * words * oc;
+          ++taps;
         }
       }
       float* o = dst + p * oc;
-      const int32_t base = static_cast<int32_t>(inside * channels);
-      for (int64_t k = 0; k < oc; ++k) {
-        o[k] = static_cast<float>(base - 2 * acc[k]);
+      const int32_t base = static_cast<int32_t>(taps * channels);
+      int64_t k = 0;
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__) && defined(__AVX512DQ__)
+      for (; k + 4 * lanes <= oc; k += 4 * lanes) {
+        block_sums<4>(x_words.data(), w_words.data(), taps, words, oc, k, base, o);
+      }
+      for (; k + lanes <= oc; k += lanes) {
+        block_sums<1>(x_words.data(), w_words.data(), taps, words, oc, k, base, o);
+      }
+#endif
+      for (; k < oc; ++k) {
+        int32_t count = 0;
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t q = 0; q < words; ++q) count += popcount_word(x_words[t][q] ^ w_words[t][q * oc + k]);
+        }
+        o[k] = static_cast<float>(base - 2 * count);
       }
     }
   });

@@ -7,8 +7,8 @@ partial sum is an integer below 2**24, so the float32 result is BIT-IDENTICAL to
 ``F.conv2d`` (as the int8 convolution's is, :mod:`benchbnn.core.int8`). One 512-bit
 AVX512-VPOPCNTDQ instruction counts 512 products, where one VNNI instruction of oneDNN's int8
 convolution multiplies 64 pairs: BinaryNet's five binary convolutions (batch 50, 2 threads,
-packing of input and weight included) take 25.1 ms against 66.5 ms with oneDNN int8 at
-width 1.0, 3.6 against 5.2 ms at width 0.25, where the 32-channel layer is faster in int8.
+packing of input and weight included) take 21.9 ms against 69.5 ms with oneDNN int8 at
+width 1.0, 2.6 against 5.7 ms at width 0.25.
 
 The kernel (``popcount.cpp`` beside this file) is compiled by
 :func:`torch.utils.cpp_extension.load` the first time a process needs it, with
@@ -34,17 +34,17 @@ import torch
 
 from benchbnn.core.machine import cpu_flags, cpu_model
 
-__all__ = ["POPCOUNT_MIN_CHANNELS", "conv2d_popcount", "popcount_applies", "popcount_pays"]
+__all__ = [
+    "conv2d_popcount",
+    "popcount_applies",
+    "popcount_pays",
+    "popcount_ready",
+]
 
 SOURCE = Path(__file__).with_name("popcount.cpp")
 
 #: the CPU flag of the vector population count the kernel is written for
 POPCOUNT_FLAG = "avx512_vpopcntdq"
-
-#: input channels from which the popcount kernel beats oneDNN's int8 one (measured: a 32 ->
-#: 32 channel 3x3 layer at 30x30, batch 50, 2 threads, 2.3 ms against 1.4 ms; 32 -> 64 at
-#: 15x15, 0.57 against 0.93 ms)
-POPCOUNT_MIN_CHANNELS = 33
 
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
@@ -96,16 +96,16 @@ def _extension() -> ModuleType | None:
         return None
 
 
+def popcount_ready() -> bool:
+    """Whether the kernel is built here (building or loading it the first time: call it before
+    anything is timed, as the engine does, so that a one-time build is not counted as a step)."""
+    return _extension() is not None
+
+
 def popcount_applies(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Whether :func:`conv2d_popcount` computes this convolution (and is faster than int8):
-    no groups, at least :data:`POPCOUNT_MIN_CHANNELS` input channels, a CPU tensor, and the
-    kernel built here (building it the first time)."""
-    return (
-        groups == 1
-        and weight.shape[1] >= POPCOUNT_MIN_CHANNELS
-        and x.device.type == "cpu"
-        and _extension() is not None
-    )
+    """Whether :func:`conv2d_popcount` computes this convolution: no groups, a CPU tensor,
+    and the kernel built here (building it the first time)."""
+    return groups == 1 and x.device.type == "cpu" and popcount_ready()
 
 
 def conv2d_popcount(

@@ -121,6 +121,7 @@ from benchbnn.core.plugins import (
     get_registry,
     hookimpl,
 )
+from benchbnn.core.popcount import popcount_ready
 from benchbnn.core.specs import OptimizerSpec, RunContext
 from benchbnn.data.pipeline import build_loaders
 from benchbnn.optim.base import ClosureResult, EvaluationSamples
@@ -599,6 +600,8 @@ def _prepare_model(run: Run) -> None:
             why, warn = f"compilation failed: {_first_line(exc)}", True
     _tag_mode(run, why)
     run.tags[TAG_BINARY_KERNEL] = _binary_kernel_tag(run)
+    if run.tags[TAG_BINARY_KERNEL] == "int8":
+        popcount_ready()  # a first build (about 25 s) here, not in the first timed step
     if run.device.type == "cpu":
         run.tags[TAG_HOST_MEMORY] = retain_freed_memory()
     if warn:
