@@ -36,15 +36,6 @@ inline Word pack_bits(const float* values, int64_t count) {
   return word;
 }
 
-template <typename Word>
-inline int32_t popcount(Word v) {
-  if constexpr (sizeof(Word) == 8) {
-    return __builtin_popcountll(v);
-  } else {
-    return __builtin_popcount(v);
-  }
-}
-
 constexpr int64_t kBits32 = 32;
 
 // x: (N, H, W, C) float32, contiguous (a channels_last tensor permuted); returns
