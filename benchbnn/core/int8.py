@@ -28,6 +28,11 @@ torch.compile, so that the compiled graph around it is the float convolution's a
 same way (with the conversions traced into the graph, inductor fused them with the batch-norm
 kernels before and rounded a running mean differently).
 
+Where the XNOR-popcount kernel is built (:mod:`benchbnn.core.popcount`: CPUs with
+AVX512-VPOPCNTDQ), the operator computes ungrouped convolutions with it instead of oneDNN: the
+same integers, so the same bits, two to three times faster. "int8" names this exact integer
+forward, whichever kernel computes it.
+
 Only the forward pass is integer. :class:`Int8BinaryConv2d`'s backward is the float one autograd
 runs for ``F.conv2d`` (``aten.convolution_backward`` on the saved float +-1 input and weight), so
 gradients are bit-identical to the float path's too.
