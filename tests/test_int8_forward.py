@@ -18,7 +18,7 @@ from engine_support import TINY_BINARYNET, computed, fresh_store
 
 import benchbnn
 import benchbnn.core.binary as binary_module
-from benchbnn.core import int8
+from benchbnn.core import int8, popcount
 from benchbnn.core.binary import (
     BinaryConv2d,
     set_binary_kernel,
@@ -48,10 +48,20 @@ CONV = {**TINY_BINARYNET, "epochs": 2}
 @pytest.fixture(params=["default", "onednn"])
 def integer_path(request, monkeypatch):
     """The integer kernel the operator picks here (XNOR-popcount where it is built), and
-    oneDNN's int8 kernel alone (what runs where popcount cannot be built)."""
+    oneDNN's int8 kernel alone (what runs where popcount cannot be built). Returns, for the
+    default path, the list that gets one entry per popcount convolution; None for oneDNN's."""
+    popcount_calls: list[int] = []
     if request.param == "onednn":
         monkeypatch.setattr(int8, "popcount_applies", lambda *args: False)
-    return request.param
+        return None
+    real = int8.conv2d_popcount
+
+    def counted(*args: Any) -> torch.Tensor:
+        popcount_calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(int8, "conv2d_popcount", counted)
+    return popcount_calls
 
 
 def _signs(*shape: int, seed: int) -> torch.Tensor:
@@ -292,12 +302,17 @@ def _assert_same_training(a: tuple[Any, Capture], b: tuple[Any, Capture]) -> Non
 @pytest.mark.parametrize("optimizer", ["bop", "adam-latent"])
 def test_eager_runs_are_bit_identical(tmp_path, monkeypatch, optimizer, integer_path):
     """BinaryNet trained 2 epochs (8 steps, 2 evaluations): 5 binary convolutions of 6 use int8
-    (the first has a real-valued input), every weight, statistic and metric as with float."""
+    (the first has a real-valued input), every weight, statistic and metric as with float;
+    where the popcount kernel is built, it computes every one of them in the default path."""
     config = {**CONV, "optimizer": optimizer}
     ints = _run(tmp_path, "i", config, monkeypatch, compile="off", binary_kernel="int8")
+    popcount_calls = None if integer_path is None else len(integer_path)
     floats = _run(tmp_path, "f", config, monkeypatch, compile="off", binary_kernel="float")
     assert floats[1].int8_calls == 0
     assert ints[1].int8_calls >= 5 * 8  # 5 layers x 8 steps, plus the evaluations
+    if integer_path is not None and popcount.popcount_ready():  # default path, kernel built
+        assert popcount_calls == ints[1].int8_calls  # every binary convolution
+        assert len(integer_path) == popcount_calls  # and none with the float kernel
     _assert_same_training(ints, floats)
     assert ints[1].tags[TAG_BINARY_KERNEL] == "int8"
     assert floats[1].tags[TAG_BINARY_KERNEL] == "float"

@@ -14,12 +14,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_support import TINY_BINARYNET, computed, fresh_store
 
-import benchbnn
 from benchbnn.core import int8, popcount
 from benchbnn.core.int8 import binary_conv2d_int8
-from benchbnn.train.engine import train
 
 pytestmark = pytest.mark.skipif(
     not int8.int8_available() or popcount._extension() is None,
@@ -132,34 +129,3 @@ def test_the_build_name_changes_with_the_cpu(monkeypatch):
     assert name.startswith("benchbnn_popcount_")
     monkeypatch.setattr(popcount, "cpu_model", lambda: "another CPU")
     assert popcount._build_name() != name
-
-
-class _FinalWeights:
-    @benchbnn.hookimpl
-    def benchbnn_run_end(self, run, result):
-        self.state = {k: v.clone() for k, v in run.model.state_dict().items()}
-
-
-def test_a_training_run_with_popcount_layers_is_the_float_run(tmp_path, popcount_calls):
-    """The tiny BinaryNet's last binary convolution has 64 input channels: popcount in every
-    step and evaluation; weights, statistics and metrics equal the float kernel's, bit for bit."""
-    config = {**TINY_BINARYNET, "epochs": 1}
-    runs = []
-    for kernel in ("int8", "float"):
-        final = _FinalWeights()
-        result = train(
-            config,
-            quiet=True,
-            tracking_uri=fresh_store(tmp_path / kernel),
-            checkpoint_dir=tmp_path / kernel / "ckpt",
-            plugins=[final],
-            compile="off",
-            binary_kernel=kernel,
-        )
-        assert result.status == "FINISHED", result.error
-        runs.append((result, final.state, len(popcount_calls)))
-    (ints, int_state, calls_int8), (floats, float_state, calls_total) = runs
-    assert calls_int8 >= 4 and calls_total == calls_int8  # steps and evaluations; none in float
-    assert computed(ints.history) == computed(floats.history)
-    assert int_state.keys() == float_state.keys()
-    assert all(torch.equal(int_state[k], float_state[k]) for k in int_state)
