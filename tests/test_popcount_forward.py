@@ -105,7 +105,7 @@ def test_a_failed_build_warns_once_and_falls_back_to_onednn(monkeypatch):
 
     x, weight, geometry = _case(SHAPES[0], True)
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    popcount._extension.cache_clear()
+    popcount.KERNELS.reset()
     try:
         with pytest.warns(RuntimeWarning, match=r"could not be built \(Error building"):
             assert not popcount.popcount_applies(x, weight, 1)
@@ -114,7 +114,7 @@ def test_a_failed_build_warns_once_and_falls_back_to_onednn(monkeypatch):
             got = binary_conv2d_int8(x, weight, None, **geometry)
         assert torch.equal(got, F.conv2d(x, weight, None, **geometry))
     finally:
-        popcount._extension.cache_clear()
+        popcount.KERNELS.reset()
 
 
 def test_where_the_kernel_is_tried():
@@ -125,7 +125,9 @@ def test_where_the_kernel_is_tried():
 
 
 def test_the_build_name_changes_with_the_cpu(monkeypatch):
-    name = popcount._build_name()
+    from benchbnn.core import native
+
+    name = popcount.KERNELS.build_name()
     assert name.startswith("benchbnn_popcount_")
-    monkeypatch.setattr(popcount, "cpu_model", lambda: "another CPU")
-    assert popcount._build_name() != name
+    monkeypatch.setattr(native, "cpu_model", lambda: "another CPU")
+    assert popcount.KERNELS.build_name() != name

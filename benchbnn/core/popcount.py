@@ -22,17 +22,14 @@ and the results are the same bits.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import platform
-import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from benchbnn.core.machine import cpu_flags, cpu_model
+from benchbnn.core.machine import cpu_flags
+from benchbnn.core.native import BASE_FLAGS, NativeKernels, native_builds_here
 
 __all__ = [
     "conv2d_popcount",
@@ -46,54 +43,32 @@ SOURCE = Path(__file__).with_name("popcount.cpp")
 #: the CPU flag of the vector population count the kernel is written for
 POPCOUNT_FLAG = "avx512_vpopcntdq"
 
-FLAGS = ["-O3", "-march=native", "-fopenmp"]
-
 
 def popcount_pays(flags: frozenset[str] | None = None, system: str | None = None) -> bool:
     """Whether to try the kernel here: Linux on x86-64 with :data:`POPCOUNT_FLAG` (read from
     ``/proc/cpuinfo`` and ``platform`` unless given)."""
     found = cpu_flags() if flags is None else flags
-    where = sys.platform if system is None else system
     return (
-        where.startswith("linux")
+        native_builds_here(system)
         and platform.machine().lower() in ("x86_64", "amd64")
         and POPCOUNT_FLAG in found
     )
 
 
-def _build_name() -> str:
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), cpu_model().encode()):
-        digest.update(part)
-    digest.update(" ".join(sorted(cpu_flags())).encode())
-    digest.update(" ".join(FLAGS).encode())
-    return f"benchbnn_popcount_{digest.hexdigest()[:16]}"
+#: The kernel's source and build (integer arithmetic only: no float flags needed).
+KERNELS = NativeKernels(
+    SOURCE,
+    "popcount",
+    purpose="the popcount convolution",
+    fallback="binary convolutions use oneDNN's int8 kernel instead (the same results)",
+    flags=BASE_FLAGS,
+    applies=popcount_pays,
+)
 
 
-@functools.cache
 def _extension() -> ModuleType | None:
     """The built kernel, or None (after one warning) where it cannot be built here."""
-    if not popcount_pays():
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(
-            _build_name(),
-            sources=[str(SOURCE)],
-            extra_cflags=FLAGS,
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as exc:  # a missing compiler, headers or OpenMP: any of them
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(
-            f"benchbnn: the popcount convolution could not be built ({first[:200]}); binary "
-            f"convolutions use oneDNN's int8 kernel instead (the same results)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
+    return KERNELS.module()
 
 
 def popcount_ready() -> bool:

@@ -7,6 +7,7 @@ that eager and compiled code round alike; :mod:`benchbnn.optim.schedules` turns 
 per-step hyperparameter values. Everything a plugin needs is importable from here.
 """
 
+from benchbnn.core.native import NativeKernels
 from benchbnn.optim import schedules  # noqa: F401  (installs the reader of default schedules)
 from benchbnn.optim.base import (
     ADAM_BUFFERS,
@@ -44,6 +45,7 @@ __all__ = [
     "BinaryOptimizer",
     "ClosureResult",
     "EvaluationSamples",
+    "NativeKernels",
     "RunContext",
     "adam_",
     "adam_foreach_",

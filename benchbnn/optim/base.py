@@ -47,6 +47,7 @@ import torch
 
 from benchbnn.core.binary import sgn0
 from benchbnn.core.errors import BenchbnnError, PluginError, did_you_mean, first_line
+from benchbnn.core.native import NativeKernels
 from benchbnn.core.specs import (
     FORWARD_MODES,
     RESERVED_NAMES,
@@ -820,6 +821,16 @@ class BinaryOptimizer(torch.optim.Optimizer):
     provides_evaluation_weights: ClassVar[bool] = False
     #: Optional multi-tensor rule: ``update_foreach(ws, gs, *buffer_lists, **kwargs) -> count``.
     update_foreach: ClassVar[Rule | None] = None
+    #: Optional C++ kernels for the CPU (:class:`benchbnn.core.native.NativeKernels`): built
+    #: when an optimizer with the ``"compiled"`` implementation is created on a CPU, so that a
+    #: first build (20 to 30 s) is not part of a timed step; :meth:`update_native` calls them.
+    native_kernels: ClassVar[NativeKernels | None] = None
+    #: Optional fast path of the ``"compiled"`` implementation for one float32 CPU tensor:
+    #: ``update_native(w, g, *buffers, **kwargs) -> int | None`` takes what :meth:`update`
+    #: takes on the reference path (plain floats), updates in place with the reference's exact
+    #: bits and returns the flips, or returns None where it does not apply (kernels not built
+    #: here, an option it does not cover): torch.compile's kernel then runs.
+    update_native: ClassVar[Callable[..., int | None] | None] = None
     #: "class" (declared as above) or "legacy" (the whole table in ``hparams``); set per class.
     _style: ClassVar[str] = "class"
     #: ``rule_keys`` as the class declared them (the older spelling), else None.
@@ -884,6 +895,12 @@ class BinaryOptimizer(torch.optim.Optimizer):
         #: ``"MyOpt.update (Unsupported: ...)"``. The step then runs the reference.
         self.compile_error = ""
         self.implementation = self._choose_implementation()
+        if (
+            self.implementation == "compiled"
+            and self._device.type == "cpu"
+            and self.native_kernels is not None
+        ):
+            self.native_kernels.module()  # a first build here, not in the first timed step
         self.setup()
         with torch.no_grad():
             for p in binary_params:
@@ -1208,6 +1225,9 @@ class BinaryOptimizer(torch.optim.Optimizer):
         return run
 
     def _run_compiled(self, rule: Rule, items: list, kwargs: dict[str, Any]) -> torch.Tensor:
+        counts: list[torch.Tensor | None] = []
+        if rule is type(self).update and type(self).update_native is not None:
+            items = self._run_native(items, kwargs, counts)
         args = {k: _kernel_arg(v, self._device) for k, v in kwargs.items()}
         eager: list = []
         grouped: dict[torch.dtype | None, list] = {}
@@ -1217,10 +1237,35 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 grouped.setdefault(cast, []).append(item)
             else:
                 eager.append(item)
-        counts = [_run_reference(rule, eager, kwargs, self._device)]
+        counts.append(_run_reference(rule, eager, kwargs, self._device))
         for cast, members in grouped.items():
             counts.append(self._run_compiled_group(rule, members, kwargs, args, cast))
         return sum_counts([c for c in counts if c is not None], self._device)
+
+    def _run_native(
+        self, items: list, kwargs: dict[str, Any], counts: list[torch.Tensor | None]
+    ) -> list:
+        """Step every item :meth:`update_native` takes (float32, contiguous, on the CPU, no
+        dtype cast), appending its flips to ``counts``; return the items left for the compiled
+        rule."""
+        native = type(self).update_native
+        assert native is not None
+        left = []
+        for item in items:
+            p, g, bufs, extra, cast = item
+            tensors = (p, g, *bufs)
+            if cast is None and all(
+                t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                for t in tensors
+            ):
+                flips = native(p, g, *bufs, **kwargs, **extra)
+                if flips is not None:
+                    for t in (p, *bufs):  # written through a raw pointer: tell autograd
+                        torch.autograd.graph.increment_version(t)
+                    counts.append(torch.tensor(int(flips), dtype=torch.int64))
+                    continue
+            left.append(item)
+        return left
 
     def _run_compiled_group(
         self, rule: Rule, items: list, kwargs: dict[str, Any], args: dict[str, Any], cast: Any
@@ -1494,7 +1539,7 @@ def _check_rule(cls: type[BinaryOptimizer], owner: str) -> tuple[str, ...]:
     if cls.update is BinaryOptimizer.update:  # no rule yet: a base for other classes
         return explicit or ()
     P = inspect.Parameter
-    for attribute in ("update", "update_foreach"):
+    for attribute in ("update", "update_foreach", "update_native"):
         raw = inspect.getattr_static(cls, attribute)
         if raw is not None and not isinstance(raw, staticmethod):
             raise PluginError(
@@ -1611,28 +1656,36 @@ def _rule_keys(
 def _check_foreach(
     cls: type[BinaryOptimizer], owner: str, buffers: int, required: list[str]
 ) -> None:
-    """``update_foreach`` takes the lists update takes tensors of, and its keyword arguments."""
-    if cls.update_foreach is None:
-        return
-    P = inspect.Parameter
-    signature = inspect.signature(cls.update_foreach)
-    text = f"{cls.__qualname__}.update_foreach{signature}"
-    params = list(signature.parameters.values())
-    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
-    if not any(p.kind is P.VAR_POSITIONAL for p in params) and len(positional) != 2 + buffers:
-        raise PluginError(
-            f"{owner}: {text} takes {len(positional)} lists, but the rule has {2 + buffers} "
-            f"tensors (ws, gs and one list per state buffer)"
-        )
-    if any(p.kind is P.VAR_KEYWORD for p in params):
-        return
-    taken = {p.name for p in params if p.kind in (P.KEYWORD_ONLY, P.POSITIONAL_OR_KEYWORD)}
-    missing = [k for k in required if k not in taken]
-    if missing:
-        raise PluginError(
-            f"{owner}: {text} does not take {_names(missing)}, which update takes; the two get "
-            f"the same keyword arguments"
-        )
+    """``update_foreach`` takes the lists update takes tensors of, and ``update_native`` the
+    tensors; both take update's keyword arguments."""
+    for attribute, what in (("update_foreach", "lists"), ("update_native", "tensors")):
+        hook = getattr(cls, attribute)
+        if hook is None:
+            continue
+        P = inspect.Parameter
+        signature = inspect.signature(hook)
+        text = f"{cls.__qualname__}.{attribute}{signature}"
+        params = list(signature.parameters.values())
+        positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+        if not any(p.kind is P.VAR_POSITIONAL for p in params) and len(positional) != 2 + buffers:
+            parts = (
+                "ws, gs and one list per state buffer"
+                if what == "lists"
+                else ("w, g and one per state buffer")
+            )
+            raise PluginError(
+                f"{owner}: {text} takes {len(positional)} {what}, but the rule has "
+                f"{2 + buffers} tensors ({parts})"
+            )
+        if any(p.kind is P.VAR_KEYWORD for p in params):
+            continue
+        taken = {p.name for p in params if p.kind in (P.KEYWORD_ONLY, P.POSITIONAL_OR_KEYWORD)}
+        missing = [k for k in required if k not in taken]
+        if missing:
+            raise PluginError(
+                f"{owner}: {text} does not take {_names(missing)}, which update takes; the two "
+                f"get the same keyword arguments"
+            )
 
 
 def _signature(cls: type[BinaryOptimizer]) -> inspect.Signature | None:

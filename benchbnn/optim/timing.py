@@ -572,8 +572,23 @@ def _cases(optimizer: Any, wanted: Sequence[str], device: torch.device) -> list[
                 case.available, case.reason = False, reason
         if implementation == "foreach" and type(optimizer).update_foreach is None:
             case.notes.append("no update_foreach: runs the reference loop")
+        if implementation == "compiled" and case.available and device.type == "cpu":
+            note = _native_note(optimizer)
+            if note:
+                case.notes.append(note)
         cases.append(case)
     return cases
+
+
+def _native_note(optimizer: BinaryOptimizer) -> str:
+    """What steps float32 CPU weights in the compiled implementation, when the optimizer
+    ships a C++ kernel (``update_native``)."""
+    if type(optimizer).update_native is None:
+        return ""
+    kernels = type(optimizer).native_kernels
+    if kernels is not None and kernels.module() is None:
+        return "its C++ kernel is not built here: torch.compile's kernel runs instead"
+    return "float32 CPU weights go through its C++ kernel (update_native) where it applies"
 
 
 def _warm_up(step: _Stepper, case: Case, steps: int) -> None:
