@@ -58,13 +58,45 @@ def test_the_md_tanh_kernel_gives_the_reference_bits(n, rate):
     g = torch.randn(n, generator=generator) * 10.0**powers
     m = torch.randn(n, generator=generator) * 1e-3
     v = torch.rand(n, generator=generator) * 1e-4
-    g[::7] = 0.0  # zero gradients: a = 0 keeps x exactly
+    g[::7], m[::7] = 0.0, 0.0  # no gradient and no momentum: a = 0 keeps x exactly
     expected = [t.clone() for t in (w, m, v)]
     flips = MDTanh.update(*expected[:1], g, *expected[1:], rate=rate, stable=True, **RULE)
     got = MDTanh.update_native(w, g, m, v, rate=rate, stable=True, **RULE)
     assert got == int(flips)
     for a, b in zip((w, m, v), expected):
         assert torch.equal(bits(a), bits(b))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "beta1, beta2, eps",
+    [(0.0, 0.0, 1e-30), (0.3, 0.7, 0.1), (0.9999, 0.999999, 1.0), (0.5, 0.99, 1e-8)],
+)
+def test_other_constants_and_more_than_one_block_give_the_reference_bits(beta1, beta2, eps):
+    assert built()
+    n = 2**20 + 4099  # the kernel counts flips per block of 2^20 weights
+    generator = torch.Generator().manual_seed(11)
+    w = weights(n, generator)
+    g = torch.randn(n, generator=generator) * 1e-2
+    m = torch.randn(n, generator=generator) * 1e-3
+    v = torch.rand(n, generator=generator) * 1e-4
+    rule = {"direction_beta1": beta1, "direction_beta2": beta2, "direction_eps": eps}
+    expected = [t.clone() for t in (w, m, v)]
+    flips = MDTanh.update(expected[0], g, expected[1], expected[2], rate=2.5, stable=True, **rule)
+    got = MDTanh.update_native(w, g, m, v, rate=2.5, stable=True, **rule)
+    assert got == int(flips) > 0
+    for a, b in zip((w, m, v), expected):
+        assert torch.equal(bits(a), bits(b))
+
+
+@needs_kernel
+def test_the_kernel_refuses_aliased_or_mismatched_tensors():
+    assert built()
+    w, g = torch.zeros(8), torch.zeros(8)
+    with pytest.raises(RuntimeError, match="distinct tensors"):
+        KERNELS.module().md_tanh_stable(w, g, w, torch.zeros(8), 0.9, 0.999, 1e-8, 0.1)
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
+        KERNELS.module().md_tanh_stable(w, g, torch.zeros(8).double(), w, 0.9, 0.999, 1e-8, 0.1)
 
 
 @needs_kernel
@@ -116,8 +148,19 @@ def test_the_compiled_implementation_steps_through_the_kernel(monkeypatch):
     monkeypatch.setattr(KERNELS, "module", lambda: counting)
     compiled, compiled_flips = run("compiled")
     assert counting.calls == 12 * 3  # every tensor of every step
+    generator = torch.Generator().manual_seed(5)
+    p = torch.nn.Parameter(torch.randn(40, generator=generator))
+    opt = MDTanh([p], implementation="compiled")
+    p.grad, version = torch.randn(40, generator=generator), p._version
+    opt.step()
+    assert counting.calls == 37 and p._version > version  # autograd sees the in-place write
+    q = torch.nn.Parameter(torch.randn(40, 40, generator=generator).t())  # not contiguous
+    opt = MDTanh([q], implementation="compiled")
+    q.grad = torch.randn(40, 40, generator=generator)
+    opt.step()
+    assert counting.calls == 37
     reference, reference_flips = run("reference")
-    assert counting.calls == 36  # the reference never does
+    assert counting.calls == 37  # the reference never does
     assert compiled_flips == reference_flips
     for a, b in zip(compiled, reference):
         assert torch.equal(bits(a), bits(b))
@@ -230,6 +273,33 @@ def test_update_native_is_declared_like_update():
         _bop_declaration(update_native=staticmethod(lambda w, g, *, gamma, threshold: None))
     with pytest.raises(PluginError, match="does not take threshold, which update takes"):
         _bop_declaration(update_native=staticmethod(lambda w, g, m, *, gamma: None))
+
+
+def test_a_subclass_with_a_rule_of_its_own_does_not_inherit_the_kernel():
+    class Variant(MDTanh):
+        name = "md-tanh-variant"
+
+        @staticmethod
+        def update(w, g, m, v, *, direction_beta1, direction_beta2, direction_eps, rate, stable):
+            return MDTanh.update(
+                w,
+                g,
+                m,
+                v,
+                direction_beta1=direction_beta1,
+                direction_beta2=direction_beta2,
+                direction_eps=direction_eps,
+                rate=rate * 0.5,
+                stable=stable,
+            )
+
+    class Renamed(MDTanh):
+        name = "md-tanh-renamed"
+
+    assert Variant.update_native is None and Variant.native_kernels is None
+    assert Variant.update_foreach is None
+    assert Renamed.update_native is MDTanh.update_native  # the same rule: the same kernel
+    assert Renamed.native_kernels is KERNELS
 
 
 @needs_compile

@@ -246,6 +246,9 @@ def test_built_in_suites_load_after_a_non_editable_install_from_any_directory(tm
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", str(site / "benchbnn_plugins")]
+    # the C++ sources are package data too (built on first use from the installed copy)
+    assert (site / "benchbnn" / "core" / "popcount.cpp").is_file()
+    assert (site / "benchbnn_plugins" / "optimizers" / "md_tanh.cpp").is_file()
 
 
 # --- parsing and expansion ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ class NativeKernels:
         flags: Sequence[str] = FLOAT_EXACT_FLAGS,
         applies: Callable[[], bool] | None = None,
     ) -> None:
-        if not name.replace("_", "").isalnum():
+        if not (name.isascii() and name.replace("_", "").isalnum()):
             raise ValueError(f"a kernel name is letters, digits and underscores, got {name!r}")
         self.source = Path(source)
         self.name = name
@@ -107,19 +108,21 @@ class NativeKernels:
 
     def reset(self) -> None:
         """Forget the cached module (tests: the next :meth:`module` builds or loads again)."""
-        _modules.pop(id(self), None)
+        with _lock:
+            _modules.pop(self, None)
 
 
-#: Built modules (or None) by the id of their NativeKernels (instances live as long as the
-#: modules that declare them).
-_modules: dict[int, ModuleType | None] = {}
+#: Built modules (or None), by their NativeKernels (hashed by identity; the entry keeps it).
+_modules: dict[NativeKernels, ModuleType | None] = {}
+#: One build at a time in a process (threads asking together build once and warn once).
+_lock = threading.Lock()
 
 
 def _module(kernels: NativeKernels) -> ModuleType | None:
-    key = id(kernels)
-    if key not in _modules:
-        _modules[key] = _build(kernels) if kernels.tried_here() else None
-    return _modules[key]
+    with _lock:
+        if kernels not in _modules:
+            _modules[kernels] = _build(kernels) if kernels.tried_here() else None
+        return _modules[kernels]
 
 
 def _build(kernels: NativeKernels) -> ModuleType | None:
@@ -139,6 +142,6 @@ def _build(kernels: NativeKernels) -> ModuleType | None:
         warnings.warn(
             f"benchbnn: {kernels.purpose} could not be built ({first[:200]}); {kernels.fallback}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # _build, _module, module(), then the line that asked for it
         )
         return None

@@ -820,6 +820,9 @@ class BinaryOptimizer(torch.optim.Optimizer):
     #: Derived: True when the class overrides :meth:`evaluation_weights`.
     provides_evaluation_weights: ClassVar[bool] = False
     #: Optional multi-tensor rule: ``update_foreach(ws, gs, *buffer_lists, **kwargs) -> count``.
+    #: (This, :attr:`update_native` and :attr:`native_kernels` are inherited by a subclass only
+    #: when it keeps the parent's :meth:`update`: a class that defines ``update`` declares them
+    #: beside it or has none.)
     update_foreach: ClassVar[Rule | None] = None
     #: Optional C++ kernels for the CPU (:class:`benchbnn.core.native.NativeKernels`): built
     #: when an optimizer with the ``"compiled"`` implementation is created on a CPU, so that a
@@ -1435,6 +1438,12 @@ def _declare(cls: type[BinaryOptimizer]) -> None:
                 f"{owner}: {attribute} must be a tuple of names, e.g. ('m',), not {value!r}"
             )
         setattr(cls, attribute, tuple(value))
+    if "update" in own:
+        # a new rule: a multi-tensor version or C++ kernel inherited from the parent computes
+        # the parent's rule, so they apply only when declared beside it
+        for attribute in ("update_foreach", "update_native", "native_kernels"):
+            if attribute not in own:
+                setattr(cls, attribute, None)
     _declare_forward(cls, owner)
     if cls._style == "class":
         cls.hparams = _derive_hparams(cls, owner)

@@ -588,7 +588,10 @@ def _native_note(optimizer: BinaryOptimizer) -> str:
     kernels = type(optimizer).native_kernels
     if kernels is not None and kernels.module() is None:
         return "its C++ kernel is not built here: torch.compile's kernel runs instead"
-    return "float32 CPU weights go through its C++ kernel (update_native) where it applies"
+    return (
+        "float32 CPU weights go through its C++ kernel (update_native) unless it declines "
+        "(then torch.compile's kernel runs)"
+    )
 
 
 def _warm_up(step: _Stepper, case: Case, steps: int) -> None:

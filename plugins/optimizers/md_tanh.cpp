@@ -14,10 +14,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 namespace {
 
@@ -68,7 +68,10 @@ int32_t step_block(float* __restrict w, const float* __restrict g, float* __rest
     t = t * r + E3;
     t = t * r + E2;
     t = (t * r + 1.0f) * r;
-    const float scale = bits_to_float((static_cast<int32_t>(n) + 127) << 23);  // 2^n
+    // 2^n from its exponent field, in unsigned arithmetic (n is an integer in [-116, 0]; for
+    // a NaN a, t is NaN already and the scale does not matter)
+    const float scale = bits_to_float(
+        static_cast<int32_t>((static_cast<uint32_t>(static_cast<int32_t>(n)) + 127u) << 23));
     const float q = scale * (t + 1.0f);
     const float q_minus_1 = scale * t + (scale - 1.0f);
     // tanh_step(x, a)
@@ -105,6 +108,10 @@ int64_t md_tanh_stable(torch::Tensor w, torch::Tensor g, torch::Tensor m, torch:
   check(g, "g", n);
   check(m, "m", n);
   check(v, "v", n);
+  const void* pointers[] = {w.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr()};
+  for (int i = 0; i < 4; ++i)
+    for (int j = i + 1; j < 4; ++j)
+      TORCH_CHECK(n == 0 || pointers[i] != pointers[j], "w, g, m and v must be distinct tensors");
   // Python floats reach PyTorch's float32 kernels rounded to float32; so do 1 - beta here.
   const Constants c{static_cast<float>(beta1), static_cast<float>(1.0 - beta1),
                     static_cast<float>(beta2), static_cast<float>(1.0 - beta2),
@@ -114,21 +121,20 @@ int64_t md_tanh_stable(torch::Tensor w, torch::Tensor g, torch::Tensor m, torch:
   float* mp = m.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   constexpr int64_t kBlock = int64_t{1} << 20;
-  std::vector<int64_t> counts(static_cast<size_t>(std::max(at::get_num_threads(), 1)), 0);
+  std::atomic<int64_t> total{0};
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
     int64_t sum = 0;
     for (int64_t s = begin; s < end; s += kBlock) {
       const int64_t e = std::min(end, s + kBlock);
       sum += step_block(wp + s, gp + s, mp + s, vp + s, e - s, c);
     }
-    counts[static_cast<size_t>(at::get_thread_num())] += sum;
+    total.fetch_add(sum, std::memory_order_relaxed);
   });
-  int64_t total = 0;
-  for (int64_t count : counts) total += count;
-  return total;
+  return total.load();
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("md_tanh_stable", &md_tanh_stable,
-             "MD-tanh's stable step in place (w, g, m, v float32, contiguous, CPU); the flips");
+             "MD-tanh's stable step in place (w, g, m, v float32, contiguous, CPU); the flips",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
 }
