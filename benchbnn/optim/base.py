@@ -1609,7 +1609,7 @@ def _check_rule(cls: type[BinaryOptimizer], owner: str) -> tuple[str, ...]:
     else:
         keys = _rule_keys(cls, owner, text, keyword_only, supplied, var_keyword)
     required = [p.name for p in keyword_only if p.default is P.empty]
-    _check_foreach(cls, owner, len(declared), required)
+    _check_companions(cls, owner, len(declared), required)
     return keys
 
 
@@ -1662,12 +1662,15 @@ def _rule_keys(
     return tuple(k for k in names if k not in supplied and (k in group or k in required))
 
 
-def _check_foreach(
+def _check_companions(
     cls: type[BinaryOptimizer], owner: str, buffers: int, required: list[str]
 ) -> None:
     """``update_foreach`` takes the lists update takes tensors of, and ``update_native`` the
     tensors; both take update's keyword arguments."""
-    for attribute, what in (("update_foreach", "lists"), ("update_native", "tensors")):
+    for attribute, what, parts in (
+        ("update_foreach", "lists", "ws, gs and one list per state buffer"),
+        ("update_native", "tensors", "w, g and one per state buffer"),
+    ):
         hook = getattr(cls, attribute)
         if hook is None:
             continue
@@ -1677,11 +1680,6 @@ def _check_foreach(
         params = list(signature.parameters.values())
         positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
         if not any(p.kind is P.VAR_POSITIONAL for p in params) and len(positional) != 2 + buffers:
-            parts = (
-                "ws, gs and one list per state buffer"
-                if what == "lists"
-                else ("w, g and one per state buffer")
-            )
             raise PluginError(
                 f"{owner}: {text} takes {len(positional)} {what}, but the rule has "
                 f"{2 + buffers} tensors ({parts})"
