@@ -118,10 +118,12 @@ def test_a_failed_build_warns_once_and_falls_back_to_onednn(monkeypatch):
 
 
 def test_where_the_kernel_is_tried():
-    flags = frozenset({"avx512f", popcount.POPCOUNT_FLAG})
-    assert popcount.popcount_pays(flags, "linux") == (popcount.platform.machine() == "x86_64")
-    assert not popcount.popcount_pays(frozenset({"avx512f"}), "linux")
-    assert not popcount.popcount_pays(flags, "darwin")
+    x86 = popcount.platform.machine() == "x86_64"
+    for flags in ({"avx512f", popcount.POPCOUNT_FLAG}, {"avx", "avx2"}):  # its two vector paths
+        assert popcount.popcount_pays(frozenset(flags), "linux") == x86
+        assert not popcount.popcount_pays(frozenset(flags), "darwin")
+    assert not popcount.popcount_pays(frozenset({"avx512f"}), "linux")  # AVX-512 without AVX2
+    assert not popcount.popcount_pays(frozenset({"sse4_2", "popcnt"}), "linux")
 
 
 def test_the_build_name_changes_with_the_cpu(monkeypatch):

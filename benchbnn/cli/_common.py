@@ -72,7 +72,8 @@ def add_execution_arguments(
         default=None if inherited_from else "auto",
         help="forward pass of binary convolutions whose input and weight are exactly +-1 "
         "(fp32, CPU): int8 (exact integer arithmetic, bit-identical results: XNOR-popcount on "
-        "CPUs with AVX512-VPOPCNTDQ, else oneDNN's int8 convolution), float, or auto (int8 on "
-        "CPUs with VNNI instructions); recorded as the tag benchbnn.binary_kernel, not part of the "
+        "x86-64 CPUs with AVX2 or AVX512-VPOPCNTDQ, else oneDNN's int8 convolution), float, or "
+        "auto (int8 on x86-64 CPUs with AVX2 or VNNI instructions); recorded as the tag "
+        "benchbnn.binary_kernel, not part of the "
         f"configuration (default: {default_from or 'auto'})",
     )

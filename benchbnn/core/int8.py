@@ -28,18 +28,20 @@ torch.compile, so that the compiled graph around it is the float convolution's a
 same way (with the conversions traced into the graph, inductor fused them with the batch-norm
 kernels before and rounded a running mean differently).
 
-Where the XNOR-popcount kernel is built (:mod:`benchbnn.core.popcount`: CPUs with
-AVX512-VPOPCNTDQ), the operator computes ungrouped convolutions with it instead of oneDNN: the
-same integers, so the same bits, two to three times faster. "int8" names this exact integer
-forward, whichever kernel computes it.
+Where the XNOR-popcount kernel is built (:mod:`benchbnn.core.popcount`: x86-64 CPUs with
+AVX512-VPOPCNTDQ or AVX2), the operator computes ungrouped convolutions with it instead of
+oneDNN: the same integers, so the same bits, two to three times faster than oneDNN's int8 with
+VNNI, four to six times faster than float32 on an AVX2 CPU without VNNI. "int8" names this
+exact integer forward, whichever kernel computes it.
 
 Only the forward pass is integer. :class:`Int8BinaryConv2d`'s backward is the float one autograd
 runs for ``F.conv2d`` (``aten.convolution_backward`` on the saved float +-1 input and weight), so
 gradients are bit-identical to the float path's too.
 
 :data:`BINARY_KERNELS` are the choices of the engine's ``binary_kernel`` switch: ``"auto"`` (int8
-where it applies, on CPUs where oneDNN's int8 pays: :func:`int8_pays`), ``"int8"`` (where it
-applies; refused where the operators are missing) and ``"float"`` (never).
+where it applies, on CPUs where oneDNN's int8 pays, :func:`int8_pays`, or the popcount kernel
+does, :func:`benchbnn.core.popcount.popcount_pays`), ``"int8"`` (where it applies; refused where
+the operators are missing) and ``"float"`` (never).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch
 from benchbnn.core.errors import BenchbnnError
 from benchbnn.core.machine import cpu_flags
 from benchbnn.core.names import BINARY_KERNELS, TAG_BINARY_KERNEL
-from benchbnn.core.popcount import conv2d_popcount, popcount_applies
+from benchbnn.core.popcount import conv2d_popcount, popcount_applies, popcount_pays
 
 __all__ = [
     "BINARY_KERNELS",
@@ -96,8 +98,10 @@ def resolve_binary_kernel(
     """``"int8"`` or ``"float"``: the kernel binary layers use for ``kernel`` on ``device``.
 
     ``kernel`` is one of :data:`BINARY_KERNELS`. "auto" gives "int8" on a CPU device where the
-    operators exist (:func:`int8_available`) and pay (:func:`int8_pays`, ``flags`` as there),
-    else "float"; "int8" gives "int8" on a CPU with the operators; "float" gives "float".
+    operators exist (:func:`int8_available`) and an integer kernel pays: oneDNN's
+    (:func:`int8_pays`) or XNOR-popcount (:func:`benchbnn.core.popcount.popcount_pays`; ``flags``
+    as there), else "float"; "int8" gives "int8" on a CPU with the operators; "float" gives
+    "float".
     Raises BenchbnnError for an unknown ``kernel``, and for "int8" on another device or where
     the operators are missing.
     """
@@ -109,7 +113,7 @@ def resolve_binary_kernel(
         return "float"
     usable = device.type == "cpu" and int8_available()
     if kernel == "auto":
-        return "int8" if usable and int8_pays(flags) else "float"
+        return "int8" if usable and (int8_pays(flags) or popcount_pays(flags)) else "float"
     if device.type != "cpu":
         raise BenchbnnError(
             f"binary_kernel int8 runs on the CPU (oneDNN), not on {device.type}; use "

@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -28,6 +28,12 @@ inline Word pack_bits(const float* values, int64_t count) {
   for (; c + 16 <= count; c += 16) {
     __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(values + c), zero, _CMP_GT_OQ);
     word |= static_cast<Word>(m) << c;
+  }
+#elif defined(__AVX2__)
+  const __m256 zero = _mm256_setzero_ps();
+  for (; c + 8 <= count; c += 8) {
+    const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + c), zero, _CMP_GT_OQ));
+    word |= static_cast<Word>(static_cast<unsigned>(m)) << c;
   }
 #endif
   for (; c < count; ++c) {
@@ -92,7 +98,7 @@ torch::Tensor pack_weight_impl(const torch::Tensor& weight, torch::ScalarType dt
 // vector registers across taps and words (each broadcast word serves the B vectors); written
 // as float32 `base - 2 * popcount`, base = channels * taps.
 #if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__) && defined(__AVX512DQ__)
-constexpr bool kVector = true;
+constexpr int64_t kVectorBytes = 64;
 
 template <int B>
 inline void block_sums(const uint64_t* const* x_words, const uint64_t* const* w_words,
@@ -139,8 +145,82 @@ inline void block_sums(const uint32_t* const* x_words, const uint32_t* const* w_
     _mm512_storeu_ps(out + o + 16 * k, _mm512_cvtepi32_ps(sums));
   }
 }
+#elif defined(__AVX2__)
+// AVX2 has no vector population count: each byte's count comes from a 16-entry table of the
+// counts of 4-bit values (two vpshufb lookups a byte), and the byte counts of one output
+// channel's word are summed in byte lanes across taps and words (at most 8 a byte each time, so
+// 31 times fit in a byte), then widened into 32-bit (or 64-bit) lanes of the channel's total.
+constexpr int64_t kVectorBytes = 32;
+
+inline __m256i byte_counts(__m256i bits) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_and_si256(bits, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
+}
+
+// the byte lanes' sums over each 32-bit lane
+inline __m256i widen(__m256i bytes, uint32_t) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(bytes, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+}
+// the byte lanes' sums over each 64-bit lane
+inline __m256i widen(__m256i bytes, uint64_t) {
+  return _mm256_sad_epu8(bytes, _mm256_setzero_si256());
+}
+
+inline __m256i broadcast(uint32_t word) { return _mm256_set1_epi32(static_cast<int>(word)); }
+inline __m256i broadcast(uint64_t word) { return _mm256_set1_epi64x(static_cast<long long>(word)); }
+
+// base - 2 * total for each lane, as float32 at out[0 .. lanes)
+inline void store_sums(__m256i totals, int32_t base, float* out, uint32_t) {
+  const __m256i sums = _mm256_sub_epi32(_mm256_set1_epi32(base), _mm256_slli_epi32(totals, 1));
+  _mm256_storeu_ps(out, _mm256_cvtepi32_ps(sums));
+}
+inline void store_sums(__m256i totals, int32_t base, float* out, uint64_t) {
+  // the totals sit in the low 32 bits of each 64-bit lane: gather them into four 32-bit lanes
+  const __m256i low = _mm256_permutevar8x32_epi32(totals, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+  const __m128i four = _mm256_castsi256_si128(low);
+  const __m128i sums = _mm_sub_epi32(_mm_set1_epi32(base), _mm_slli_epi32(four, 1));
+  _mm_storeu_ps(out, _mm_cvtepi32_ps(sums));
+}
+
+template <int B, typename Word>
+inline void block_sums(const Word* const* x_words, const Word* const* w_words, int64_t taps,
+                       int64_t words, int64_t oc, int64_t o, int32_t base, float* out) {
+  constexpr int64_t lanes = kVectorBytes / sizeof(Word);
+  __m256i bytes[B], totals[B];
+  for (int k = 0; k < B; ++k) {
+    bytes[k] = _mm256_setzero_si256();
+    totals[k] = _mm256_setzero_si256();
+  }
+  int pending = 0;  // additions since the byte lanes were last widened (at most 31 fit)
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t q = 0; q < words; ++q) {
+      const __m256i v = broadcast(x_words[t][q]);
+      const Word* w = w_words[t] + q * oc + o;
+      for (int k = 0; k < B; ++k) {
+        const __m256i bits = _mm256_xor_si256(
+            v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + lanes * k)));
+        bytes[k] = _mm256_add_epi8(bytes[k], byte_counts(bits));
+      }
+      if (++pending == 31) {
+        for (int k = 0; k < B; ++k) {
+          totals[k] = _mm256_add_epi32(totals[k], widen(bytes[k], Word{}));
+          bytes[k] = _mm256_setzero_si256();
+        }
+        pending = 0;
+      }
+    }
+  }
+  for (int k = 0; k < B; ++k) {
+    totals[k] = _mm256_add_epi32(totals[k], widen(bytes[k], Word{}));
+    store_sums(totals[k], base, out + o + lanes * k, Word{});
+  }
+}
 #else
-constexpr bool kVector = false;
+constexpr int64_t kVectorBytes = 0;
 #endif
 
 inline int32_t popcount_word(uint64_t v) { return __builtin_popcountll(v); }
@@ -157,7 +237,7 @@ torch::Tensor conv_impl(const torch::Tensor& xbits, const torch::Tensor& wbits, 
   const int64_t ho = (h + 2 * pad_h - dil_h * (kh - 1) - 1) / stride_h + 1;
   const int64_t wo = (w + 2 * pad_w - dil_w * (kw - 1) - 1) / stride_w + 1;
   // output channels per 512-bit vector: 16 counts of 32-bit words, 8 of 64-bit ones
-  const int64_t lanes = kVector ? 64 / static_cast<int64_t>(sizeof(Word)) : 0;
+  const int64_t lanes = kVectorBytes / static_cast<int64_t>(sizeof(Word));
   auto out = torch::empty({n, ho, wo, oc}, torch::dtype(torch::kFloat32));
   const Word* xs = reinterpret_cast<const Word*>(xbits.data_ptr());
   const Word* ws = reinterpret_cast<const Word*>(wbits.data_ptr());
@@ -181,7 +261,8 @@ torch::Tensor conv_impl(const torch::Tensor& xbits, const torch::Tensor& wbits, 
       float* o = dst + p * oc;
       const int32_t base = static_cast<int32_t>(taps * channels);
       int64_t k = 0;
-#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__) && defined(__AVX512DQ__)
+#if (defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__) && defined(__AVX512DQ__)) || \
+    defined(__AVX2__)
       for (; k + 4 * lanes <= oc; k += 4 * lanes) {
         block_sums<4>(x_words.data(), w_words.data(), taps, words, oc, k, base, o);
       }
